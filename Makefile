@@ -1,0 +1,18 @@
+# The two commands of the README's quick start, plus the checks CI runs.
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint install
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	VENV=$(VENV) scripts/install.sh
+
+demo: install  ## tiny experts made on the spot, the whole pipeline offline on the CPU
+	$(BIN)/hubswap demo --output demo
+
+test: install  ## lint, then the whole test suite (real vLLM on the CPU, real Hub protocol)
+	$(BIN)/ruff check hubswap tests bench
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check hubswap tests bench

@@ -1,0 +1,145 @@
+"""The ``hubswap`` command line.
+
+Each subcommand is a ``_cmd_<name>(args)`` function registered in ``_parser()``. Heavy libraries
+(torch, transformers, vllm) are imported inside the functions that need them so ``--help``,
+``validate`` and ``plan`` answer at once. A ``HubswapError`` becomes one line and a hint on stderr
+and its exit code; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from hubswap import __version__
+from hubswap.errors import HubswapError
+
+log = logging.getLogger("hubswap")
+
+EPILOG = """\
+examples:
+  hubswap demo                                   tiny experts made on the spot, the whole pipeline offline
+  hubswap validate recipes/llama-swahili-math.toml
+  hubswap plan recipes/llama-swahili-math.toml --layers 32
+  hubswap build recipes/llama-swahili-math.toml  resolve, preflight, download, swap, evaluate, card
+  hubswap build RECIPE --no-eval --no-push --output builds/x
+
+Exit codes: 0 ok, 1 error, 2 bad recipe or lock, 3 incompatible or unsafe models,
+4 Hub error, 5 publish refused, 6 gate failed, 7 evaluation error.
+Set HUBSWAP_DEBUG=1 to see tracebacks.
+"""
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from hubswap.recipe import load_recipe
+
+    for path in args.recipes:
+        loaded = load_recipe(path)
+        r = loaded.recipe
+        print(f"{path}: ok ({r.name}: task {r.models.task.display()}, language {r.models.language.display()})")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from hubswap.plan import plan_command
+
+    print(plan_command(args.recipe, num_layers=args.layers))
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from hubswap.build import BuildOptions, build
+
+    opts = BuildOptions(
+        output=Path(args.output) if args.output else None,
+        evaluate=not args.no_eval,
+        push=args.push and not args.no_push,
+        force=args.force,
+        limit=args.limit,
+        max_shard_size=args.max_shard_size,
+    )
+    result = build(args.recipe, opts)
+    print(result.summary())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hubswap.build import run_demo
+
+    return run_demo(Path(args.output), limit=args.limit, evaluate=not args.no_eval)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hubswap",
+        description="Build merged LLMs by layer swapping (Bandarkar et al., ICLR 2025) from TOML "
+        "recipes: resolve and pin Hub repos, check compatibility, stream the swap, validate on "
+        "MGSM with vLLM, publish with a model card.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"hubswap {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("validate", help="check recipes against the schema (nothing is downloaded)")
+    s.add_argument("recipes", nargs="+", metavar="RECIPE")
+    s.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("plan", help="print the layer map of a recipe without reading weights")
+    s.add_argument("recipe", metavar="RECIPE")
+    s.add_argument("--layers", type=int, metavar="L",
+                   help="number of layers (default: read config.json of the task expert)")
+    s.set_defaults(func=_cmd_plan)
+
+    s = sub.add_parser(
+        "build", help="resolve, preflight, download, swap, evaluate and card (and publish with --push)",
+        description="Build the merged model of RECIPE into a build folder (default builds/<name>): "
+        "model/ holds exactly what is published, eval/ the per-question generations.",
+    )
+    s.add_argument("recipe", metavar="RECIPE")
+    s.add_argument("-o", "--output", metavar="DIR", help="build folder (default: builds/<recipe name>)")
+    s.add_argument("--no-eval", action="store_true", help="skip the MGSM evaluation and the gate")
+    s.add_argument("--push", action="store_true", help="publish to [publish].repo if the gate passes")
+    s.add_argument("--no-push", action="store_true", help="never publish (the default)")
+    s.add_argument("--force", action="store_true", help="publish over a repo built from other inputs")
+    s.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N questions per language")
+    s.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                   help="largest output shard, e.g. 5GB (default) or 500MB")
+    s.set_defaults(func=_cmd_build)
+
+    s = sub.add_parser(
+        "demo", help="make tiny experts on the spot and run the whole pipeline offline on the CPU",
+    )
+    s.add_argument("-o", "--output", default="demo", metavar="DIR", help="where to write (default: demo/)")
+    s.add_argument("--limit", type=int, default=8, metavar="N", help="MGSM questions per language (default 8)")
+    s.add_argument("--no-eval", action="store_true", help="skip the evaluation")
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    )
+    try:
+        return args.func(args) or 0
+    except HubswapError as e:
+        if os.environ.get("HUBSWAP_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Tiny model families made on the spot, offline: for the demo, the tests and the benchmarks.
+
+A family is a random *base* model and two experts (``task`` and ``language``) that each add their
+own random changes to it, optionally concentrated in a region of layers, like real fine-tunes. The
+tokenizer is a byte-level BPE trained on a few built-in sentences, so any text encodes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+# Enough text for a byte-level BPE to learn a few hundred merges in the MGSM languages' scripts.
+_CORPUS = [
+    "Question: Janet has 3 apples and buys 5 more. How many apples does she have? Step-by-step Answer: 8.",
+    "The answer is 42. Let's think step by step. 1 000 + 250 = 1 250 dollars.",
+    "Swali: Juma ana machungwa 12. Jibu la Hatua kwa Hatua: Jibu ni 12.",
+    "Frage: Wie viele Eier? Schritt-für-Schritt-Antwort: Die Antwort lautet 16.",
+    "Pregunta: ¿Cuántos huevos? Respuesta paso a paso: La respuesta es 16.",
+    "Question : Combien d'œufs ? Réponse étape par étape : La réponse est 16.",
+    "Задача: Сколько яиц? Пошаговое решение: Ответ — 16.",
+    "问题：有多少个鸡蛋？逐步解答：答案是16。",
+    "問題：卵はいくつですか？ステップごとの答え：答えは16です。",
+    "โจทย์: มีไข่กี่ฟอง? คำตอบทีละขั้นตอน: คำตอบคือ 16",
+    "প্রশ্ন: কতগুলি ডিম? ধাপে ধাপে উত্তর: উত্তর হল ১৬।",
+    "ప్రశ్న: ఎన్ని గుడ్లు? దశలవారీగా సమాధానం: సమాధానం 16.",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 100 1000 3.5 18.00 $5",
+]
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def make_tokenizer(out_dir: str | Path, vocab_size: int = 512):
+    """Train and save a byte-level BPE tokenizer with a chat template; returns it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        chat_template=CHAT_TEMPLATE, model_max_length=2048,
+    )
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def tiny_config(arch: str = "llama", *, num_layers: int = 8, vocab_size: int = 512, hidden: int = 64):
+    """A tiny config of a real architecture: ``llama`` (untied embeddings) or ``qwen2`` (biases, tied)."""
+    common = dict(
+        hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size,
+        max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    if arch == "llama":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(tie_word_embeddings=False, **common)
+    if arch == "qwen2":
+        from transformers import Qwen2Config
+
+        return Qwen2Config(tie_word_embeddings=True, **common)
+    raise ValueError(f"unknown tiny architecture {arch!r} (llama | qwen2)")
+
+
+def uniform(scale: float) -> Callable[[int], float]:
+    return lambda i: scale
+
+
+def region(layers: range, inside: float, outside: float = 0.0) -> Callable[[int], float]:
+    """A change profile concentrated on ``layers`` (how a fine-tune's skill is localised)."""
+    return lambda i: inside if i in layers else outside
+
+
+def make_family(
+    root: str | Path,
+    *,
+    arch: str = "llama",
+    num_layers: int = 8,
+    vocab_size: int = 512,
+    hidden: int = 64,
+    dtype: str = "float32",
+    seed: int = 0,
+    task_change: Callable[[int], float] | None = None,
+    language_change: Callable[[int], float] | None = None,
+    non_layer_change: float = 0.02,
+    max_shard_size: str | int = "200KB",
+) -> dict[str, Path]:
+    """Write ``base``, ``task`` and ``language`` model folders under ``root``; returns their paths.
+
+    Each expert is the base plus ``N(0, s^2)`` noise where ``s`` is the expert's change profile at
+    that layer (default: a uniform 0.05), so analysis can find where each one changed the base.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    root = Path(root)
+    cfg = tiny_config(arch, num_layers=num_layers, vocab_size=vocab_size, hidden=hidden)
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    profiles = {
+        "base": None,
+        "task": task_change or uniform(0.05),
+        "language": language_change or uniform(0.05),
+    }
+    from hubswap.layermap import layer_index
+
+    out = {}
+    for n, (role, profile) in enumerate(profiles.items()):
+        gen = torch.Generator().manual_seed(seed * 1000 + n)
+        state = {}
+        for name, t in base_state.items():
+            if profile is None:
+                state[name] = t.clone()
+                continue
+            i = layer_index(name)
+            s = non_layer_change if i is None else profile(i)
+            state[name] = t + s * torch.randn(t.shape, generator=gen) if s else t.clone()
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        model.load_state_dict(state, strict=False)
+        if cfg.tie_word_embeddings:
+            model.tie_weights()
+        model = model.to(getattr(torch, dtype))
+        path = root / role
+        model.save_pretrained(str(path), max_shard_size=max_shard_size)
+        GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=False).save_pretrained(str(path))
+        make_tokenizer(path, vocab_size=vocab_size)
+        _set_model_card(path, role)
+        out[role] = path
+    return out
+
+
+def _set_model_card(path: Path, role: str) -> None:
+    (path / "README.md").write_text(f"# tiny {role} model\n\nRandom weights made by `hubswap.demo` for tests.\n")
+
+
+def describe(path: str | Path) -> dict:
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    return {k: cfg.get(k) for k in ("model_type", "num_hidden_layers", "hidden_size", "vocab_size")}
