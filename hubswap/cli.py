@@ -26,6 +26,7 @@ examples:
   hubswap plan recipes/llama-swahili-math.toml --layers 32
   hubswap build recipes/llama-swahili-math.toml  resolve, preflight, download, swap, evaluate, card
   hubswap build RECIPE --no-eval --no-push --output builds/x
+  hubswap analyze RECIPE                         where each expert changed the base; a suggested swap
 
 Exit codes: 0 ok, 1 error, 2 bad recipe or lock, 3 incompatible or unsafe models,
 4 Hub error, 5 publish refused, 6 gate failed, 7 evaluation error.
@@ -66,10 +67,24 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from hubswap.analyze import analyze
+
+    print(analyze(args.recipe, args.output).report())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hubswap.build import run_demo
 
     return run_demo(Path(args.output), limit=args.limit, evaluate=not args.no_eval)
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from hubswap.card import write_card
+
+    print(write_card(args.build))
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,12 +127,31 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_build)
 
     s = sub.add_parser(
+        "analyze", help="measure where each expert changed the base, per layer, and suggest a swap",
+        description="Stream the base and both experts tensor by tensor and measure the relative change "
+        "||expert - base|| / ||base|| per layer, per module kind (attention, MLP, norms) and per "
+        "non-layer tensor. Writes changes.csv, changes.json and changes.svg and prints a suggested "
+        "bottom/top/transition with the reasoning.",
+    )
+    s.add_argument("recipe", metavar="RECIPE")
+    s.add_argument("-o", "--output", metavar="DIR", help="analysis folder (default: analysis/<recipe name>)")
+    s.set_defaults(func=_cmd_analyze)
+
+    s = sub.add_parser(
         "demo", help="make tiny experts on the spot and run the whole pipeline offline on the CPU",
     )
     s.add_argument("-o", "--output", default="demo", metavar="DIR", help="where to write (default: demo/)")
     s.add_argument("--limit", type=int, default=8, metavar="N", help="MGSM questions per language (default 8)")
     s.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser(
+        "card", help="re-render the model card (README.md and layer-map picture) of a build",
+        description="Render README.md and hubswap/layer_map.svg of a build's model folder from its "
+        "records (hubswap/recipe.toml, lock.json and eval_results.json). Nothing is downloaded.",
+    )
+    s.add_argument("build", metavar="BUILD_DIR", help="a build folder, or its model/ folder")
+    s.set_defaults(func=_cmd_card)
     return p
 
 

@@ -7,7 +7,7 @@ tokenizer is a byte-level BPE trained on a few built-in sentences, so any text e
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +65,7 @@ def tiny_config(arch: str = "llama", *, num_layers: int = 8, vocab_size: int = 5
     common = dict(
         hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=num_layers,
         num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size,
-        max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )
     if arch == "llama":
         from transformers import LlamaConfig
@@ -150,6 +150,74 @@ def _set_model_card(path: Path, role: str) -> None:
     (path / "README.md").write_text(f"# tiny {role} model\n\nRandom weights made by `hubswap.demo` for tests.\n")
 
 
-def describe(path: str | Path) -> dict:
-    cfg = json.loads((Path(path) / "config.json").read_text())
-    return {k: cfg.get(k) for k in ("model_type", "num_hidden_layers", "hidden_size", "vocab_size")}
+DEMO_RECIPE = """\
+# The embedded default of `hubswap demo`: tiny random experts made on the spot, swapped and
+# evaluated on MGSM on the CPU with the real vLLM engine, fully offline.
+#   hubswap demo --output demo        (writes this file to demo/recipe.toml and builds it)
+#   hubswap build demo/recipe.toml    (rebuilds it)
+schema_version = 1
+name = "tiny-llama-swahili-math"
+
+[models.base]                 # random tiny Llama (8 layers, hidden 64, vocab 512)
+path = "{experts}/base"
+
+[models.task]                 # the base plus random changes: stands in for the math expert
+path = "{experts}/task"
+
+[models.language]             # the base plus other random changes: stands in for the Swahili expert
+path = "{experts}/language"
+
+[swap]
+bottom = 2
+top = 1
+transition = 1
+non_layer = "language"
+files_from = "task"
+dtype = "float32"             # random tiny models tie in bf16; fp32 keeps generations comparable
+
+[eval]
+dataset = "{dataset}"
+languages = ["sw", "en"]
+prompt = "native-cot"
+num_fewshot = 2
+max_new_tokens = 32
+compare = ["task", "language"]
+backend = "vllm"
+limit = 8
+
+[eval.vllm]
+max_model_len = 4096
+
+[gate]                        # random models score ~0: the demo's gate only asks for a result
+must_beat = []
+min_accuracy = 0.0
+"""
+
+
+def find_mgsm() -> Path | None:
+    """The offline MGSM copy: $HUBSWAP_MGSM, else a ``shared/mgsm`` beside the working folder or this repo."""
+    env = os.environ.get("HUBSWAP_MGSM")
+    if env:
+        return Path(env)
+    for start in (Path.cwd(), Path(__file__).resolve().parent):
+        for d in (start, *start.parents):
+            cand = d / "shared" / "mgsm"
+            if (cand / "en").is_dir():
+                return cand
+    return None
+
+
+def write_demo_recipe(path: Path, experts: Path, *, dataset: str | None = None) -> Path:
+    from hubswap.errors import HubswapError
+
+    if dataset is None:
+        found = find_mgsm()
+        if found is None:
+            raise HubswapError(
+                "no offline MGSM copy found for the demo",
+                hint="set HUBSWAP_MGSM=/path/to/mgsm (the layout of juletxara/mgsm), or pass --no-eval",
+            )
+        dataset = str(found)
+    rel = os.path.relpath(experts, path.parent)
+    path.write_text(DEMO_RECIPE.format(experts=rel, dataset=dataset), encoding="utf-8")
+    return path

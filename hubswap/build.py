@@ -1,0 +1,314 @@
+"""The build driver: the pipeline of docs/DESIGN.md as one readable story.
+
+    recipe -> resolve + lock -> preflight -> download -> swap -> evaluate -> gate -> card -> publish
+
+Each stage lives in its own module; this one only orders them and owns the build folder. The
+model folder is staged in a hidden sibling and renamed into place only once it is a complete
+model, so a killed build never leaves a half-written ``model/``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hubswap import __version__
+from hubswap.compat import INDEX, SIDE_FILES, LocalModelFiles, ModelFiles, check_compatible
+from hubswap.errors import GateFailedError, HubswapError
+from hubswap.hashing import cache_root, file_sha256
+from hubswap.layermap import LayerMap, layer_map
+from hubswap.recipe import LoadedRecipe, load_recipe
+from hubswap.swap import copy_side_files, merge, parse_size, plan_merge
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    output: Path | None = None
+    evaluate: bool = True
+    push: bool = False
+    force: bool = False
+    limit: int | None = None
+    max_shard_size: str | int = "5GB"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    build_dir: Path
+    model_dir: Path
+    layer_map: LayerMap
+    eval_results: dict | None = None
+    published: str | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def summary(self) -> str:
+        lines = [f"built {self.model_dir}", f"layers (bottom->top): {self.layer_map.picture()}"]
+        if self.eval_results is None:
+            lines.append("not evaluated (--no-eval)")
+        else:
+            from hubswap.evaluate import format_table
+
+            lines.append(format_table(self.eval_results))
+            gate = self.eval_results.get("gate") or {}
+            lines.append(f"gate: {'passed' if gate.get('passed') else 'FAILED'}")
+        if self.published:
+            lines.append(f"published {self.published}")
+        return "\n".join(lines)
+
+
+def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> BuildResult:
+    loaded = load_recipe(recipe_path)
+    recipe = loaded.recipe
+    build_dir = (opts.output or Path("builds") / recipe.name).resolve()
+    max_shard = _shard_size(loaded, opts.max_shard_size)
+
+    # 1. Resolve every model to something pinned (a commit SHA or a local folder).
+    inputs = resolve_inputs(loaded)
+
+    # 2. Preflight from configs, tokenizers and safetensors headers: no weight is read.
+    pre = check_compatible(inputs)
+    for w in pre.warnings:
+        log.warning("preflight: %s", w)
+    loaded.check_layers(pre.num_layers)
+    lmap = layer_map(recipe.swap, pre.num_layers)
+    log.info("preflight ok: %d layers, %d tensors; stack %s", pre.num_layers, len(pre.tensors["task"]), lmap.picture())
+
+    # 3. Download only what the swap needs (a no-op for local folders).
+    dirs = fetch_inputs(loaded, inputs)
+
+    # 4. Swap, into a staging folder renamed into place when complete.
+    model_dir = build_dir / "model"
+    with _staging(build_dir) as stage:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # hash inputs while the merge streams
+            hashes = pool.submit(_hash_inputs, dirs, inputs, pre, recipe.swap.files_from)
+            plan = plan_merge(lmap, pre.tensors, dirs, out_dtype=recipe.swap.dtype, max_shard_size=max_shard)
+            merge(plan, stage, progress=opts.progress)
+            copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
+            (stage / "hubswap").mkdir()
+            (stage / "hubswap" / "recipe.toml").write_text(loaded.text, encoding="utf-8")
+            lock = make_lock(loaded, inputs, hashes.result(), lmap, plan.shard_names())
+        _write_json(stage / "hubswap" / "lock.json", lock)
+        write_card(stage)
+        _replace_dir(stage, model_dir)
+    log.info("model written to %s", model_dir)
+
+    # 5-6. Evaluate against the experts, then apply the gate.
+    results = None
+    if opts.evaluate:
+        results = evaluate_build(loaded, model_dir, build_dir / "eval", dirs, lock, limit=opts.limit)
+        write_card(model_dir)
+        if not results["gate"]["passed"]:
+            raise GateFailedError(
+                "gate failed: " + "; ".join(results["gate"]["reasons"]),
+                hint=f"results are in {build_dir / 'eval'} and {model_dir / 'hubswap' / 'eval_results.json'}; nothing was published",
+            )
+
+    # 7. Publish the model folder in one commit.
+    published = None
+    if opts.push:
+        from hubswap.hub import publish
+
+        published = publish(model_dir, force=opts.force)
+    return BuildResult(build_dir, model_dir, lmap, results, published, pre.warnings)
+
+
+# -- stages -----------------------------------------------------------------------------------
+
+
+def resolve_inputs(loaded: LoadedRecipe) -> dict[str, ModelFiles]:
+    """Each role's files, pinned: a local folder as it is, a Hub repo at a commit SHA."""
+    inputs: dict[str, ModelFiles] = {}
+    hub_roles = {r: s for r, s in loaded.recipe.models.roles().items() if not s.is_local}
+    if hub_roles:
+        from hubswap.hub import resolve_hub_inputs
+
+        inputs.update(resolve_hub_inputs(loaded, hub_roles))
+    for role, src in loaded.recipe.models.roles().items():
+        if src.is_local:
+            inputs[role] = LocalModelFiles(role, loaded.resolve_path(src), display=src.path)
+    return {r: inputs[r] for r in loaded.recipe.models.roles()}
+
+
+def fetch_inputs(loaded: LoadedRecipe, inputs: dict[str, ModelFiles]) -> dict[str, Path]:
+    """Local folders of the task and language experts (downloading Hub repos' needed files)."""
+    dirs = {}
+    for role in ("task", "language"):
+        m = inputs[role]
+        if isinstance(m, LocalModelFiles):
+            dirs[role] = m.path
+        else:
+            from hubswap.hub import download_inputs
+
+            dirs[role] = download_inputs(m, files_from=loaded.recipe.swap.files_from == role)
+    return dirs
+
+
+def _used_files(role: str, m: ModelFiles, pre, files_from: str) -> list[str]:
+    present = set(m.files())
+    small = [f for f in ("config.json", INDEX) if f in present]
+    if role == files_from:
+        small = [f for f in SIDE_FILES if f in present] + ([INDEX] if INDEX in present else [])
+    weights = sorted({t.file for t in pre.tensors[role].values()}) if role in ("task", "language") else []
+    return sorted(set(small + weights))
+
+
+def _hash_inputs(dirs: dict[str, Path], inputs: dict[str, ModelFiles], pre, files_from: str) -> dict[str, dict]:
+    """sha256 and size of every input file the build uses, per role."""
+    out: dict[str, dict[str, dict]] = {}
+    for role, m in inputs.items():
+        entries = {}
+        for f in _used_files(role, m, pre, files_from):
+            p = dirs[role] / f if role in dirs else getattr(m, "path", None)
+            if p is not None and role not in dirs:
+                p = p / f
+            if p is not None and p.is_file():
+                entries[f] = {"sha256": file_sha256(p), "size": p.stat().st_size}
+        out[role] = entries
+    return out
+
+
+def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, shards: list[str]) -> dict:
+    import huggingface_hub
+    import safetensors
+    import torch
+    import transformers
+
+    models = {}
+    for role, src in loaded.recipe.models.roles().items():
+        m = inputs[role]
+        models[role] = {
+            "repo": src.repo,
+            "revision": src.revision if src.repo else None,
+            "commit": getattr(m, "commit", None),
+            "path": src.path,
+            "files": hashes.get(role, {}),
+        }
+    return {
+        "lock_version": 1,
+        "hubswap_version": __version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "recipe": {"path": str(loaded.path), "name": loaded.recipe.name, "sha256": _sha256_text(loaded.text)},
+        "models": models,
+        "layer_map": lmap.to_json(),
+        "output": {"dtype": loaded.recipe.swap.dtype, "num_layers": lmap.num_layers, "shards": shards},
+        "versions": {
+            "hubswap": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__, "huggingface_hub": huggingface_hub.__version__,
+        },
+    }
+
+
+def evaluate_build(loaded: LoadedRecipe, model_dir: Path, eval_dir: Path, dirs, lock, *, limit) -> dict:
+    """MGSM on the merged model and the models to compare, then the gate; writes eval_results.json."""
+    from hubswap.evaluate import apply_gate, run_evaluation
+
+    cfg, recipe = loaded.recipe.eval, loaded.recipe
+    models: dict[str, Path] = {"merged": model_dir}
+    for role in cfg.compare:
+        if role not in dirs:
+            raise HubswapError(f"eval.compare names {role!r}, but its weights were not downloaded")
+        models[role] = dirs[role]
+    keys = {role: _model_key(lock["models"][role]) for role in cfg.compare}
+    results = run_evaluation(
+        models, cfg, eval_dir, dataset=dataset_location(loaded),
+        cache_keys=keys, cache_dir=cache_root() / "eval", limit=limit,
+    )
+    results["gate"] = apply_gate(results, recipe.gate).to_json()
+    _write_json(model_dir / "hubswap" / "eval_results.json", results)
+    return results
+
+
+def dataset_location(loaded: LoadedRecipe) -> str:
+    """The eval dataset: a local folder (relative to the recipe) when one exists, else a Hub id."""
+    ds = loaded.recipe.eval.dataset
+    p = Path(ds).expanduser()
+    local = p if p.is_absolute() else loaded.path.parent / p
+    return str(local.resolve()) if local.is_dir() else ds
+
+
+def write_card(model_dir: Path) -> Path:
+    from hubswap.card import write_card as _write
+
+    return _write(model_dir)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _model_key(entry: dict) -> str:
+    if entry.get("commit"):
+        return entry["commit"]
+    return _sha256_text(json.dumps(entry["files"], sort_keys=True))
+
+
+def _sha256_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _shard_size(loaded: LoadedRecipe, size: str | int) -> int:
+    try:
+        return parse_size(size)
+    except ValueError as e:
+        raise HubswapError(f"--max-shard-size: {e}") from None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _staging:
+    """A hidden sibling folder of ``<build>/model`` removed on any failure, stale ones swept first."""
+
+    def __init__(self, build_dir: Path):
+        self.build_dir = build_dir
+
+    def __enter__(self) -> Path:
+        self.build_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.build_dir.glob(".model.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.path = self.build_dir / f".model.partial-{os.getpid()}"
+        self.path.mkdir()
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        if self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Move ``new`` to ``dest``, replacing an older build there (two renames, never a mix)."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.rename(dest, old)
+    os.rename(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_demo(output: Path, *, limit: int = 8, evaluate: bool = True, dataset: str | None = None) -> int:
+    """Make tiny experts (once), write the demo recipe beside them and build it."""
+    from hubswap.demo import make_family, write_demo_recipe
+
+    output = output.resolve()
+    experts = output / "experts"
+    if not all((experts / r / "config.json").is_file() for r in ("base", "task", "language")):
+        log.info("making tiny experts in %s", experts)
+        make_family(experts, arch="llama", seed=0)
+    recipe = write_demo_recipe(output / "recipe.toml", experts, dataset=dataset)
+    result = build(recipe, BuildOptions(output=output / "build", evaluate=evaluate, limit=limit))
+    print(result.summary())
+    print(f"\nmodel card: {result.model_dir / 'README.md'}")
+    return 0
