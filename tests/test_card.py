@@ -1,0 +1,243 @@
+"""The model card: a golden file for a fixed build, its header read back by huggingface_hub, and the
+plain statement on an unevaluated build. The build folder is written by hand with fixed values, so
+the card is the same on every machine; set HUBSWAP_UPDATE_GOLDEN=1 to rewrite the golden files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from hubswap.card import PICTURE_FILE, render_card, write_card
+from hubswap.cli import main
+from hubswap.errors import ModelFilesError
+from hubswap.layermap import layer_map
+from hubswap.recipe import parse_recipe
+
+GOLDEN = Path(__file__).parent / "golden"
+
+RECIPE = """\
+# hubswap build recipes/tiny-swahili-math.toml
+schema_version = 1
+name = "tiny-swahili-math"
+
+[models.base]
+path = "../experts/base"
+
+[models.task]
+repo = "hubswap-test/tiny-math"
+revision = "v1.0"
+
+[models.language]
+repo = "hubswap-test/tiny-swahili"
+
+[swap]
+bottom = 2
+top = 1
+transition = 1
+transition_bottom = 2
+
+[eval]
+languages = ["sw", "en"]
+limit = 0
+
+[publish]
+repo = "hubswap-test/tiny-swahili-math-layerswap"
+license = "apache-2.0"
+"""
+
+TASK_COMMIT = "1" * 40
+LANG_COMMIT = "a" * 40
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _files(*names: str) -> dict:
+    return {n: {"sha256": _sha(n), "size": 1000 + 7 * len(n)} for n in names}
+
+
+def _lock(recipe: str) -> dict:
+    loaded = parse_recipe(recipe, Path("recipes/tiny-swahili-math.toml"))
+    commits = {"task": TASK_COMMIT, "language": LANG_COMMIT, "base": "c" * 40}
+    weights = {"task": ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")}
+    models = {}
+    for role, src in loaded.recipe.models.roles().items():
+        models[role] = {
+            "repo": src.repo, "revision": src.ref if src.repo else None,
+            "commit": commits[role] if src.repo else None, "path": src.path,
+            "files": _files("config.json", *weights.get(role, ("model.safetensors",))),
+        }
+    return {
+        "lock_version": 1,
+        "hubswap_version": "0.1.0",
+        "created": "2026-01-02T03:04:05+00:00",
+        "recipe": {"path": "recipes/tiny-swahili-math.toml", "sha256": _sha(recipe)},
+        "models": models,
+        "layer_map": layer_map(loaded.recipe.swap, 8).to_json(),
+        "output": {"dtype": "bfloat16", "num_layers": 8,
+                   "files": _files("config.json", "model.safetensors", "model.safetensors.index.json")},
+        "versions": {"hubswap": "0.1.0", "torch": "2.13.0+cpu", "transformers": "5.19.0",
+                     "safetensors": "0.6.2", "huggingface_hub": "2.4.0"},
+    }
+
+
+def _lang(n: int, acc: float, lo: float, hi: float) -> dict:
+    return {"n": n, "accuracy": acc, "ci95": [lo, hi], "strict_match": acc - 0.02,
+            "flexible_extract": acc - 0.01, "truncation_rate": 0.004, "no_answer_rate": 0.012}
+
+
+def _eval_results(passed: bool = True) -> dict:
+    return {
+        "settings": {"dataset": "juletxara/mgsm", "dataset_revision": "b" * 40, "languages": ["sw", "en"],
+                     "target_language": "sw", "prompt": "native-cot", "num_fewshot": 8,
+                     "max_new_tokens": 512, "backend": "vllm", "limit": 0, "seed": 0,
+                     "vllm": {"tensor_parallel_size": 1}},
+        "versions": {"hubswap": "0.1.0", "torch": "2.13.0", "transformers": "5.19.0", "vllm": "0.32.0",
+                     "datasets": "4.1.0"},
+        "hardware": {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 1,
+                     "cpu": "x86_64", "platform": "Linux-6.8.0-x86_64-with-glibc2.39"},
+        "models": {
+            "merged": {"source": "model", "cached": False,
+                       "languages": {"sw": _lang(250, 0.364, 0.306, 0.424), "en": _lang(250, 0.612, 0.55, 0.67)}},
+            "task": {"source": "hubswap-test/tiny-math@" + TASK_COMMIT, "cached": True,
+                     "languages": {"sw": _lang(250, 0.296, 0.242, 0.354), "en": _lang(250, 0.64, 0.579, 0.697)}},
+            "language": {"source": "hubswap-test/tiny-swahili@" + LANG_COMMIT, "cached": False,
+                         "languages": {"sw": _lang(250, 0.204, 0.158, 0.258), "en": _lang(250, 0.3, 0.246, 0.358)}},
+        },
+        "comparisons": {
+            "task": {"sw": {"n": 250, "diff": 0.068, "ci95": [0.012, 0.124], "mcnemar_p": 0.0213,
+                            "merged_only": 31, "other_only": 14},
+                     "en": {"n": 250, "diff": -0.028, "ci95": [-0.07, 0.014], "mcnemar_p": 0.21,
+                            "merged_only": 9, "other_only": 16}},
+            "language": {"sw": {"n": 250, "diff": 0.16, "ci95": [0.1, 0.22], "mcnemar_p": 0.00001,
+                                "merged_only": 52, "other_only": 12},
+                         "en": {"n": 250, "diff": 0.312, "ci95": [0.25, 0.374], "mcnemar_p": 0.0000001,
+                                "merged_only": 84, "other_only": 6}},
+        },
+        "gate": {"passed": passed,
+                 "reasons": ["sw: merged 36.4% >= task expert 29.6% + 0.0",
+                             "sw: merged 36.4% >= language expert 20.4% + 0.0"] if passed else
+                            ["sw: merged 36.4% < task expert 39.6% + 0.0"],
+                 "must_beat": ["task", "language"], "margin": 0.0, "min_accuracy": 0.0},
+    }
+
+
+def make_build(root: Path, *, evaluated: bool = True, recipe: str = RECIPE, **eval_kw) -> Path:
+    """A build folder as `hubswap build` leaves it (no weights: the card reads only the records)."""
+    records = root / "model" / "hubswap"
+    records.mkdir(parents=True)
+    (records / "recipe.toml").write_text(recipe)
+    (records / "lock.json").write_text(json.dumps(_lock(recipe), indent=2))
+    if evaluated:
+        (records / "eval_results.json").write_text(json.dumps(_eval_results(**eval_kw), indent=2))
+    (root / "model" / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 8}')
+    return root
+
+
+def _check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("HUBSWAP_UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing: run with HUBSWAP_UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), f"{name} differs from the golden file (HUBSWAP_UPDATE_GOLDEN=1 rewrites it)"
+
+
+def test_card_matches_golden_file(tmp_path):
+    build = make_build(tmp_path / "build")
+    readme = write_card(build)
+    assert readme == build / "model" / "README.md"
+    _check_golden("card_evaluated.md", readme.read_text())
+    _check_golden("layer_map.svg", (build / "model" / PICTURE_FILE).read_text())
+    assert not list((build / "model").rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_header_parses_back_with_every_field(tmp_path):
+    from huggingface_hub import ModelCard
+
+    build = make_build(tmp_path / "build")
+    card = ModelCard.load(write_card(build))
+    data = card.data
+    assert data.base_model == ["hubswap-test/tiny-math", "hubswap-test/tiny-swahili"]  # not the local base
+    assert data.base_model_relation == "merge"
+    assert data.library_name == "transformers"
+    assert data.license == "apache-2.0"
+    assert data.language == ["sw", "en"]
+    assert {"merge", "layer-swapping"} <= set(data.tags)
+    assert data.model_name == "hubswap-test/tiny-swahili-math-layerswap"
+    results = {(r.dataset_config, r.metric_name): r for r in data.eval_results}
+    assert {c for c, _ in results} == {"sw", "en"}
+    for r in data.eval_results:
+        assert (r.task_type, r.dataset_type, r.dataset_split) == ("text-generation", "juletxara/mgsm", "test")
+        assert r.dataset_revision == "b" * 40
+        assert r.metric_name and "8-shot" in r.metric_name and "native-cot" in r.metric_name
+    sw = [r for (c, _), r in results.items() if c == "sw"]
+    assert sorted((r.metric_type, r.metric_value) for r in sw) == [
+        ("accuracy", 0.364), ("exact_match", 0.344), ("exact_match", 0.354)]
+    assert {r.metric_name.split(" (")[1].split(",")[0] for r in sw} == {
+        "hubswap robust answer extraction", "lm-eval strict-match", "lm-eval flexible-extract"}
+    # The raw YAML holds exactly what the Hub indexes, in the Hub's key names.
+    header = card.content.split("---")[1]
+    assert "model-index:" in header and "base_model_relation: merge" in header
+
+
+def test_card_shows_layers_provenance_and_verdict(tmp_path):
+    text = render_card(make_build(tmp_path / "build"))
+    body = text.split("\n---\n", 1)[1]
+    assert "**Gate: passed**" in body
+    assert f"![Layer map: which expert every layer comes from, with the blend weights]({PICTURE_FILE})" in body
+    assert "| 2 | transition-bottom | blend | 0.667 | 0.333 |" in body
+    assert "| 4–5 | middle | task expert | 0 | 1 |" in body
+    assert f"[`{TASK_COMMIT}`](https://huggingface.co/hubswap-test/tiny-math/tree/{TASK_COMMIT})" in body
+    assert _sha("model-00002-of-00002.safetensors") in body
+    assert RECIPE.rstrip() in body
+    assert "NVIDIA H100 80GB HBM3" in body
+    assert "| vllm | – | 0.32.0 |" in body
+    assert "arXiv" in body and "2410.01335" in body and "2210.03057" in body
+    assert "local folder `../experts/base`" in body
+
+
+def test_unevaluated_build_says_so_plainly(tmp_path):
+    from huggingface_hub import ModelCard
+
+    text = render_card(make_build(tmp_path / "build", evaluated=False))
+    assert "**This model was not evaluated.**" in text
+    assert "**Gate" not in text and "McNemar" not in text
+    card = ModelCard(text)
+    assert card.data.eval_results is None
+    assert card.data.base_model_relation == "merge"
+
+
+def test_failed_gate_and_local_experts(tmp_path):
+    from huggingface_hub import ModelCard
+
+    recipe = RECIPE.replace('repo = "hubswap-test/tiny-swahili"', 'path = "../experts/sw"')
+    text = render_card(make_build(tmp_path / "build", recipe=recipe, passed=False))
+    assert "**Gate: failed**" in text and "sw: merged 36.4% < task expert 39.6% + 0.0" in text
+    assert ModelCard(text).data.base_model == ["hubswap-test/tiny-math"]
+
+
+def test_card_never_contains_a_token(tmp_path):
+    token = "hf_" + "A1b2C3d4" * 5
+    recipe = RECIPE.replace("# hubswap build", f"# made with HF_TOKEN={token}: hubswap build")
+    text = render_card(make_build(tmp_path / "build", recipe=recipe))
+    assert token not in text and not re.search(r"hf_[A-Za-z0-9]{30,}", text)
+
+
+def test_card_command_re_renders_from_build_or_model_dir(tmp_path, capsys):
+    build = make_build(tmp_path / "build")
+    assert main(["card", str(build)]) == 0
+    first = (build / "model" / "README.md").read_text()
+    assert main(["card", str(build / "model")]) == 0
+    assert (build / "model" / "README.md").read_text() == first
+    assert "README.md" in capsys.readouterr().out
+
+
+def test_card_command_rejects_a_folder_that_is_not_a_build(tmp_path, capsys):
+    assert main(["card", str(tmp_path)]) == ModelFilesError.exit_code
+    assert "not a hubswap build" in capsys.readouterr().err
