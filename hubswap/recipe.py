@@ -328,7 +328,8 @@ def key_lines(text: str) -> dict[str, int]:
             continue
         if m := _HEADER.match(raw):
             table = _split_key(m.group(1))
-            lines.setdefault(".".join(table), n)
+            for k in range(1, len(table) + 1):  # [models.base] also locates `models`
+                lines.setdefault(".".join(table[:k]), n)
             continue
         if m := _KEYVAL.match(raw):
             key = ".".join([*table, *_split_key(m.group(1))])

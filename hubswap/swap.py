@@ -24,7 +24,7 @@ from hubswap.layermap import LayerMap
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 16 << 20
 # safetensors dtype names and their sizes in bytes.
 DTYPE_SIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 _NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}

@@ -1,0 +1,128 @@
+"""The streaming merge on two real tiny architectures, checked tensor by tensor and end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+from hubswap.build import BuildOptions, build
+from hubswap.layermap import layer_index, layer_map
+from hubswap.recipe import Swap
+from tests.helpers import local_recipe
+
+
+def load_all(folder: Path) -> dict[str, torch.Tensor]:
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    out = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        with safe_open(folder / shard, "pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    assert set(out) == set(index["weight_map"])
+    return out
+
+
+def expected_tensor(name, lang, task, swap: Swap, num_layers: int, dtype: torch.dtype) -> torch.Tensor:
+    """DESIGN.md's table, written independently of hubswap.layermap."""
+    b, u, tb, tu, n = swap.bottom, swap.top, swap.tb, swap.tu, num_layers
+    i = layer_index(name)
+    if i is None:
+        w = 1.0 if swap.non_layer == "language" else 0.0
+    elif i < b or i >= n - u:
+        w = 1.0
+    elif i < b + tb:
+        w = 1 - (i - b + 1) / (tb + 1)
+    elif i >= n - u - tu:
+        w = (i - (n - u - tu) + 1) / (tu + 1)
+    else:
+        w = 0.0
+    if w == 1.0:
+        return lang[name].to(dtype)
+    if w == 0.0:
+        return task[name].to(dtype)
+    return (w * lang[name].float() + (1 - w) * task[name].float()).to(dtype)
+
+
+CASES = [
+    # arch, bottom, top, transition(s), non_layer, dtype
+    ("llama", dict(bottom=2, top=1, transition=1), "language", "float32"),
+    ("llama", dict(bottom=1, top=2, transition=2), "task", "bfloat16"),
+    ("qwen2", dict(bottom=2, top=1, transition=1), "language", "float32"),
+    ("qwen2", dict(bottom=3, top=2, transition=0), "task", "float16"),
+]
+
+
+@pytest.mark.parametrize("arch,swap,non_layer,dtype", CASES)
+def test_every_tensor_follows_the_layer_map(request, tmp_path, arch, swap, non_layer, dtype):
+    fam = request.getfixturevalue(f"tiny_{arch}")
+    recipe = local_recipe(tmp_path / "r.toml", fam, non_layer=non_layer, dtype=dtype, **swap)
+    result = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, max_shard_size="300KB", progress=False))
+    out_dir = result.model_dir
+    assert len(list(out_dir.glob("model-*.safetensors"))) > 1  # sharded output
+    merged, lang, task = load_all(out_dir), load_all(fam["language"]), load_all(fam["task"])
+    assert set(merged) == set(task)
+    rswap = Swap(non_layer=non_layer, dtype=dtype, **swap)
+    tdtype = getattr(torch, dtype)
+    for name, t in merged.items():
+        want = expected_tensor(name, lang, task, rswap, 8, tdtype)
+        assert t.dtype == tdtype and t.shape == want.shape, name
+        assert torch.equal(t.view(torch.uint8), want.contiguous().view(torch.uint8)), name  # bit for bit
+
+    cfg = json.loads((out_dir / "config.json").read_text())
+    assert cfg["dtype"] == dtype
+    lock = json.loads((out_dir / "hubswap" / "lock.json").read_text())
+    assert lock["layer_map"] == layer_map(rswap, 8).to_json()
+    for role in ("base", "task", "language"):
+        assert "config.json" in lock["models"][role]["files"]
+    assert any(f.endswith(".safetensors") for f in lock["models"]["language"]["files"])
+    assert (out_dir / "hubswap" / "recipe.toml").read_text() == recipe.read_text()
+
+
+def reference_model(fam: dict[str, Path], swap: Swap, num_layers: int):
+    """The merge done the slow, obvious way: load both experts in transformers, assign layers."""
+    task = AutoModelForCausalLM.from_pretrained(fam["task"], dtype=torch.float32)
+    lang = AutoModelForCausalLM.from_pretrained(fam["language"], dtype=torch.float32)
+    lmap = layer_map(swap, num_layers)
+    with torch.no_grad():
+        for i, src in enumerate(lmap.layers):
+            t_layer, l_layer = task.model.layers[i], lang.model.layers[i]
+            for p, q in zip(t_layer.parameters(), l_layer.parameters(), strict=True):
+                w = src.language_weight
+                p.copy_(q if w == 1 else p if w == 0 else w * q + (1 - w) * p)
+        if swap.non_layer == "language":
+            task.model.embed_tokens.weight.copy_(lang.model.embed_tokens.weight)
+            task.model.norm.weight.copy_(lang.model.norm.weight)
+            if not task.config.tie_word_embeddings:
+                task.lm_head.weight.copy_(lang.lm_head.weight)
+    return task.eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_merged_folder_loads_and_matches_reference_logits(request, tmp_path, arch):
+    fam = request.getfixturevalue(f"tiny_{arch}")
+    recipe = local_recipe(tmp_path / "r.toml", fam, bottom=2, top=1, transition=2)
+    result = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False))
+    merged = AutoModelForCausalLM.from_pretrained(result.model_dir).eval()
+    ref = reference_model(fam, Swap(bottom=2, top=1, transition=2, dtype="float32"), 8)
+    ids = torch.randint(3, 500, (2, 17), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = merged(ids).logits, ref(ids).logits
+    assert torch.equal(a, b)
+    # and not trivially: the merge differs from each expert
+    task = AutoModelForCausalLM.from_pretrained(fam["task"]).eval()
+    with torch.no_grad():
+        assert not torch.allclose(a, task(ids).logits)
+
+
+def test_rebuild_replaces_the_model_folder(tiny_llama, tmp_path):
+    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
+    opts = BuildOptions(output=tmp_path / "b", evaluate=False, progress=False)
+    first = build(recipe, opts).model_dir
+    (first / "stray.txt").write_text("left from an older build")
+    second = build(recipe, opts).model_dir
+    assert second == first and not (second / "stray.txt").exists()
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["model"]
