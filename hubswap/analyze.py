@@ -1,0 +1,429 @@
+"""Where did each expert change the base? Per layer and module kind, and a suggested swap.
+
+``hubswap analyze RECIPE`` streams the base and both experts tensor by tensor (one tensor, or one
+slice of a large tensor, in memory at a time) and measures the relative change of each expert,
+``||expert - base|| / ||base||``, over every group of tensors: each layer as a whole, each layer's
+attention, MLP and norm tensors, and each non-layer tensor. The paper chose its swap from exactly
+this picture (math changes in the middle layers, language changes in the first and last ones);
+``suggest`` turns it into a bottom/top/transition with one line of reasoning each.
+
+Outputs, in the analysis folder: ``changes.csv`` and ``changes.json`` (the table and the
+suggestion) and ``changes.svg`` (both experts' change per layer, side by side).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from hubswap.compat import LocalModelFiles, Preflight, TensorInfo, check_compatible
+from hubswap.errors import HubswapError
+from hubswap.layermap import layer_index, layer_map
+from hubswap.recipe import LoadedRecipe, Swap, load_recipe
+
+log = logging.getLogger(__name__)
+
+EXPERTS = ("task", "language")
+KINDS = ("attention", "mlp", "norm", "other")
+# Largest slice of a tensor read at once (elements): a 128k x 4096 embedding is read in ~64 slices,
+# so memory stays near 2 x 8M float64 values whatever the model size.
+CHUNK_ELEMENTS = 8 * 1024 * 1024
+# A boundary layer whose smaller share is at least this fraction of the larger one was changed
+# comparably by both experts: blend it instead of cutting there.
+MIXED_RATIO = 0.5
+# ... and only if it holds at least this fraction of an average layer's share of change.
+SIGNIFICANT = 0.5
+# Swaps whose score is within TIE / num_layers of the best count as ties (the smallest one wins).
+TIE = 0.1
+MAX_TRANSITION = 2
+
+
+def module_kind(tensor_name: str) -> str:
+    """``attention``, ``mlp``, ``norm`` or ``other`` for a layer tensor, from its name."""
+    parts = tensor_name.lower().split(".")
+    if any("norm" in p or p.startswith("ln") for p in parts):
+        return "norm"
+    if any(p in ("self_attn", "attn", "attention", "self_attention", "cross_attn") for p in parts):
+        return "attention"
+    if any(p in ("mlp", "feed_forward", "ffn", "block_sparse_moe", "experts") for p in parts):
+        return "mlp"
+    return "other"
+
+
+@dataclass(frozen=True)
+class Change:
+    """The relative change of both experts over one group of tensors.
+
+    ``layer`` is the layer index, or ``None`` for a non-layer tensor (then ``kind`` is its name);
+    for layers ``kind`` is ``all`` or one of ``KINDS``.
+    """
+
+    layer: int | None
+    kind: str
+    params: int
+    task: float
+    language: float
+
+    def of(self, role: str) -> float:
+        return self.task if role == "task" else self.language
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    bottom: int
+    top: int
+    transition_bottom: int
+    transition_top: int
+    reasons: tuple[str, str, str]  # bottom, top, transition
+
+    def swap(self) -> Swap:
+        t = self.transition_bottom if self.transition_bottom == self.transition_top else 0
+        extra = {} if self.transition_bottom == self.transition_top else {
+            "transition_bottom": self.transition_bottom, "transition_top": self.transition_top}
+        return Swap(bottom=self.bottom, top=self.top, transition=t, **extra)
+
+    def toml(self) -> str:
+        """The ``[swap]`` keys to paste into a recipe."""
+        if self.transition_bottom == self.transition_top:
+            t = f"transition = {self.transition_bottom}"
+        else:
+            t = f"transition_bottom = {self.transition_bottom}, transition_top = {self.transition_top}"
+        return f"bottom = {self.bottom}, top = {self.top}, {t}"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    name: str
+    num_layers: int
+    rows: tuple[Change, ...]
+    suggestion: Suggestion
+    files: dict[str, Path]
+
+    def per_layer(self, role: str) -> list[float]:
+        by_layer = {r.layer: r.of(role) for r in self.rows if r.kind == "all" and r.layer is not None}
+        return [by_layer[i] for i in range(self.num_layers)]
+
+    def report(self) -> str:
+        """The per-layer table, the non-layer tensors and the suggestion, for the terminal."""
+        task, lang = self.per_layer("task"), self.per_layer("language")
+        top = max([*task, *lang]) or 1.0
+        picture = layer_map(self.suggestion.swap(), self.num_layers)
+        out = [f"relative change ||expert - base|| / ||base|| of {self.name}, per layer:",
+               f"  {'layer':>5}  {'task':>9}  {'language':>9}  swap"]
+        for i in range(self.num_layers):
+            bar_t = "#" * round(12 * task[i] / top)
+            bar_l = "=" * round(12 * lang[i] / top)
+            out.append(f"  {i:>5}  {task[i]:>9.4f}  {lang[i]:>9.4f}  {picture.layers[i].source:<8}  "
+                       f"{bar_t:<12} {bar_l}")
+        for r in self.rows:
+            if r.layer is None:
+                out.append(f"  {'':>5}  {r.task:>9.4f}  {r.language:>9.4f}  {r.kind}")
+        s = self.suggestion
+        out += ["", f"suggested swap: {s.toml()}   ({picture.picture()}: L language, T task, ~ blend)",
+                *(f"  {line}" for line in s.reasons), "",
+                "wrote " + ", ".join(str(p) for p in self.files.values())]
+        return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading weights, one tensor at a time
+
+
+def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorInfo]],
+                    num_layers: int) -> list[Change]:
+    """Stream the base and both experts of ``dirs`` and return the table of changes.
+
+    ``tensors`` is the preflight's tensor table per role (names, shapes and files from the
+    safetensors headers), so the models are known to match before any weight is read.
+    """
+    import torch
+    from safetensors import safe_open
+
+    experts = [r for r in EXPERTS if r in dirs]
+    names = sorted(tensors["base"], key=lambda n: (layer_index(n) is None, layer_index(n) or 0, n))
+    # Sums of squares per tensor; groups add them up, so a group's change is the norm over all
+    # its parameters (a big MLP weighs more than a norm vector, as it should).
+    base_sq: dict[str, float] = {}
+    diff_sq: dict[tuple[str, str], float] = {}
+    with ExitStack() as stack:
+        handles: dict[Path, object] = {}
+
+        def read(role: str, name: str, start: int, stop: int):
+            """Rows [start, stop) of one tensor (all of it when it is small), as float64."""
+            info = tensors[role][name]
+            path = dirs[role] / info.file
+            if path not in handles:
+                handles[path] = stack.enter_context(safe_open(str(path), framework="pt"))
+            f = handles[path]
+            whole = not info.shape or (start == 0 and stop >= info.shape[0])
+            t = f.get_tensor(name) if whole else f.get_slice(name)[start:stop]
+            return t.to(torch.float64)
+
+        for name in names:
+            shape = tensors["base"][name].shape
+            rows = shape[0] if shape else 1
+            step = max(1, CHUNK_ELEMENTS // max(math.prod(shape[1:]), 1)) if shape else 1
+            b_sq, d_sq = 0.0, dict.fromkeys(experts, 0.0)
+            for a in range(0, rows, step):
+                b = read("base", name, a, a + step)
+                b_sq += float(torch.sum(b * b))
+                for role in experts:
+                    d_sq[role] += float(torch.sum((read(role, name, a, a + step) - b) ** 2))
+                del b
+            base_sq[name] = b_sq
+            for role in experts:
+                diff_sq[name, role] = d_sq[role]
+
+    def group(layer: int | None, kind: str, members: list[str]) -> Change:
+        b = sum(base_sq[n] for n in members)
+        rel = {r: (math.sqrt(sum(diff_sq[n, r] for n in members) / b) if b else 0.0) for r in experts}
+        params = sum(math.prod(tensors["base"][n].shape) for n in members)
+        return Change(layer, kind, params, rel.get("task", 0.0), rel.get("language", 0.0))
+
+    table = []
+    for i in range(num_layers):
+        members = [n for n in names if layer_index(n) == i]
+        table.append(group(i, "all", members))
+        for kind in KINDS:
+            of_kind = [n for n in members if module_kind(n) == kind]
+            if of_kind:
+                table.append(group(i, kind, of_kind))
+    table += [group(None, n, [n]) for n in names if layer_index(n) is None]
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# The suggestion
+
+
+def suggest(task: list[float], language: list[float]) -> Suggestion:
+    """A bottom/top/transition from each expert's change per layer, with one reason each.
+
+    Each profile is turned into shares of that expert's total change, so a fine-tune that moved
+    every weight more than the other does not claim every layer. The bottom and top are the
+    prefix and suffix of layers that maximise (language share - task share), the smallest among
+    near-ties, leaving at least one middle layer; a boundary layer that both experts changed
+    substantially and comparably becomes a transition layer.
+    """
+    n = len(task)
+    if n < 2:
+        raise HubswapError(f"a {n}-layer model leaves nothing to swap")
+    st, sl = sum(task), sum(language)
+    if st == 0 or sl == 0:
+        who = "task" if st == 0 else "language"
+        raise HubswapError(f"the {who} expert is identical to the base in every layer",
+                           hint="check [models.base] and the experts in the recipe")
+    pt = [x / st for x in task]
+    pl = [x / sl for x in language]
+    d = [a - b for a, b in zip(pl, pt, strict=True)]
+    prefix = [0.0]
+    for x in d:
+        prefix.append(prefix[-1] + x)
+    suffix = [0.0]
+    for x in reversed(d):
+        suffix.append(suffix[-1] + x)
+    # Near-ties go to the smaller swap: a layer neither expert cared about stays with the task expert.
+    scores = {(b, u): prefix[b] + suffix[u] for b in range(n) for u in range(n - b)}
+    best = max(scores.values())
+    b, u = min((bu for bu, v in scores.items() if v >= best - TIE / n), key=lambda bu: (sum(bu), bu))
+
+    def mixed(i: int) -> bool:
+        hi, lo = max(pt[i], pl[i]), min(pt[i], pl[i])
+        return hi >= SIGNIFICANT / n and lo / hi >= MIXED_RATIO
+
+    # A boundary layer changed comparably by both experts is blended rather than cut: first the
+    # swapped layers next to the boundary, then the middle ones, at most MAX_TRANSITION per side
+    # and always keeping one pure task layer.
+    tb = tu = 0
+    while b > 0 and tb < MAX_TRANSITION and mixed(b - 1):
+        b, tb = b - 1, tb + 1
+    while u > 0 and tu < MAX_TRANSITION and mixed(n - u):
+        u, tu = u - 1, tu + 1
+    while tb < MAX_TRANSITION and b + tb + tu + u + 1 < n and mixed(b + tb):
+        tb += 1
+    while tu < MAX_TRANSITION and b + tb + tu + u + 1 < n and mixed(n - u - 1 - tu):
+        tu += 1
+
+    def span(lo: int, hi: int) -> str:
+        return f"layer {lo}" if hi - lo == 1 else f"layers {lo}-{hi - 1}"
+
+    def pct(xs: list[float], lo: int, hi: int) -> str:
+        return f"{100 * sum(xs[lo:hi]):.0f}%"
+
+    if b:
+        r_bottom = (f"bottom = {b}: {span(0, b)} hold {pct(pl, 0, b)} of the language expert's change "
+                    f"but {pct(pt, 0, b)} of the task expert's")
+    else:
+        r_bottom = (f"bottom = 0: no bottom layer holds clearly more of the language expert's change than "
+                    f"of the task expert's (layer 0: task {pct(pt, 0, 1)}, language {pct(pl, 0, 1)})")
+    if u:
+        r_top = (f"top = {u}: {span(n - u, n)} hold {pct(pl, n - u, n)} of the language expert's change "
+                 f"but {pct(pt, n - u, n)} of the task expert's")
+    else:
+        r_top = (f"top = 0: no top layer holds clearly more of the language expert's change than of the "
+                 f"task expert's (layer {n - 1}: task {pct(pt, n - 1, n)}, language {pct(pl, n - 1, n)})")
+    edges = sorted({b, b + max(tb - 1, 0), n - u - 1 - max(tu - 1, 0), n - u - 1})
+    shares = "; ".join(f"layer {i}: task {pct(pt, i, i + 1)}, language {pct(pl, i, i + 1)}" for i in edges)
+    if tb == tu == 0:
+        r_trans = f"transition = 0: no boundary layer was changed substantially by both experts ({shares})"
+    else:
+        label = f"transition = {tb}" if tb == tu else f"transition_bottom = {tb}, transition_top = {tu}"
+        r_trans = f"{label}: both experts changed the boundary layers comparably ({shares}), so blend there"
+    return Suggestion(b, u, tb, tu, (r_bottom, r_top, r_trans))
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+def write_csv(path: Path, rows: Iterable[Change]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["layer", "kind", "params", "task", "language"])
+        for r in rows:
+            w.writerow(["non-layer" if r.layer is None else r.layer, r.kind, r.params,
+                        f"{r.task:.6g}", f"{r.language:.6g}"])
+
+
+def render_svg(title: str, task: list[float], language: list[float], s: Suggestion | None = None) -> str:
+    """Grouped bars of both experts' change per layer, the suggested swap shaded behind them.
+
+    Written by hand: a bar chart is a few dozen SVG elements, not worth a plotting dependency
+    (matplotlib would add ~40 MB and a slow import for one figure).
+    """
+    n = len(task)
+    left, right, top_m, bottom_m = 64, 16, 46, 56
+    slot = max(12.0, min(40.0, 760 / max(n, 1)))
+    width = max(560.0, left + right + slot * n)
+    slot = (width - left - right) / max(n, 1)
+    height = 300
+    plot_h = height - top_m - bottom_m
+    ymax, step = _axis(max([*task, *language, 1e-12]))
+    colors = {"task": "#1f77b4", "language": "#ff7f0e"}
+
+    def y(v: float) -> float:
+        return top_m + plot_h * (1 - v / ymax)
+
+    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height}" '
+          f'viewBox="0 0 {width:.0f} {height}" font-family="sans-serif" font-size="11">',
+          f'<rect width="{width:.0f}" height="{height}" fill="white"/>',
+          f'<text x="{width / 2:.0f}" y="18" text-anchor="middle" font-size="13">{escape(title)}</text>']
+    if s is not None:
+        el.append(f'<text x="{width / 2:.0f}" y="34" text-anchor="middle">suggested swap: '
+                  f'{escape(s.toml())}</text>')
+    if s is not None:  # shade the suggested swap: where the language expert's layers go
+        lm = layer_map(s.swap(), n)
+        for i, src in enumerate(lm.layers):
+            if src.source != "task":
+                op = 0.25 * src.language_weight
+                el.append(f'<rect x="{left + slot * i:.1f}" y="{top_m}" width="{slot:.1f}" '
+                          f'height="{plot_h}" fill="{colors["language"]}" fill-opacity="{op:.3f}"/>')
+    for k in range(round(ymax / step) + 1):  # y grid and ticks
+        v = step * k
+        el.append(f'<line x1="{left}" x2="{width - right:.0f}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+                  f'stroke="#ddd"/>')
+        el.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
+    bar = slot * 0.38
+    for i in range(n):
+        x0 = left + slot * i + slot * 0.12
+        for j, (role, vals) in enumerate((("task", task), ("language", language))):
+            el.append(f'<rect x="{x0 + j * bar:.1f}" y="{y(vals[i]):.1f}" width="{bar:.1f}" '
+                      f'height="{y(0) - y(vals[i]):.1f}" fill="{colors[role]}">'
+                      f'<title>layer {i} {role}: {vals[i]:.4g}</title></rect>')
+        if n <= 40 or i % 2 == 0:
+            el.append(f'<text x="{left + slot * (i + 0.5):.1f}" y="{y(0) + 14:.1f}" '
+                      f'text-anchor="middle">{i}</text>')
+    el.append(f'<line x1="{left}" x2="{width - right:.0f}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="black"/>')
+    el.append(f'<line x1="{left}" x2="{left}" y1="{top_m}" y2="{y(0):.1f}" stroke="black"/>')
+    el.append(f'<text x="{left + slot * n / 2:.0f}" y="{height - 24}" text-anchor="middle">layer</text>')
+    el.append(f'<text x="14" y="{top_m + plot_h / 2:.0f}" text-anchor="middle" '
+              f'transform="rotate(-90 14 {top_m + plot_h / 2:.0f})">||expert - base|| / ||base||</text>')
+    legend = [("task expert", colors["task"], 1.0), ("language expert", colors["language"], 1.0)]
+    if s is not None:
+        legend.append(("swapped in from the language expert", colors["language"], 0.25))
+    lx = left
+    for label, color, opacity in legend:
+        el.append(f'<rect x="{lx:.0f}" y="{height - 14}" width="10" height="10" fill="{color}" '
+                  f'fill-opacity="{opacity}"/>')
+        el.append(f'<text x="{lx + 14:.0f}" y="{height - 5}">{escape(label)}</text>')
+        lx += 30 + 6.2 * len(label)
+    el.append("</svg>")
+    return "\n".join(el) + "\n"
+
+
+def _axis(v: float) -> tuple[float, float]:
+    """A round axis maximum at or above ``v`` and its tick step (1, 2 or 5 x 10^k, at most 5 ticks)."""
+    k = 10 ** math.floor(math.log10(v))
+    step = next(m * k / 10 for m in (1, 2, 5, 10, 20) if v / (m * k / 10) <= 5 + 1e-9)
+    return math.ceil(v / step - 1e-9) * step, step
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def fetch_models(loaded: LoadedRecipe) -> tuple[dict[str, Path], Preflight]:
+    """Preflight all three models as the build does, then local folders of their weights.
+
+    Local paths are used as they are; Hub repos are resolved and downloaded by the build's own
+    steps (only config, index and safetensors shards are needed here).
+    """
+    from hubswap.build import resolve_inputs
+
+    inputs = resolve_inputs(loaded)
+    pre = check_compatible(inputs)
+    for w in pre.warnings:
+        log.warning("preflight: %s", w)
+    dirs = {}
+    for role, m in inputs.items():
+        if isinstance(m, LocalModelFiles):
+            dirs[role] = m.path
+        else:
+            from hubswap.hub import download_inputs
+
+            dirs[role] = download_inputs(m, files_from=False)
+    return dirs, pre
+
+
+def analyze(recipe: str | Path | LoadedRecipe, output: str | Path | None = None) -> Analysis:
+    """Measure where each expert changed the base, write the table and figure, suggest a swap."""
+    loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
+    r = loaded.recipe
+    if r.models.base is None:
+        raise HubswapError(
+            "analyze compares each expert with the base, but the recipe has no [models.base]",
+            hint="add [models.base] with the model both experts were fine-tuned from",
+        )
+    out = Path(output) if output else Path("analysis") / r.name
+    dirs, pre = fetch_models(loaded)
+    num_layers = pre.num_layers
+    log.info("measuring the change of each expert from the base %s", r.models.base.display())
+    rows = measure_changes(dirs, pre.tensors, num_layers)
+    task = [x.task for x in rows if x.kind == "all"]
+    lang = [x.language for x in rows if x.kind == "all"]
+    s = suggest(task, lang)
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out / "changes.csv", "json": out / "changes.json", "svg": out / "changes.svg"}
+    write_csv(files["csv"], rows)
+    files["json"].write_text(json.dumps({
+        "recipe": str(loaded.path),
+        "models": {role: src.display() for role, src in r.models.roles().items()},
+        "metric": "||expert - base|| / ||base|| over each group's parameters",
+        "num_layers": num_layers,
+        "per_layer": {"task": task, "language": lang},
+        "rows": [{"layer": x.layer, "kind": x.kind, "params": x.params, "task": x.task,
+                  "language": x.language} for x in rows],
+        "suggestion": {"bottom": s.bottom, "top": s.top, "transition_bottom": s.transition_bottom,
+                       "transition_top": s.transition_top, "reasons": list(s.reasons),
+                       "layer_map": layer_map(s.swap(), num_layers).picture()},
+    }, indent=2) + "\n")
+    files["svg"].write_text(render_svg(f"{r.name}: change from the base per layer", task, lang, s))
+    return Analysis(r.name, num_layers, tuple(rows), s, files)

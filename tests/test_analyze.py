@@ -1,0 +1,160 @@
+"""hubswap analyze: where each expert changed the base, and the swap that follows from it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from hubswap import analyze as analyze_mod
+from hubswap.analyze import analyze, module_kind, suggest
+from hubswap.cli import main
+from hubswap.errors import HubswapError, IncompatibleModelsError
+
+RECIPE = """\
+schema_version = 1
+name = "tiny-regions"
+{base}
+[models.task]
+path = "task"
+[models.language]
+path = "language"
+[swap]
+bottom = 1
+top = 1
+"""
+
+
+def _recipe(root: Path, base: bool = True) -> Path:
+    p = root / "recipe.toml"
+    p.write_text(RECIPE.format(base='[models.base]\npath = "base"\n' if base else ""))
+    return p
+
+
+@pytest.fixture(scope="module")
+def regional(tmp_path_factory) -> Path:
+    """10 layers: the task expert changed layers 3-6, the language expert layers 0-1 and 8-9.
+
+    Both change everything else a little (a tenth as much), like real fine-tunes do.
+    """
+    from hubswap.demo import make_family, region
+
+    root = tmp_path_factory.mktemp("regional")
+    make_family(
+        root, num_layers=10, seed=3,
+        task_change=region(range(3, 7), 0.02, 0.002),
+        language_change=lambda i: 0.02 if i in (0, 1, 8, 9) else 0.002,
+    )
+    _recipe(root)
+    return root
+
+
+def test_analyze_finds_each_experts_region(regional, tmp_path, capsys):
+    out = tmp_path / "analysis"
+    assert main(["analyze", str(regional / "recipe.toml"), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+
+    data = json.loads((out / "changes.json").read_text())
+    task, lang = data["per_layer"]["task"], data["per_layer"]["language"]
+    assert len(task) == len(lang) == 10
+    # Each expert's largest changes are exactly its region.
+    assert set(sorted(range(10), key=lambda i: -task[i])[:4]) == {3, 4, 5, 6}
+    assert set(sorted(range(10), key=lambda i: -lang[i])[:4]) == {0, 1, 8, 9}
+    assert min(task[3:7]) > 5 * max(task[:3] + task[7:])
+
+    s = data["suggestion"]
+    # Layer 2 and 7 belong to neither expert's region: they stay with the task expert, unblended.
+    assert (s["bottom"], s["top"]) == (2, 2)
+    assert s["layer_map"].startswith("LL") and s["layer_map"].endswith("LL")
+    assert "suggested swap: bottom = 2, top = 2" in printed
+    for line in s["reasons"]:
+        assert line in printed
+    assert [r.split(":")[0].split(" =")[0] for r in s["reasons"]] == ["bottom", "top", "transition"]
+
+    rows = list(csv.DictReader((out / "changes.csv").open()))
+    kinds = {r["kind"] for r in rows if r["layer"] == "4"}
+    assert kinds == {"all", "attention", "mlp", "norm"}
+    non_layer = {r["kind"] for r in rows if r["layer"] == "non-layer"}
+    assert non_layer == {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    # Attention and MLP of a task layer both moved; the language expert barely touched them.
+    att = next(r for r in rows if r["layer"] == "4" and r["kind"] == "attention")
+    assert float(att["task"]) > 5 * float(att["language"])
+
+    svg = ET.parse(out / "changes.svg").getroot()
+    assert svg.tag.endswith("svg")
+    titles = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}title")]
+    assert len(titles) == 20 and "layer 9 language" in titles[-1]
+
+
+def test_chunked_reading_gives_the_same_numbers(regional, tmp_path, monkeypatch):
+    whole = analyze(regional / "recipe.toml", tmp_path / "whole")
+    # Force every matrix to be read in slices of a few rows (what a 128k-token embedding gets).
+    monkeypatch.setattr(analyze_mod, "CHUNK_ELEMENTS", 200)
+    sliced = analyze(regional / "recipe.toml", tmp_path / "sliced")
+    for a, b in zip(whole.rows, sliced.rows, strict=True):
+        assert (a.layer, a.kind, a.params) == (b.layer, b.kind, b.params)
+        assert a.task == pytest.approx(b.task, rel=1e-9)
+        assert a.language == pytest.approx(b.language, rel=1e-9)
+
+
+def test_suggest_blends_a_boundary_both_experts_changed():
+    # Layer 2 moved as much for both experts: cut after layer 1 and blend layer 2.
+    task = [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    lang = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    s = suggest(task, lang)
+    assert (s.bottom, s.top, s.transition_bottom, s.transition_top) == (2, 1, 1, 0)
+    assert s.reasons[2].startswith("transition_bottom = 1, transition_top = 0: both experts")
+    assert s.toml() == "bottom = 2, top = 1, transition_bottom = 1, transition_top = 0"
+
+
+def test_suggest_compares_shares_not_sizes():
+    # The language fine-tune moved every layer 10x more; its profile still decides only the ends.
+    task = [0.1, 0.1, 1.0, 1.0, 1.0, 1.0, 0.1, 0.1]
+    lang = [10.0, 10.0, 1.0, 1.0, 1.0, 1.0, 10.0, 10.0]
+    s = suggest(task, lang)
+    assert (s.bottom, s.top) == (2, 2)
+
+
+def test_suggest_keeps_a_middle_layer():
+    s = suggest([0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0])
+    assert s.bottom + s.top + s.transition_bottom + s.transition_top < 4
+
+
+def test_module_kinds():
+    assert module_kind("model.layers.0.self_attn.q_proj.weight") == "attention"
+    assert module_kind("model.layers.0.mlp.down_proj.weight") == "mlp"
+    assert module_kind("model.layers.0.input_layernorm.weight") == "norm"
+    assert module_kind("model.layers.0.post_attention_layernorm.weight") == "norm"
+    assert module_kind("transformer.h.0.ln_1.weight") == "norm"
+    assert module_kind("transformer.h.0.attn.c_attn.weight") == "attention"
+
+
+def test_analyze_needs_a_base(regional, tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(base="").replace('"task"', f'"{regional / "task"}"')
+                      .replace('"language"', f'"{regional / "language"}"'))
+    with pytest.raises(HubswapError, match=r"no \[models.base\]"):
+        analyze(recipe, tmp_path / "out")
+
+
+def test_analyze_reports_tensors_an_expert_lacks(regional, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    for role in ("base", "task", "language"):
+        shutil.copytree(regional / role, tmp_path / role)
+    gone = "model.layers.3.mlp.up_proj.weight"
+    index = tmp_path / "language" / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    shard = tmp_path / "language" / data["weight_map"].pop(gone)
+    index.write_text(json.dumps(data))
+    tensors = load_file(shard)
+    del tensors[gone]
+    save_file(tensors, shard, metadata={"format": "pt"})
+    _recipe(tmp_path)
+    with pytest.raises(IncompatibleModelsError, match=gone):
+        analyze(tmp_path / "recipe.toml", tmp_path / "out")
