@@ -217,8 +217,6 @@ def _context(rec: BuildRecords) -> dict:
     return {
         "name": r.name,
         "model_id": _model_id(rec),
-        # Without a [publish] repo the model is only on disk, in the default build folder.
-        "load_id": r.publish.repo if r.publish else f"builds/{r.name}/model",
         "summary": _summary(rec, layers),
         "evaluated": rec.evaluated,
         "evaluation": _evaluation(rec) if rec.evaluated else None,
@@ -298,9 +296,9 @@ def _ranges(indices: list[int]) -> str:
 
 
 def _who(role: str, m: dict) -> str:
-    name = m.get("repo") or f"`{m.get('path')}`"
-    link = f"[{name}]({_HF}/{m['repo']})" if m.get("repo") else f"the local folder {name}"
-    return f"the {ROLE_NAMES[role]} {link}"
+    if m.get("repo"):
+        return f"the {ROLE_NAMES[role]} [{m['repo']}]({_HF}/{m['repo']})"
+    return f"the {ROLE_NAMES[role]} in the local folder `{m.get('path')}`"
 
 
 def _summary(rec: BuildRecords, layers: list[dict]) -> list[str]:
@@ -363,17 +361,18 @@ def _input(role: str, m: dict) -> dict:
         "commit": commit,
         "link": f"{_HF}/{repo}" if repo else None,
         "commit_link": f"{_HF}/{repo}/tree/{commit}" if repo and commit else None,
-        "files": [{"name": k, "sha256": v.get("sha256") or "?", "size": _size(v.get("size"))}
+        "files": [{"name": k, "sha256": v.get("sha256") or "not recorded", "size": _size(v.get("size"))}
                   for k, v in sorted(files.items())],
     }
 
 
 def _output(rec: BuildRecords) -> dict:
     out = rec.lock.get("output") or {}
+    files = out.get("files") or {name: {} for name in out.get("shards") or []}  # names only, no hashes
     return {
         "dtype": out.get("dtype") or rec.recipe.recipe.swap.dtype,
-        "files": [{"name": k, "sha256": v.get("sha256") or "?", "size": _size(v.get("size"))}
-                  for k, v in sorted((out.get("files") or {}).items())],
+        "files": [{"name": k, "sha256": v.get("sha256") or "not recorded", "size": _size(v.get("size"))}
+                  for k, v in sorted(files.items())],
     }
 
 
