@@ -1,0 +1,485 @@
+"""hubswap sweep: build and score a grid of swap configurations, without choosing on the test set.
+
+    hubswap sweep RECIPE --bottom 3..8 --top 1..4 --transition 0..2 [--limit N] [--keep]
+
+The experts are downloaded once (the build's own steps). Each configuration is merged by the
+streaming swap into a scratch folder, evaluated on the recipe's target language with the
+recipe's evaluation settings, and removed unless ``--keep``. The experts are evaluated once on
+the same questions.
+
+Choosing the best of many configurations on a set of questions and reporting its score on those
+same questions overstates it (the winner is partly the luckiest). So the questions are split once
+into two fixed halves (a seeded shuffle of the question indices): configurations are ranked and
+the winner chosen on the *selection* half only, and the winner's score, with its paired
+comparisons against both experts, is reported on the other, *held-out* half.
+
+Outputs, in the sweep folder: ``sweep.csv`` and ``sweep.json`` (every configuration, ranked),
+``sweep.svg`` (selection accuracy over bottom x top, one panel per transition), the per-question
+generations under ``eval/``, and next to the recipe a copy of it with the winning ``[swap]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from hubswap.errors import HubswapError
+from hubswap.layermap import layer_map
+from hubswap.recipe import LoadedRecipe, Swap, key_lines, load_recipe, parse_recipe
+
+log = logging.getLogger(__name__)
+
+EXPERTS = ("task", "language")
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid
+
+
+@dataclass(frozen=True, order=True)
+class Config:
+    bottom: int
+    top: int
+    transition: int
+
+    @property
+    def name(self) -> str:
+        return f"b{self.bottom}-u{self.top}-t{self.transition}"
+
+    def swap(self, base: Swap) -> Swap:
+        """The recipe's ``[swap]`` with this grid point (one transition size for both sides)."""
+        return base.model_copy(update={
+            "bottom": self.bottom, "top": self.top, "transition": self.transition,
+            "transition_bottom": None, "transition_top": None,
+        })
+
+
+def parse_range(text: str, flag: str) -> list[int]:
+    """``3..8`` (inclusive), ``3`` or ``1,3,5`` as a sorted list of non-negative integers."""
+    text = text.strip()
+    try:
+        if m := re.fullmatch(r"(\d+)\s*\.\.\s*(\d+)", text):
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if lo > hi:
+                raise ValueError
+            return list(range(lo, hi + 1))
+        values = sorted({int(x) for x in text.split(",")})
+        if any(v < 0 for v in values):
+            raise ValueError
+        return values
+    except ValueError:
+        raise HubswapError(f"{flag} {text!r}: expected a range like 3..8, a number, or a list like 1,3,5") from None
+
+
+def grid(bottoms: list[int], tops: list[int], transitions: list[int], num_layers: int) -> tuple[list[Config], int]:
+    """Every combination that fits in ``num_layers`` (keeping one task layer), and how many did not."""
+    configs, skipped = [], 0
+    for b in bottoms:
+        for u in tops:
+            for t in transitions:
+                if b + u + 2 * t < num_layers:
+                    configs.append(Config(b, u, t))
+                else:
+                    skipped += 1
+    return configs, skipped
+
+
+def split_halves(n: int, seed: int) -> tuple[list[int], list[int]]:
+    """A fixed random half of ``range(n)`` to select on, and the other half to report on."""
+    order = list(range(n))
+    random.Random(f"hubswap-sweep-{seed}").shuffle(order)
+    return sorted(order[: n // 2]), sorted(order[n // 2:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics on per-question verdicts
+
+
+@dataclass(frozen=True)
+class Paired:
+    """``a`` vs ``b`` on the same questions: questions only ``a`` got right, only ``b``, exact p."""
+
+    wins: int
+    losses: int
+    n: int
+    p: float
+
+    @property
+    def diff(self) -> float:
+        return (self.wins - self.losses) / self.n if self.n else 0.0
+
+    def short(self) -> str:
+        return f"{self.diff:+.3f} (+{self.wins}/-{self.losses}, p={self.p:.2g})"
+
+    def to_json(self) -> dict:
+        return {"diff": self.diff, "wins": self.wins, "losses": self.losses, "n": self.n, "p": self.p}
+
+
+def paired(a: list[bool], b: list[bool]) -> Paired:
+    """Exact McNemar test: the discordant questions are a fair coin under equal accuracy."""
+    wins = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    losses = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    k, m = min(wins, losses), wins + losses
+    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+    return Paired(wins, losses, len(a), p)
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sound at 0 and 1, unlike the normal one)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy(v: list[bool]) -> float:
+    return sum(v) / len(v) if v else 0.0
+
+
+@dataclass(frozen=True)
+class Ranked:
+    config: Config
+    accuracy: float  # on the selection half
+    vs_best: Paired
+    vs_task: Paired
+    vs_language: Paired
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The chosen configuration and both experts on the held-out half."""
+
+    n: int
+    accuracy: dict[str, float]
+    interval: dict[str, tuple[float, float]]
+    vs_task: Paired
+    vs_language: Paired
+
+
+def rank(verdicts: dict[str, list[bool]], configs: list[Config], select: list[int],
+         heldout: list[int]) -> tuple[list[Ranked], HeldOut]:
+    """Rank ``configs`` on the ``select`` questions; score the winner on the ``heldout`` ones.
+
+    ``verdicts`` maps each configuration's name and ``task``/``language`` to per-question
+    correctness, all on the same questions in the same order. Ties in selection accuracy go to
+    the smaller swap (more of the task expert kept), then to the lower bottom.
+    """
+    def pick(name: str, idx: list[int]) -> list[bool]:
+        v = verdicts[name]
+        return [v[i] for i in idx]
+
+    ordered = sorted(configs, key=lambda c: (-accuracy(pick(c.name, select)),
+                                             c.bottom + c.top + c.transition, c))
+    best = ordered[0]
+    best_v = pick(best.name, select)
+    task_v, lang_v = pick("task", select), pick("language", select)
+    rows = []
+    for c in ordered:
+        v = pick(c.name, select)
+        rows.append(Ranked(c, accuracy(v), paired(v, best_v), paired(v, task_v), paired(v, lang_v)))
+
+    h = {name: pick(name, heldout) for name in (best.name, *EXPERTS)}
+    held = HeldOut(
+        n=len(heldout),
+        accuracy={k: accuracy(v) for k, v in h.items()},
+        interval={k: wilson(sum(v), len(v)) for k, v in h.items()},
+        vs_task=paired(h[best.name], h["task"]),
+        vs_language=paired(h[best.name], h["language"]),
+    )
+    return rows, held
+
+
+# ---------------------------------------------------------------------------------------------
+# The result and its files
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    name: str
+    language: str
+    num_layers: int
+    rows: list[Ranked]
+    heldout: HeldOut
+    n_questions: int
+    n_select: int
+    holdout: bool
+    skipped: int
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> Config:
+        return self.rows[0].config
+
+    def table(self) -> str:
+        sel = "selection half" if self.holdout else "all questions"
+        out = [f"{len(self.rows)} configurations of {self.name} on MGSM-{self.language}, ranked by accuracy "
+               f"on the {sel} ({self.n_select} of {self.n_questions} questions); paired differences are "
+               f"(config - other), +only config right / -only other right, exact McNemar p",
+               f"{'rank':>4}  {'bottom':>6} {'top':>4} {'trans':>5}  {'layers':<{self.num_layers}}  "
+               f"{'acc':>6}  {'vs best':<24}  {'vs task':<24}  {'vs language':<24}"]
+        for i, r in enumerate(self.rows, 1):
+            c = r.config
+            pic = layer_map(Swap(bottom=c.bottom, top=c.top, transition=c.transition), self.num_layers).picture()
+            vs_best = "(chosen)" if i == 1 else r.vs_best.short()
+            out.append(f"{i:>4}  {c.bottom:>6} {c.top:>4} {c.transition:>5}  {pic}  {r.accuracy:>6.3f}  "
+                       f"{vs_best:<24}  {r.vs_task.short():<24}  {r.vs_language.short():<24}")
+        return "\n".join(out)
+
+    def summary(self) -> str:
+        c, h = self.chosen, self.heldout
+        lines = [self.table(), ""]
+        if self.skipped:
+            lines.append(f"({self.skipped} combinations did not fit in {self.num_layers} layers and were skipped)")
+        lines.append(f"chosen: bottom = {c.bottom}, top = {c.top}, transition = {c.transition}")
+
+        def fmt(k: str) -> str:
+            lo, hi = h.interval[k]
+            return f"{h.accuracy[k]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+        if self.holdout:
+            lines += [
+                f"selected on a fixed half of the questions ({self.n_select}); scored on the other, held-out "
+                f"half ({h.n} questions), which played no part in the choice:",
+            ]
+        else:
+            lines.append(f"WARNING: selected and scored on the same {h.n} questions (--no-holdout): "
+                         "the score below is optimistic")
+        lines += [
+            f"  chosen    {fmt(c.name)}",
+            f"  task      {fmt('task')}   chosen - task: {h.vs_task.short()}",
+            f"  language  {fmt('language')}   chosen - language: {h.vs_language.short()}",
+        ]
+        if self.files:
+            lines += ["", "wrote " + ", ".join(str(p) for p in self.files.values())]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        c, h = self.chosen, self.heldout
+        return {
+            "recipe": self.name, "language": self.language, "num_layers": self.num_layers,
+            "questions": self.n_questions, "selection_questions": self.n_select,
+            "heldout_questions": h.n, "holdout": self.holdout,
+            "selection": "fixed seeded half of the questions" if self.holdout else "all questions",
+            "chosen": {"bottom": c.bottom, "top": c.top, "transition": c.transition},
+            "heldout": {
+                "accuracy": {("chosen" if k == c.name else k): v for k, v in h.accuracy.items()},
+                "interval": {("chosen" if k == c.name else k): list(v) for k, v in h.interval.items()},
+                "vs_task": h.vs_task.to_json(), "vs_language": h.vs_language.to_json(),
+            },
+            "configs": [
+                {"rank": i, "name": r.config.name, "bottom": r.config.bottom, "top": r.config.top,
+                 "transition": r.config.transition, "selection_accuracy": r.accuracy,
+                 "vs_best": r.vs_best.to_json(), "vs_task": r.vs_task.to_json(),
+                 "vs_language": r.vs_language.to_json()}
+                for i, r in enumerate(self.rows, 1)
+            ],
+        }
+
+
+def write_csv(path: Path, rows: list[Ranked]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "bottom", "top", "transition", "selection_accuracy",
+                    "vs_best_diff", "vs_best_p", "vs_task_diff", "vs_task_p", "vs_language_diff", "vs_language_p"])
+        for i, r in enumerate(rows, 1):
+            w.writerow([i, r.config.bottom, r.config.top, r.config.transition, f"{r.accuracy:.6g}",
+                        f"{r.vs_best.diff:.6g}", f"{r.vs_best.p:.4g}", f"{r.vs_task.diff:.6g}",
+                        f"{r.vs_task.p:.4g}", f"{r.vs_language.diff:.6g}", f"{r.vs_language.p:.4g}"])
+
+
+def render_svg(title: str, rows: list[Ranked], experts: dict[str, float]) -> str:
+    """Selection accuracy over bottom (rows) x top (columns), one panel per transition size.
+
+    Written by hand: a heat map is a grid of rects, not worth a plotting dependency
+    (matplotlib would add ~40 MB and a slow import for one figure).
+    """
+    bottoms = sorted({r.config.bottom for r in rows})
+    tops = sorted({r.config.top for r in rows})
+    transitions = sorted({r.config.transition for r in rows})
+    acc = {r.config: r.accuracy for r in rows}
+    chosen = rows[0].config
+    cell, gap, left, top_m = 44, 36, 70, 70
+    panel_w = cell * len(tops)
+    width = max(420, left + len(transitions) * (panel_w + gap) + 20)
+    height = top_m + cell * len(bottoms) + 70
+    lo = min([*acc.values(), *experts.values()])
+    hi = max([*acc.values(), *experts.values()])
+
+    def color(v: float) -> str:
+        # White (worst) to dark blue (best) on this sweep's own scale.
+        f = 0.0 if hi == lo else (v - lo) / (hi - lo)
+        r, g, b = (round(255 + (c - 255) * f) for c in (8, 69, 148))
+        return f"rgb({r},{g},{b})"
+
+    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+          f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+          f'<rect width="{width}" height="{height}" fill="white"/>',
+          f'<text x="{width / 2:.0f}" y="18" text-anchor="middle" font-size="13">{escape(title)}</text>',
+          f'<text x="{width / 2:.0f}" y="34" text-anchor="middle">accuracy on the selection half; '
+          f'outlined: chosen ({escape(chosen.name)})</text>']
+    for p, t in enumerate(transitions):
+        x0 = left + p * (panel_w + gap)
+        el.append(f'<text x="{x0 + panel_w / 2:.0f}" y="{top_m - 22}" text-anchor="middle">transition = {t}</text>')
+        for j, u in enumerate(tops):
+            el.append(f'<text x="{x0 + cell * (j + 0.5):.0f}" y="{top_m - 6}" text-anchor="middle">{u}</text>')
+        for i, b in enumerate(bottoms):
+            if p == 0:
+                el.append(f'<text x="{x0 - 8}" y="{top_m + cell * (i + 0.5) + 4:.0f}" text-anchor="end">{b}</text>')
+            for j, u in enumerate(tops):
+                c = Config(b, u, t)
+                x, y = x0 + cell * j, top_m + cell * i
+                if c not in acc:
+                    el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="#eee" stroke="white"/>')
+                    continue
+                v = acc[c]
+                dark = hi > lo and (v - lo) / (hi - lo) > 0.6
+                stroke = 'stroke="black" stroke-width="3"' if c == chosen else 'stroke="white"'
+                el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{color(v)}" {stroke}>'
+                          f'<title>{escape(c.name)}: {v:.3f}</title></rect>')
+                el.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle" '
+                          f'fill="{"white" if dark else "black"}">{v:.2f}</text>')
+    el.append(f'<text x="{left - 8}" y="{top_m - 6}" text-anchor="end">bottom \\ top</text>')
+    expert_text = ", ".join(f"{k} expert {v:.3f}" for k, v in experts.items())
+    el.append(f'<text x="{left}" y="{height - 20}">on the same questions: {escape(expert_text)}</text>')
+    el.append("</svg>")
+    return "\n".join(el) + "\n"
+
+
+def write_recipe(loaded: LoadedRecipe, chosen: Config, dest: Path, note: list[str]) -> Path:
+    """A copy of the recipe with the chosen ``[swap]`` sizes, comments and all else kept.
+
+    It is written beside the original so that relative model and dataset paths still resolve,
+    and validated before it is kept.
+    """
+    lines = loaded.text.splitlines()
+    where = key_lines(loaded.text)
+    values = {"bottom": chosen.bottom, "top": chosen.top, "transition": chosen.transition}
+    drop = {where[k] - 1 for k in ("swap.transition_bottom", "swap.transition_top") if k in where}
+    for key, value in values.items():
+        n = where.get(f"swap.{key}")
+        if n is not None:
+            lines[n - 1] = re.sub(r"^([^=]*=\s*)[^#]*?(\s*(#.*)?)$", rf"\g<1>{value}\g<2>", lines[n - 1])
+    missing = [f"{k} = {v}" for k, v in values.items() if f"swap.{k}" not in where]
+    if missing:
+        after = max(where[f"swap.{k}"] for k in ("bottom", "top") if f"swap.{k}" in where)
+        lines[after:after] = missing
+        drop = {d + len(missing) if d >= after else d for d in drop}
+    lines = [line for i, line in enumerate(lines) if i not in drop]
+    text = "\n".join(f"# {n}" for n in note) + "\n" + "\n".join(lines) + "\n"
+    parse_recipe(text, dest)  # raises RecipeError if the edit broke anything
+    dest.write_text(text, encoding="utf-8")
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def sweep(
+    recipe: str | Path | LoadedRecipe,
+    *,
+    bottoms: list[int],
+    tops: list[int],
+    transitions: list[int],
+    limit: int | None = None,
+    keep: bool = False,
+    output: str | Path | None = None,
+    holdout: bool = True,
+    recipe_out: str | Path | None = None,
+    max_shard_size: str | int = "5GB",
+    progress: bool = True,
+) -> SweepResult:
+    from hubswap.build import dataset_location, fetch_inputs, resolve_inputs
+    from hubswap.compat import check_compatible
+    from hubswap.swap import copy_side_files, merge, parse_size, plan_merge
+
+    loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
+    r = loaded.recipe
+    out = Path(output) if output else Path("sweeps") / r.name
+    # Only the target language: the sweep chooses for it, and every config costs an evaluation.
+    cfg = r.eval.model_copy(update={"languages": [r.eval.target_language]})
+    lang = cfg.target_language
+
+    # 1. Resolve, preflight and download once, exactly as the build does.
+    inputs = resolve_inputs(loaded)
+    pre = check_compatible(inputs)
+    configs, skipped = grid(bottoms, tops, transitions, pre.num_layers)
+    if not configs:
+        raise HubswapError(f"no configuration of the grid fits in {pre.num_layers} layers",
+                           hint="bottom + top + 2 x transition must leave at least one middle layer")
+    log.info("sweeping %d configurations of %s (%d layers) on MGSM-%s", len(configs), r.name, pre.num_layers, lang)
+    dirs = fetch_inputs(loaded, inputs)
+    dataset = dataset_location(loaded)
+    eval_dir = out / "eval"
+    scratch = out / "scratch"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    lim = limit if limit is not None else (cfg.limit or None)
+    keys = {role: inputs[role].commit for role in EXPERTS if getattr(inputs[role], "commit", None)}
+
+    # 2. Both experts once, on the same questions as every configuration.
+    verdicts = evaluate_verdicts({role: dirs[role] for role in EXPERTS}, cfg, eval_dir,
+                                 dataset=dataset, limit=lim, cache_keys=keys, progress=progress)
+
+    # 3. Each configuration: merge into scratch, evaluate, remove.
+    shard = parse_size(max_shard_size)
+    for k, c in enumerate(configs, 1):
+        log.info("[%d/%d] %s: %s", k, len(configs), c.name, layer_map(c.swap(r.swap), pre.num_layers).picture())
+        folder = scratch / c.name
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        try:
+            plan = plan_merge(layer_map(c.swap(r.swap), pre.num_layers), pre.tensors, dirs,
+                              out_dtype=r.swap.dtype, max_shard_size=shard)
+            merge(plan, folder, progress=progress)
+            copy_side_files(dirs[r.swap.files_from], folder, r.swap.dtype)
+            verdicts.update(evaluate_verdicts({c.name: folder}, cfg, eval_dir, dataset=dataset,
+                                              limit=lim, progress=progress))
+        finally:
+            if not keep:
+                shutil.rmtree(folder, ignore_errors=True)
+    if not keep and scratch.exists() and not any(scratch.iterdir()):
+        scratch.rmdir()
+
+    # 4. Rank on the selection half, report the winner on the held-out half.
+    n = len(verdicts["task"])
+    if holdout and n < 2:
+        raise HubswapError(f"{n} question(s) cannot be split into a selection and a held-out half",
+                           hint="raise --limit, or pass --no-holdout")
+    select, held = split_halves(n, cfg.seed) if holdout else (list(range(n)), list(range(n)))
+    rows, heldout = rank(verdicts, configs, select, held)
+    result = SweepResult(r.name, lang, pre.num_layers, rows, heldout, n, len(select), holdout, skipped)
+
+    files = {"csv": out / "sweep.csv", "json": out / "sweep.json", "svg": out / "sweep.svg"}
+    write_csv(files["csv"], rows)
+    files["json"].write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    experts_sel = {e: accuracy([verdicts[e][i] for i in select]) for e in EXPERTS}
+    files["svg"].write_text(render_svg(f"{r.name}: MGSM-{lang} accuracy over bottom x top", rows, experts_sel))
+    dest = Path(recipe_out) if recipe_out else loaded.path.with_name(f"{loaded.path.stem}.sweep.toml")
+    c = result.chosen
+    h = heldout
+    note = [
+        f"Swap chosen by `hubswap sweep` over {len(configs)} configurations on MGSM-{lang}, "
+        f"selected on {len(select)} questions" + (f", held-out accuracy {h.accuracy[c.name]:.3f} on "
+                                                  f"{h.n} other questions" if holdout else ""),
+        f"(task expert {h.accuracy['task']:.3f}, language expert {h.accuracy['language']:.3f}); "
+        f"from {loaded.path.name}, only [swap] changed.",
+    ]
+    files["recipe"] = write_recipe(loaded, c, dest, note)
+    return SweepResult(**{**result.__dict__, "files": files})
+
+
+def evaluate_verdicts(models: dict[str, Path], cfg, eval_dir: Path, *, dataset: str, limit: int | None,
+                      cache_keys: dict[str, str] | None = None, progress: bool = True) -> dict[str, list[bool]]:
+    """Per-question correctness on the target language for each model, in question order."""
+    raise NotImplementedError
