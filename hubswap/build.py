@@ -176,10 +176,7 @@ def _hash_inputs(dirs: dict[str, Path], inputs: dict[str, ModelFiles], pre, file
 
 
 def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, shards: list[str]) -> dict:
-    import huggingface_hub
-    import safetensors
-    import torch
-    import transformers
+    from importlib.metadata import version
 
     models = {}
     for role, src in loaded.recipe.models.roles().items():
@@ -199,10 +196,8 @@ def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, shards: list
         "models": models,
         "layer_map": lmap.to_json(),
         "output": {"dtype": loaded.recipe.swap.dtype, "num_layers": lmap.num_layers, "shards": shards},
-        "versions": {
-            "hubswap": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "safetensors": safetensors.__version__, "huggingface_hub": huggingface_hub.__version__,
-        },
+        "versions": {"hubswap": __version__,
+                     **{p: version(p) for p in ("torch", "transformers", "safetensors", "huggingface_hub")}},
     }
 
 
