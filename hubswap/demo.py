@@ -207,11 +207,14 @@ def find_mgsm() -> Path | None:
     return None
 
 
-def write_demo_recipe(path: Path, experts: Path, *, dataset: str | None = None) -> Path:
+def write_demo_recipe(path: Path, experts: Path, *, dataset: str | None = None, need_dataset: bool = True) -> Path:
+    """Write the demo recipe for tiny experts in ``experts``, evaluating on the offline MGSM copy."""
     from hubswap.errors import HubswapError
 
     if dataset is None:
         found = find_mgsm()
+        if found is None and not need_dataset:
+            found = "juletxara/mgsm"
         if found is None:
             raise HubswapError(
                 "no offline MGSM copy found for the demo",
