@@ -27,6 +27,8 @@ examples:
   hubswap build recipes/llama-swahili-math.toml  resolve, preflight, download, swap, evaluate, card
   hubswap build RECIPE --no-eval --no-push --output builds/x
   hubswap analyze RECIPE                         where each expert changed the base; a suggested swap
+  hubswap lock RECIPE                            pin Hub models to commits and file hashes (RECIPE.lock.json)
+  hubswap push builds/x                          publish a build in one commit (HF_TOKEN with write access)
 
 Exit codes: 0 ok, 1 error, 2 bad recipe or lock, 3 incompatible or unsafe models,
 4 Hub error, 5 publish refused, 6 gate failed, 7 evaluation error.
@@ -64,6 +66,25 @@ def _cmd_build(args: argparse.Namespace) -> int:
     )
     result = build(args.recipe, opts)
     print(result.summary())
+    return 0
+
+
+def _cmd_lock(args: argparse.Namespace) -> int:
+    from hubswap.hub import write_lock
+
+    path, lock = write_lock(args.recipe)
+    print(f"wrote {path}")
+    for role, m in lock["models"].items():
+        size = sum(f["size"] for f in m["files"].values())
+        where = m["path"] if m["repo"] is None else f"{m['repo']}@{m['revision']} -> {m['commit'][:12]}"
+        print(f"  {role:<9} {where}  ({len(m['files'])} files, {size / 1e6:.1f} MB)")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from hubswap.hub import publish
+
+    print(f"published {publish(args.build, repo=args.repo, force=args.force)}")
     return 0
 
 
@@ -125,6 +146,30 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                    help="largest output shard, e.g. 5GB (default) or 500MB")
     s.set_defaults(func=_cmd_build)
+
+    s = sub.add_parser(
+        "lock", help="pin the recipe's Hub models to commit SHAs and file hashes (RECIPE.lock.json)",
+        description="Resolve every model of RECIPE (branch or tag -> commit SHA) and record the sha256 "
+        "and size of every file a build uses in <recipe stem>.lock.json beside the recipe. Builds use "
+        "the lock when present and refuse one that no longer matches the recipe. Only configs, "
+        "tokenizer files and the safetensors index are downloaded; weights' hashes come from the Hub.",
+    )
+    s.add_argument("recipe", metavar="RECIPE")
+    s.set_defaults(func=_cmd_lock)
+
+    s = sub.add_parser(
+        "push", help="publish a build's model folder to the Hub in one commit",
+        description="Upload BUILD_DIR/model (weights, card, recipe, lock, eval results) to the recipe's "
+        "[publish].repo in ONE commit, creating the repo (private as the recipe says). Pushing the "
+        "same build again does nothing; a repo holding another recipe's build, a build from other "
+        "inputs or files not made by hubswap is left alone unless --force. Needs a write token "
+        "(HF_TOKEN or `hf auth login`).",
+    )
+    s.add_argument("build", metavar="BUILD_DIR", help="a build folder, or its model/ folder")
+    s.add_argument("--repo", metavar="ORG/NAME", help="publish here instead of [publish].repo")
+    s.add_argument("--force", action="store_true",
+                   help="replace a repo holding another build or files not made by hubswap")
+    s.set_defaults(func=_cmd_push)
 
     s = sub.add_parser(
         "analyze", help="measure where each expert changed the base, per layer, and suggest a swap",

@@ -1,0 +1,779 @@
+"""The Hub stage: resolve and lock, preflight reads, verified downloads, and publishing.
+
+Every Hub call goes through ``huggingface_hub`` (``HfApi``, ``hf_hub_download``, ``create_commit``
+and its HTTP session for ranged reads), so the token comes from its usual sources (``HF_TOKEN``,
+``hf auth login``) and ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and the cache behave as users expect.
+
+    resolve_hub_inputs(loaded, roles)   -> {role: HubModelFiles}   pinned to a commit (the lock's when present)
+    HubModelFiles                       configs/tokenizer/index and safetensors headers, no weight download
+    download_inputs(model)              -> local folder: needed files only, sha256-checked, resumable
+    write_lock(recipe) / read_lock(loaded)   <recipe stem>.lock.json beside the recipe
+    publish(model_dir, force=...)       -> one commit; no-op when the same build is already there
+
+Errors from ``huggingface_hub`` become one-line ``HubError``s with a hint in :func:`_hub_call`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hubswap import __version__
+from hubswap.errors import (
+    HubError,
+    HubswapError,
+    LockMismatchError,
+    ModelFilesError,
+    PublishRefusedError,
+    UnsafeWeightsError,
+)
+from hubswap.recipe import ROLES, LoadedRecipe, ModelSource, load_recipe, parse_recipe
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LOCK_VERSION = 1
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Everything besides the weights that a build reads or copies into the merged model.
+SIDE_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
+    "chat_template.jinja", "chat_template.json",
+)
+ATTEMPTS = 3  # tries of one Hub call on a transient failure (5xx, 429, dropped connection)
+_MAX_HEADER = 100 << 20
+_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    sha256: str
+    size: int
+
+    def to_json(self) -> dict:
+        return {"sha256": self.sha256, "size": self.size}
+
+
+# -- errors: huggingface_hub's exceptions -> one line and a hint ------------------------------
+
+
+def _token_hint() -> str:
+    return "set HF_TOKEN (or run `hf auth login`) with a token that can read it"
+
+
+def _map_error(e: BaseException, what: str, *, repo: str | None, revision: str | None,
+               write: bool = False) -> HubswapError | None:
+    """The user-facing error for an exception of huggingface_hub, or None if it is not one."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = constants.ENDPOINT
+    if isinstance(e, GatedRepoError):
+        return HubError(
+            f"{repo} is a gated repo and your token has not been granted access to it",
+            hint=f"accept its licence at {endpoint}/{repo} (Llama repos are gated), then set HF_TOKEN "
+            "to a token of that account (or run `hf auth login`)",
+        )
+    if isinstance(e, RevisionNotFoundError):
+        return HubError(
+            f"revision {revision!r} not found in {repo}",
+            hint=f"use a branch, tag or full commit SHA that exists (see {endpoint}/{repo}/tree/main)",
+        )
+    if isinstance(e, RemoteEntryNotFoundError):
+        return ModelFilesError(f"{repo}@{revision}: {what}: no such file in the repo")
+    if isinstance(e, RepositoryNotFoundError):
+        return HubError(
+            f"repo {repo} not found on {endpoint} (or it is private and your token cannot see it)",
+            hint=f"check the repo id; for a private repo {_token_hint()}",
+        )
+    if isinstance(e, LocalTokenNotFoundError):
+        return HubError("no Hugging Face token found: publishing needs a token with write access",
+                        hint="set HF_TOKEN to a write token (https://huggingface.co/settings/tokens) "
+                        "or run `hf auth login`")
+    offline = isinstance(e, OfflineModeIsEnabled) or isinstance(e.__cause__, OfflineModeIsEnabled)
+    if offline or (isinstance(e, LocalEntryNotFoundError) and constants.is_offline_mode()):
+        return HubError(
+            f"offline mode is on (HF_HUB_OFFLINE=1): cannot fetch {what} of {repo}@{revision}, "
+            "which is not in the local cache",
+            hint="unset HF_HUB_OFFLINE; a recipe with a lock file builds offline once one online "
+            "build has cached its files",
+        )
+    if isinstance(e, HfHubHTTPError) and e.response is not None:
+        status = e.response.status_code
+        if status == 401:
+            return HubError("the Hugging Face token was rejected (invalid or expired)",
+                            hint="set HF_TOKEN to a valid token or run `hf auth login`")
+        if status == 403 and write:
+            ns = (repo or "").split("/")[0]
+            return HubError(
+                f"your token cannot write to {repo} (it is read-only or has no access to '{ns}')",
+                hint=f"use a token with write access to '{ns}': set HF_TOKEN or run `hf auth login`",
+            )
+        if status == 412 and write:
+            return PublishRefusedError(f"{repo} changed while publishing (someone else pushed to it)",
+                                       hint="run the push again: it re-checks what the repo holds")
+        if status in (429, 500, 502, 503, 504):
+            return _network_error(what, repo, f"the Hub answered HTTP {status}")
+        return HubError(f"{what} of {repo} failed: HTTP {status} "
+                        f"{e.response.headers.get('X-Error-Message') or ''}".rstrip())
+    if isinstance(e, (httpx2.TransportError, LocalEntryNotFoundError, ConnectionError, TimeoutError)):
+        cause = e.__cause__ or e
+        return _network_error(what, repo, f"{type(cause).__name__}: {_first_line(cause)}")
+    return None
+
+
+def _network_error(what: str, repo: str | None, reason: str) -> HubError:
+    from huggingface_hub import constants
+
+    return HubError(
+        f"cannot reach {constants.ENDPOINT} for {what} of {repo} after {ATTEMPTS} attempts ({reason})",
+        hint="check the connection, proxy (HTTPS_PROXY) and HF_ENDPOINT, then run again: "
+        "finished files stay in the cache and are not downloaded twice",
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return _scrub(text[0][:200]) if text else ""
+
+
+def _scrub(text: str) -> str:
+    """Remove the token from anything shown to a user."""
+    from huggingface_hub import get_token
+
+    tok = get_token()
+    return text.replace(tok, "***") if tok else text
+
+
+def _transient(e: BaseException) -> bool:
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    if isinstance(e, OfflineModeIsEnabled) or isinstance(e.__cause__, OfflineModeIsEnabled):
+        return False
+    if isinstance(e, HfHubHTTPError) and e.response is not None:
+        return e.response.status_code in (429, 500, 502, 503, 504)
+    if isinstance(e, LocalEntryNotFoundError):  # hf_hub_download's wrapper of a connection failure
+        return e.__cause__ is not None and _transient(e.__cause__)
+    return isinstance(e, httpx2.TransportError)
+
+
+def _hub_call(fn: Callable[[], T], what: str, *, repo: str | None, revision: str | None = None,
+              write: bool = False, attempts: int = ATTEMPTS) -> T:
+    """Run one huggingface_hub call, retrying transient failures, mapping errors to one line."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except HubswapError:
+            raise
+        except Exception as e:
+            if _transient(e) and attempt < attempts:
+                wait = 2 ** (attempt - 1)
+                log.warning("%s of %s failed (%s); retrying in %ds", what, repo, _first_line(e), wait)
+                time.sleep(wait)
+                continue
+            mapped = _map_error(e, what, repo=repo, revision=revision, write=write)
+            if mapped is None:
+                raise
+            raise mapped from None
+    raise AssertionError("unreachable")
+
+
+# -- which files a build needs -----------------------------------------------------------------
+
+
+def select_files(names: list[str], read_index: Callable[[], dict], where: str) -> list[str]:
+    """The files of a model that a build uses: side files, the index and the safetensors shards.
+
+    ``names`` lists the repo or folder; pickled weights are never selected, and a model that has
+    only pickled weights is refused.
+    """
+    top = set(names)
+    if INDEX in top:
+        index = read_index()
+        shards = sorted(set((index.get("weight_map") or {}).values()))
+        missing = [s for s in shards if s not in top]
+        if not shards or missing:
+            raise ModelFilesError(f"{where}: {INDEX} names missing shard(s) {missing or '(none listed)'}")
+        weights = [INDEX, *shards]
+    elif SINGLE in top:
+        weights = [SINGLE]
+    else:
+        pickled = sorted(n for n in names if n.endswith(PICKLED_SUFFIXES))
+        if pickled:
+            raise UnsafeWeightsError(
+                f"{where} has only pickled weights ({', '.join(pickled[:3])}); hubswap reads safetensors only",
+                hint="pickled checkpoints can run arbitrary code when loaded: pick a revision with "
+                ".safetensors weights, or convert them once in a trusted environment "
+                "(save_pretrained(..., safe_serialization=True))",
+            )
+        raise ModelFilesError(f"{where} has no safetensors weights ({SINGLE} or {INDEX})")
+    return [f for f in SIDE_FILES if f in top] + weights
+
+
+def is_weight(name: str) -> bool:
+    return name.endswith(".safetensors")
+
+
+# -- resolving a Hub model to a commit ----------------------------------------------------------
+
+
+class HubModelFiles:
+    """One Hub model pinned to a commit SHA: the ``ModelFiles`` of hubswap.compat for preflight.
+
+    Small files are downloaded into the huggingface_hub cache (and checked against the lock);
+    safetensors headers are read with two ranged GETs (8 bytes, then the header), so the checks
+    run before any weight is downloaded. Files already in the cache are read from there, which is
+    what lets a locked build run with HF_HUB_OFFLINE=1.
+    """
+
+    def __init__(self, role: str, repo: str, revision: str, commit: str, records: dict[str, FileRecord],
+                 *, endpoint: str | None = None, token: str | bool | None = None):
+        self.role = role
+        self.repo = repo
+        self.revision = revision
+        self.commit = commit
+        self.records = dict(records)
+        self.endpoint = endpoint
+        self.token = token
+        self.display = f"{repo}@{revision}" + ("" if revision == commit else f" ({commit[:12]})")
+        self._headers: dict[str, dict] = {}
+
+    def files(self) -> list[str]:
+        return sorted(self.records)
+
+    def local_path(self, name: str) -> Path:
+        """The file in the cache, downloading it (and checking its sha256) when needed."""
+        return _download_verified(self, name)
+
+    def read_text(self, name: str) -> str | None:
+        if name not in self.records:
+            return None
+        return self.local_path(name).read_text(encoding="utf-8")
+
+    def read_json(self, name: str) -> dict | None:
+        text = self.read_text(name)
+        return None if text is None else json.loads(text)
+
+    def safetensors_header(self, name: str) -> dict:
+        if name not in self._headers:
+            self._headers[name] = self._read_header(name)
+        return dict(self._headers[name])
+
+    def _read_header(self, name: str) -> dict:
+        from huggingface_hub import try_to_load_from_cache
+
+        from hubswap.compat import parse_header, read_header_file
+
+        cached = try_to_load_from_cache(self.repo, name, revision=self.commit)
+        if isinstance(cached, str):
+            return read_header_file(Path(cached))
+        where = f"{self.role} model {self.display}: {name}"
+        head = self._range(name, 0, 7)
+        if len(head) < 8:
+            raise ModelFilesError(f"{where}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head[:8])
+        if n > _MAX_HEADER:
+            raise ModelFilesError(f"{where}: corrupt safetensors header (length {n})")
+        return parse_header(head[:8] + self._range(name, 8, 8 + n - 1), where=where)
+
+    def _range(self, name: str, start: int, end: int) -> bytes:
+        """Bytes ``start..end`` (inclusive) of a file, through huggingface_hub's session."""
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
+
+        url = hf_hub_url(self.repo, name, revision=self.commit, endpoint=self.endpoint)
+        headers = build_hf_headers(token=self.token)
+        headers.update({"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"})
+        want = end - start + 1
+
+        def get() -> bytes:
+            with http_stream_backoff("GET", url, headers=headers) as r:
+                hf_raise_for_status(r)
+                out = bytearray()
+                for chunk in r.iter_bytes():  # a server that ignores Range is cut off here
+                    out += chunk
+                    if len(out) >= want:
+                        break
+                if r.status_code == 200:  # whole file from the start: keep the asked slice
+                    out = out[start:] if start else out
+                return bytes(out[:want])
+
+        return _hub_call(get, f"the header of {name}", repo=self.repo, revision=self.revision)
+
+
+def _api(endpoint: str | None, token: str | bool | None):
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=endpoint, token=token, library_name="hubswap", library_version=__version__)
+
+
+def resolve_model(role: str, source: ModelSource, *, endpoint: str | None = None,
+                  token: str | bool | None = None) -> HubModelFiles:
+    """Resolve a Hub model's revision to a commit and record the sha256 and size of each needed file.
+
+    One ``model_info(files_metadata=True)`` call gives the commit and every LFS file's sha256; the
+    few small non-LFS files (configs, tokenizer, index) are downloaded and hashed (preflight reads
+    them next anyway).
+    """
+    assert source.repo is not None
+    repo, ref = source.repo, source.ref
+    info = _hub_call(lambda: _api(endpoint, token).model_info(repo, revision=ref, files_metadata=True),
+                     "model info", repo=repo, revision=ref)
+    commit = info.sha
+    siblings = {s.rfilename: s for s in info.siblings or []}
+    model = HubModelFiles(role, repo, ref, commit, {}, endpoint=endpoint, token=token)
+    log.info("%s: %s -> commit %s", role, source.display(), commit)
+
+    def small(name: str) -> Path:
+        path = _fetch(model, name)
+        model.records[name] = FileRecord(_sha256(path), path.stat().st_size)
+        return path
+
+    names = select_files(list(siblings), lambda: json.loads(small(INDEX).read_text()),
+                         f"{role} model {source.display()}")
+    for name in names:
+        s = siblings[name]
+        if s.lfs is not None:
+            model.records[name] = FileRecord(s.lfs.sha256, s.lfs.size)
+        elif name not in model.records:
+            path = small(name)
+            if s.blob_id and _git_sha1(path) != s.blob_id:
+                _evict(path)
+                raise HubError(f"{role} model {source.display()}: {name} does not match the Hub's git hash",
+                               hint="run again; if it persists, a proxy is altering downloads")
+    return model
+
+
+def resolve_hub_inputs(loaded: LoadedRecipe, roles: dict[str, ModelSource] | None = None, *,
+                       endpoint: str | None = None, token: str | bool | None = None) -> dict[str, HubModelFiles]:
+    """The Hub models of a recipe pinned to commits: from the lock file when there is one (no network),
+    else resolved now. A lock that no longer matches the recipe is refused."""
+    roles = roles if roles is not None else {r: s for r, s in loaded.recipe.models.roles().items() if not s.is_local}
+    lock = read_lock(loaded)
+    out = {}
+    for role, source in roles.items():
+        if lock is not None:
+            entry = lock["models"][role]
+            records = {n: FileRecord(f["sha256"], f["size"]) for n, f in entry["files"].items()}
+            out[role] = HubModelFiles(role, source.repo, source.ref, entry["commit"], records,
+                                      endpoint=endpoint, token=token)
+        else:
+            out[role] = resolve_model(role, source, endpoint=endpoint, token=token)
+    if lock is None and roles:
+        log.info("no lock file: resolved %s now; `hubswap lock %s` pins them", ", ".join(roles), loaded.path)
+    return out
+
+
+# -- downloads ----------------------------------------------------------------------------------
+
+
+def _fetch(model: HubModelFiles, name: str, *, force: bool = False) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    path = _hub_call(
+        lambda: hf_hub_download(model.repo, name, revision=model.commit, endpoint=model.endpoint,
+                                token=model.token, force_download=force),
+        name, repo=model.repo, revision=model.revision,
+    )
+    return Path(path)
+
+
+def _download_verified(model: HubModelFiles, name: str) -> Path:
+    """Download one file at the pinned commit and check it against its recorded sha256.
+
+    A corrupt copy is removed from the cache and fetched once more before giving up.
+    """
+    record = model.records.get(name)
+    if record is None:
+        raise ModelFilesError(f"{model.role} model {model.display}: {name} is not among the locked files")
+    for attempt in (1, 2):
+        path = _fetch(model, name, force=attempt > 1)
+        digest = _sha256(path)
+        if digest == record.sha256 and path.stat().st_size == record.size:
+            return path
+        _evict(path)
+        log.warning("%s: %s has sha256 %s, expected %s%s", model.role, name, digest[:12], record.sha256[:12],
+                    "; downloading it again" if attempt == 1 else "")
+    raise HubError(
+        f"{model.role} model {model.display}: the downloaded {name} has sha256 {digest[:16]}..., "
+        f"but the Hub's record is {record.sha256[:16]}...",
+        hint="the corrupt copy was removed from the cache; run again, and if it persists a proxy "
+        "or mirror (HF_ENDPOINT) is serving wrong bytes",
+    )
+
+
+def download_inputs(model: HubModelFiles, files_from: bool = True) -> Path:
+    """Download the files a build uses (``model.records``: safetensors shards, configs, tokenizer,
+    chat template) into the huggingface_hub cache; return the snapshot folder holding them.
+
+    Every file is checked against its sha256 (the Hub's LFS sha256 for weights). A dropped
+    connection resumes from the bytes already received (huggingface_hub sends a Range request);
+    files completed by an earlier, interrupted run are taken from the cache. ``files_from`` is
+    accepted for symmetry with local folders: side files are small and evaluation needs them.
+    """
+    names = model.files()
+    total = sum(r.size for r in model.records.values())
+    log.info("%s: fetching %d files (%s) of %s", model.role, len(names), _human(total), model.display)
+    folder = None
+    for name in sorted(names, key=lambda n: (is_weight(n), n)):
+        path = _download_verified(model, name)
+        folder = path.parents[len(Path(name).parts) - 1]
+    assert folder is not None
+    return folder
+
+
+def _evict(path: Path) -> None:
+    """Remove a cached file: the snapshot link and the blob it points to."""
+    with contextlib.suppress(OSError):
+        blob = path.resolve()
+        path.unlink()
+        if blob != path:
+            blob.unlink()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git_sha1(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+# -- the lock file ------------------------------------------------------------------------------
+
+
+def lock_path(recipe_path: str | Path) -> Path:
+    p = Path(recipe_path)
+    return p.with_name(f"{p.stem}.lock.json")
+
+
+def recipe_sha256(loaded: LoadedRecipe) -> str:
+    return hashlib.sha256(loaded.text.encode("utf-8")).hexdigest()
+
+
+def _local_entry(loaded: LoadedRecipe, role: str, source: ModelSource) -> dict:
+    path = loaded.resolve_path(source)
+    if not path.is_dir():
+        raise ModelFilesError(f"{role} model: {path} is not a directory",
+                              hint="check the recipe's `path` (relative paths are relative to the recipe)")
+    names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    where = f"{role} model {source.path}"
+    files = select_files(names, lambda: json.loads((path / INDEX).read_text()), where)
+    return {"repo": None, "revision": None, "commit": None, "path": source.path,
+            "files": {n: FileRecord(_sha256(path / n), (path / n).stat().st_size).to_json() for n in files}}
+
+
+def make_lock(loaded: LoadedRecipe, *, endpoint: str | None = None, token: str | bool | None = None) -> dict:
+    """Resolve every model of a recipe now and return the lock (see DESIGN.md for the shape)."""
+    models = {}
+    for role, source in loaded.recipe.models.roles().items():
+        if source.is_local:
+            models[role] = _local_entry(loaded, role, source)
+            continue
+        m = resolve_model(role, source, endpoint=endpoint, token=token)
+        models[role] = {"repo": m.repo, "revision": m.revision, "commit": m.commit, "path": None,
+                        "files": {n: r.to_json() for n, r in sorted(m.records.items())}}
+    return {
+        "lock_version": LOCK_VERSION,
+        "hubswap_version": __version__,
+        "recipe": {"path": loaded.path.name, "name": loaded.recipe.name, "sha256": recipe_sha256(loaded)},
+        "models": models,
+    }
+
+
+def write_lock(recipe_path: str | Path, *, endpoint: str | None = None,
+               token: str | bool | None = None) -> tuple[Path, dict]:
+    """``hubswap lock``: resolve the recipe's models and write ``<recipe stem>.lock.json`` beside it."""
+    loaded = load_recipe(recipe_path)
+    lock = make_lock(loaded, endpoint=endpoint, token=token)
+    out = lock_path(loaded.path)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(lock, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+    return out, lock
+
+
+def read_lock(loaded: LoadedRecipe) -> dict | None:
+    """The recipe's lock file, or None when there is none; refuses a lock that no longer matches.
+
+    A lock matches when it pins exactly the recipe's models (same repo and revision, or same local
+    path) and the local models' files still have the locked sha256.
+    """
+    path = lock_path(loaded.path)
+    if not path.is_file():
+        return None
+    refresh = f"refresh it with `hubswap lock {loaded.path}`"
+    try:
+        lock = json.loads(path.read_text(encoding="utf-8"))
+        version, models = lock.get("lock_version"), lock["models"]
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise LockMismatchError(f"{path}: not a hubswap lock file ({type(e).__name__}: {e})", hint=refresh) from None
+    if version != LOCK_VERSION:
+        raise LockMismatchError(f"{path}: lock_version {version!r}, this hubswap reads {LOCK_VERSION}", hint=refresh)
+    problems = []
+    roles = loaded.recipe.models.roles()
+    for role in ROLES:
+        source, entry = roles.get(role), models.get(role)
+        if source is None and entry is None:
+            continue
+        if source is None:
+            problems.append(f"models.{role} is locked but no longer in the recipe")
+        elif entry is None:
+            problems.append(f"models.{role} ({source.display()}) is not in the lock")
+        elif source.is_local:
+            if entry.get("path") != source.path:
+                problems.append(f"models.{role} is {source.display()}, the lock has {_entry_display(entry)}")
+            else:
+                problems += _local_changes(loaded, role, source, entry)
+        elif (entry.get("repo"), entry.get("revision")) != (source.repo, source.ref) or not entry.get("commit"):
+            problems.append(f"models.{role} is {source.display()}, the lock has {_entry_display(entry)}")
+    if problems:
+        raise LockMismatchError(f"{path} no longer matches {loaded.path}: " + "; ".join(problems), hint=refresh)
+    log.info("using %s", path)
+    return lock
+
+
+def _entry_display(entry: dict) -> str:
+    return entry.get("path") or f"{entry.get('repo')}@{entry.get('revision')}"
+
+
+def _local_changes(loaded: LoadedRecipe, role: str, source: ModelSource, entry: dict) -> list[str]:
+    folder = loaded.resolve_path(source)
+    changed = []
+    for name, rec in entry.get("files", {}).items():
+        p = folder / name
+        if not p.is_file() or p.stat().st_size != rec["size"] or _sha256(p) != rec["sha256"]:
+            changed.append(name)
+    if changed:
+        return [f"models.{role} ({source.path}) changed since it was locked: {', '.join(changed[:3])}"]
+    return []
+
+
+# -- publishing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    repo: str
+    commit: str
+    url: str
+    action: str  # "created" | "updated" | "unchanged"
+
+    def __str__(self) -> str:
+        if self.action == "unchanged":
+            return f"{self.url} (already up to date at commit {self.commit[:12]}; nothing pushed)"
+        return f"{self.url} (commit {self.commit[:12]})"
+
+
+@dataclass(frozen=True)
+class _LocalFile:
+    path: Path
+    sha256: str
+    size: int
+    git_sha1: str | None  # only for files small enough to be regular git blobs
+
+
+def model_folder(build_dir: str | Path) -> Path:
+    """The model folder of a build (``<build>/model``), or the folder itself when given directly."""
+    p = Path(build_dir)
+    if (p / "model" / "hubswap" / "lock.json").is_file():
+        return p / "model"
+    if (p / "hubswap" / "lock.json").is_file():
+        return p
+    raise ModelFilesError(f"{p} is not a hubswap build (no model/hubswap/lock.json)",
+                          hint="give the folder that `hubswap build` wrote (builds/<name> by default)")
+
+
+def _manifest(folder: Path) -> dict[str, _LocalFile]:
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if not p.is_file() or rel.startswith((".git/", ".cache/")) or "/.git/" in rel:
+            continue
+        size = p.stat().st_size
+        out[rel] = _LocalFile(p, _sha256(p), size, _git_sha1(p) if size <= (10 << 20) else None)
+    return out
+
+
+def build_identity(lock: dict, recipe_text: str) -> dict:
+    """What makes two builds "the same build": the recipe's models and swap, and the exact inputs."""
+    try:
+        r = parse_recipe(recipe_text, Path("recipe.toml")).recipe
+        merge = {"name": r.name, "models": r.models.model_dump(mode="json"), "swap": r.swap.model_dump(mode="json")}
+    except HubswapError:  # a recipe of another schema: fall back to its exact text
+        merge = {"text": recipe_text}
+    inputs = {role: {"repo": m.get("repo"), "commit": m.get("commit"),
+                     "files": {n: f.get("sha256") for n, f in sorted((m.get("files") or {}).items())}}
+              for role, m in sorted((lock.get("models") or {}).items())}
+    return {"recipe": _digest(merge), "inputs": _digest(inputs), "name": merge.get("name")}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | None = None,
+            force: bool = False, endpoint: str | None = None, token: str | None = None) -> PublishResult:
+    """Publish a build's model folder as ONE commit to ``repo`` (default: the recipe's [publish].repo).
+
+    - the same build already there (same files) -> nothing is pushed;
+    - a hubswap build of the same recipe and inputs -> updated (e.g. new evaluation or card);
+    - a build of another recipe or other inputs, or a repo hubswap did not make -> refused
+      unless ``force``;
+    - after the commit, the remote files' hashes are compared with the local ones.
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, get_token, hf_hub_download
+
+    folder = model_folder(model_dir)
+    lock = json.loads((folder / "hubswap" / "lock.json").read_text(encoding="utf-8"))
+    recipe_text = (folder / "hubswap" / "recipe.toml").read_text(encoding="utf-8")
+    loaded = parse_recipe(recipe_text, folder / "hubswap" / "recipe.toml")
+    pub = loaded.recipe.publish
+    repo = repo or (pub.repo if pub else None)
+    if repo is None:
+        raise HubswapError("nothing to publish to: the recipe has no [publish] table",
+                           hint='add [publish] repo = "org/name" to the recipe, or pass --repo ORG/NAME')
+    private = private if private is not None else (pub.private if pub else True)
+    token = token or get_token()
+    if not token:
+        raise HubError("no Hugging Face token found: publishing needs a token with write access",
+                       hint="set HF_TOKEN to a write token (https://huggingface.co/settings/tokens) "
+                       "or run `hf auth login`")
+    api = _api(endpoint, token)
+    who = _hub_call(lambda: api.whoami(), "checking the token", repo=repo, write=True)
+    role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise HubError(f"your token is read-only: it cannot publish to {repo}",
+                       hint="set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens)")
+
+    local = _manifest(folder)
+    mine = build_identity(lock, recipe_text)
+
+    # What does the repo hold now?
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def current():
+        try:
+            return api.model_info(repo, files_metadata=True)
+        except RepositoryNotFoundError:
+            return None
+
+    info = _hub_call(current, "reading the repo", repo=repo)
+    head, remote = (info.sha, {s.rfilename: s for s in info.siblings or []}) if info else (None, {})
+    action = "created" if head is None else "updated"
+    content = {n for n in remote if n != ".gitattributes"}
+    if content:
+        if "hubswap/lock.json" not in remote:
+            if not force:
+                raise PublishRefusedError(
+                    f"{repo} already holds {len(content)} file(s) not made by hubswap "
+                    f"(e.g. {sorted(content)[0]}); refusing to overwrite it",
+                    hint="publish to another [publish].repo, or pass --force to replace its contents",
+                )
+        else:
+            def remote_text(name: str) -> str:
+                p = _hub_call(lambda: hf_hub_download(repo, name, revision=head, endpoint=endpoint, token=token),
+                              name, repo=repo, revision=head)
+                return Path(p).read_text(encoding="utf-8")
+
+            theirs = build_identity(json.loads(remote_text("hubswap/lock.json")),
+                                    remote_text("hubswap/recipe.toml") if "hubswap/recipe.toml" in remote else "")
+            if theirs["recipe"] != mine["recipe"] or theirs["inputs"] != mine["inputs"]:
+                what = ("another recipe" + (f" ('{theirs['name']}')" if theirs["name"] else "")
+                        if theirs["recipe"] != mine["recipe"] else "other input models or files")
+                if not force:
+                    raise PublishRefusedError(
+                        f"{repo} holds a hubswap build of {what}; refusing to replace it with "
+                        f"'{mine['name']}'",
+                        hint="publish to another [publish].repo, or pass --force to replace it",
+                    )
+                log.warning("--force: replacing %s's build of %s", repo, what)
+            elif not _differences(local, remote):
+                log.info("%s already holds this build (commit %s): nothing to push", repo, head[:12])
+                return PublishResult(repo, head, f"{api.endpoint}/{repo}", "unchanged")
+
+    # One commit: every local file, and the removal of remote files the build no longer has.
+    if head is None:
+        _hub_call(lambda: api.create_repo(repo, private=private, exist_ok=True), "creating the repo",
+                  repo=repo, write=True)
+    ops: list = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(f.path)) for n, f in local.items()]
+    ops += [CommitOperationDelete(path_in_repo=n) for n in sorted(content - set(local))]
+    build_sha = _digest({n: f.sha256 for n, f in local.items()})
+    message = f"hubswap {__version__}: publish '{loaded.recipe.name}' built from {Path(lock.get('recipe', {}).get('path') or 'recipe.toml').name}"
+    description = "\n".join([
+        f"Built by hubswap {__version__} by layer swapping; see hubswap/recipe.toml and hubswap/lock.json.",
+        "",
+        f"hubswap-version: {__version__}",
+        f"hubswap-recipe: {loaded.recipe.name}",
+        f"hubswap-recipe-sha256: {mine['recipe']}",
+        f"hubswap-inputs-sha256: {mine['inputs']}",
+        f"hubswap-build-sha256: {build_sha}",
+    ])
+    log.info("publishing %d files (%s) to %s in one commit", len(local), _human(sum(f.size for f in local.values())), repo)
+    info = _hub_call(
+        lambda: api.create_commit(repo, ops, commit_message=message, commit_description=description,
+                                  parent_commit=head),
+        "publishing", repo=repo, write=True, attempts=1,
+    )
+    commit = info.oid
+
+    # Check what the Hub now holds against what was meant to be published.
+    after = _hub_call(lambda: api.model_info(repo, revision=commit, files_metadata=True),
+                      "verifying the commit", repo=repo, revision=commit)
+    bad = _differences(local, {s.rfilename: s for s in after.siblings or []})
+    if bad:
+        raise HubError(f"commit {commit[:12]} of {repo} does not match the local files: {', '.join(bad[:5])}",
+                       hint="run the push again; it replaces the mismatching files")
+    log.info("published %s at commit %s, remote hashes verified", repo, commit[:12])
+    return PublishResult(repo, commit, f"{api.endpoint}/{repo}", action)
+
+
+def _differences(local: dict[str, _LocalFile], remote: dict) -> list[str]:
+    """Files whose remote copy (sha256 of LFS files, git blob id of others) differs from the local one."""
+    bad = [n for n in remote if n not in local and n != ".gitattributes"]
+    for name, f in local.items():
+        s = remote.get(name)
+        if s is None:
+            bad.append(name)
+        elif s.lfs is not None:
+            if s.lfs.sha256 != f.sha256 or s.lfs.size != f.size:
+                bad.append(name)
+        elif s.blob_id != f.git_sha1 or (s.size is not None and s.size != f.size):
+            bad.append(name)
+    return sorted(bad)
+

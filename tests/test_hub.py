@@ -1,0 +1,313 @@
+"""Hub stage against tests/hub_server.py: the real huggingface_hub client over real HTTP.
+
+Resolving and locking, preflight by ranged reads, verified and resumable downloads, and every
+failure a user can meet on the way in (gated, missing revision, dropped connections, 5xx, bytes that
+do not match their sha256, offline mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hub_server import HubServer
+
+WRITE, READ = "hf_test_alice_write_token", "hf_test_alice_read_token"
+
+
+def recipe_text(task_rev: str = "main", *, publish: str = "org/merged", name: str = "tiny-hub-merge",
+                bottom: int = 2, task_repo: str = "org/task") -> str:
+    return f"""\
+schema_version = 1
+name = "{name}"
+
+[models.base]
+repo = "org/base"
+
+[models.task]
+repo = "{task_repo}"
+revision = "{task_rev}"
+
+[models.language]
+repo = "org/language"
+
+[swap]
+bottom = {bottom}
+top = 1
+transition = 1
+dtype = "float32"
+
+[publish]
+repo = "{publish}"
+private = true
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_llama):
+    with HubServer() as server:
+        server.add_user("alice", WRITE, role="write", orgs=("org",))
+        server.add_user("alice", READ, role="read", orgs=("org",))
+        server.add_user("bob", "hf_test_bob_token", role="write")
+        for role, path in tiny_llama.items():
+            server.upload_folder(f"org/{role}", path, message=f"tiny {role}")
+        yield server
+
+
+@pytest.fixture
+def hub_env(hub, monkeypatch):
+    """HF_ENDPOINT-free: everything in-process passes endpoint=hub.url; faults reset per test."""
+    hub.clear_faults()
+    hub.requests.clear()
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return hub
+
+
+def write_recipe(folder: Path, text: str, name: str = "merge.toml") -> Path:
+    p = folder / name
+    p.write_text(text)
+    return p
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- resolve and lock ------------------------------------------------------------------------
+
+
+def test_lock_pins_commits_and_every_file_hash_without_downloading_weights(hub_env, tmp_path):
+    from hubswap.hub import lock_path, write_lock
+
+    recipe = write_recipe(tmp_path, recipe_text())
+    out, lock = write_lock(recipe, endpoint=hub_env.url)
+
+    assert out == lock_path(recipe) == tmp_path / "merge.lock.json"
+    on_disk = json.loads(out.read_text())
+    assert on_disk == lock and lock["lock_version"] == 1
+    assert lock["recipe"]["sha256"] == sha256(recipe.read_bytes())
+    for role in ("base", "task", "language"):
+        entry = lock["models"][role]
+        commit = hub_env.head(f"org/{role}")
+        assert entry["repo"] == f"org/{role}" and entry["commit"] == commit.sha and entry["path"] is None
+        assert "config.json" in entry["files"] and "model.safetensors.index.json" in entry["files"]
+        assert any(n.endswith(".safetensors") for n in entry["files"])
+        for name, rec in entry["files"].items():
+            data = hub_env.read(f"org/{role}", name)
+            assert rec == {"sha256": sha256(data), "size": len(data)}, name
+    # weights' hashes came from the Hub's LFS metadata: not one shard was fetched
+    assert hub_env.count("GET", "*.safetensors") == 0
+
+
+def test_build_uses_the_locked_commit_after_the_branch_moves(hub_env, tmp_path):
+    from hubswap.hub import resolve_hub_inputs, write_lock
+    from hubswap.recipe import load_recipe
+
+    recipe = write_recipe(tmp_path, recipe_text())
+    _, lock = write_lock(recipe, endpoint=hub_env.url)
+    locked = lock["models"]["task"]["commit"]
+    hub_env.commit_files("org/task", {"notes.txt": b"a later commit"}, message="move main")
+    try:
+        hub_env.requests.clear()
+        models = resolve_hub_inputs(load_recipe(recipe), endpoint=hub_env.url)
+        assert models["task"].commit == locked != hub_env.head("org/task").sha
+        assert hub_env.requests == []  # the lock answers without asking the Hub
+    finally:
+        hub_env.commit_files("org/task", {}, delete=("notes.txt",), message="undo")
+
+
+def test_lock_that_no_longer_matches_the_recipe_is_refused(hub_env, tmp_path):
+    from hubswap.errors import LockMismatchError
+    from hubswap.hub import read_lock, write_lock
+    from hubswap.recipe import load_recipe
+
+    recipe = write_recipe(tmp_path, recipe_text())
+    write_lock(recipe, endpoint=hub_env.url)
+    recipe.write_text(recipe_text(task_rev="v2"))
+    with pytest.raises(LockMismatchError) as e:
+        read_lock(load_recipe(recipe))
+    assert "models.task is org/task@v2, the lock has org/task@main" in str(e.value)
+    assert e.value.hint == f"refresh it with `hubswap lock {recipe}`"
+
+
+def test_local_models_are_locked_by_path_and_hash(hub_env, tmp_path, tiny_llama):
+    from hubswap.errors import LockMismatchError
+    from hubswap.hub import read_lock, write_lock
+    from hubswap.recipe import load_recipe
+
+    text = recipe_text().replace('repo = "org/language"', f'path = "{tiny_llama["language"]}"')
+    recipe = write_recipe(tmp_path, text)
+    _, lock = write_lock(recipe, endpoint=hub_env.url)
+    entry = lock["models"]["language"]
+    assert entry["repo"] is None and entry["commit"] is None and entry["path"] == str(tiny_llama["language"])
+    cfg = (tiny_llama["language"] / "config.json").read_bytes()
+    assert entry["files"]["config.json"] == {"sha256": sha256(cfg), "size": len(cfg)}
+    assert read_lock(load_recipe(recipe)) == lock
+
+    lock["models"]["language"]["files"]["config.json"]["sha256"] = "0" * 64  # as if the folder changed
+    (tmp_path / "merge.lock.json").write_text(json.dumps(lock))
+    with pytest.raises(LockMismatchError, match="changed since it was locked: config.json"):
+        read_lock(load_recipe(recipe))
+
+
+# -- preflight before weights ------------------------------------------------------------------
+
+
+def test_preflight_reads_safetensors_headers_by_ranged_requests(hub_env, tmp_path):
+    from hubswap.compat import check_compatible
+    from hubswap.hub import resolve_hub_inputs
+    from hubswap.recipe import load_recipe
+
+    models = resolve_hub_inputs(load_recipe(write_recipe(tmp_path, recipe_text())), endpoint=hub_env.url)
+    pre = check_compatible(models)
+    assert pre.num_layers == 8 and len(pre.tensors["task"]) > 0
+    shard_gets = [(p, r) for m, p, r in hub_env.requests if m == "GET" and p.endswith(".safetensors")]
+    assert shard_gets and all(r and r.startswith("bytes=") for _, r in shard_gets)
+    assert {r for _, r in shard_gets} >= {"bytes=0-7"}
+
+
+# -- downloads ---------------------------------------------------------------------------------
+
+
+def _big_repo(hub: HubServer, repo: str, mb: int = 24) -> dict[str, bytes]:
+    """A model whose single shard is larger than huggingface_hub's 10 MB download chunk."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(0)
+    weights = save({"w": rng.standard_normal(mb * (1 << 18), dtype=np.float32)})
+    files = {"config.json": b'{"model_type": "llama", "num_hidden_layers": 1}', "model.safetensors": weights}
+    hub.commit_files(repo, files, message="big")
+    return files
+
+
+def _resolve(hub: HubServer, repo: str):
+    from hubswap.hub import resolve_model
+    from hubswap.recipe import ModelSource
+
+    return resolve_model("task", ModelSource(repo=repo), endpoint=hub.url)
+
+
+def test_download_resumes_after_the_connection_drops_mid_file(hub_env):
+    from hubswap.hub import download_inputs
+
+    files = _big_repo(hub_env, "org/big")
+    model = _resolve(hub_env, "org/big")
+    hub_env.fault("GET", "/org/big/resolve/*/model.safetensors", "drop")
+    folder = download_inputs(model)
+    assert (folder / "model.safetensors").read_bytes() == files["model.safetensors"]
+    ranges = [r for m, p, r in hub_env.requests if m == "GET" and p.endswith("model.safetensors")]
+    assert ranges[0] is None and ranges[1] == "bytes=10485760-"  # resumed after the first 10 MB chunk
+
+
+def test_http_500_then_success(hub_env, tmp_path):
+    from hubswap.hub import download_inputs, write_lock
+
+    hub_env.fault("GET", "/api/models/org/task/revision/main")
+    hub_env.fault("GET", "/org/task/resolve/*/model-00001-of-*.safetensors")
+    _, lock = write_lock(write_recipe(tmp_path, recipe_text()), endpoint=hub_env.url)
+    model = _resolve(hub_env, "org/task")
+    folder = download_inputs(model)
+    for name, rec in lock["models"]["task"]["files"].items():
+        assert sha256((folder / name).read_bytes()) == rec["sha256"]
+    assert hub_env.count("GET", "/api/models/org/task/revision/main") >= 2
+    assert all(f.times == 0 for f in hub_env.faults)
+
+
+def test_bytes_that_do_not_match_the_sha256_are_refused_and_evicted(hub_env):
+    from huggingface_hub import try_to_load_from_cache
+
+    from hubswap.errors import HubError
+    from hubswap.hub import download_inputs
+
+    _big_repo(hub_env, "org/bad", mb=1)
+    model = _resolve(hub_env, "org/bad")
+    hub_env.fault("GET", "/org/bad/resolve/*/model.safetensors", "corrupt", times=None)
+    with pytest.raises(HubError) as e:
+        download_inputs(model)
+    msg = str(e.value)
+    assert msg.startswith("task model org/bad@main") and "the downloaded model.safetensors has sha256" in msg
+    assert "corrupt copy was removed" in e.value.hint
+    assert not isinstance(try_to_load_from_cache("org/bad", "model.safetensors", revision=model.commit), str)
+    assert hub_env.count("GET", "*/model.safetensors") == 2  # fetched again once before giving up
+
+    hub_env.clear_faults()
+    hub_env.fault("GET", "/org/bad/resolve/*/model.safetensors", "corrupt", times=1)
+    folder = download_inputs(model)  # a one-off corruption heals on the second fetch
+    assert sha256((folder / "model.safetensors").read_bytes()) == model.records["model.safetensors"].sha256
+
+
+def test_pickled_only_weights_are_refused(hub_env):
+    from hubswap.errors import UnsafeWeightsError
+
+    hub_env.commit_files("org/pickled", {"config.json": b"{}", "pytorch_model.bin": b"\x80\x04fake"})
+    with pytest.raises(UnsafeWeightsError, match=r"has only pickled weights \(pytorch_model.bin\)"):
+        _resolve(hub_env, "org/pickled")
+
+
+# -- errors a user meets -----------------------------------------------------------------------
+
+
+def test_gated_repo(hub_env, tmp_path, monkeypatch, tiny_llama):
+    from hubswap.errors import HubError
+    from hubswap.hub import write_lock
+
+    hub_env.upload_folder("gated/task", tiny_llama["task"], gated=True)
+    recipe = write_recipe(tmp_path, recipe_text(task_repo="gated/task"))
+    with pytest.raises(HubError) as e:
+        write_lock(recipe, endpoint=hub_env.url)
+    assert str(e.value) == "gated/task is a gated repo and your token has not been granted access to it"
+    assert "accept its licence" in e.value.hint and "HF_TOKEN" in e.value.hint
+
+    hub_env.repos["gated/task"].granted.add("alice")
+    monkeypatch.setenv("HF_TOKEN", WRITE)
+    _, lock = write_lock(recipe, endpoint=hub_env.url)
+    assert lock["models"]["task"]["commit"] == hub_env.head("gated/task").sha
+
+
+def test_missing_revision_and_missing_repo(hub_env, tmp_path):
+    from hubswap.errors import HubError
+    from hubswap.hub import write_lock
+
+    with pytest.raises(HubError) as e:
+        write_lock(write_recipe(tmp_path, recipe_text(task_rev="no-such-branch")), endpoint=hub_env.url)
+    assert str(e.value) == "revision 'no-such-branch' not found in org/task"
+    with pytest.raises(HubError) as e:
+        write_lock(write_recipe(tmp_path, recipe_text(task_repo="org/nope")), endpoint=hub_env.url)
+    assert str(e.value).startswith("repo org/nope not found on ")
+
+
+def test_network_failure_after_retries(tmp_path):
+    import socket
+
+    from hubswap.errors import HubError
+    from hubswap.hub import write_lock
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(HubError) as e:
+        write_lock(write_recipe(tmp_path, recipe_text()), endpoint=dead)
+    assert "for model info of org/base after 3 attempts (ConnectError" in str(e.value)
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hubswap.cli", *args], env={**os.environ, **env},
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_lock_and_offline_mode(hub_env, tmp_path):
+    recipe = write_recipe(tmp_path, recipe_text())
+    ok = run_cli("lock", str(recipe), env={"HF_ENDPOINT": hub_env.url}, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "merge.lock.json" in ok.stdout and hub_env.head("org/task").sha[:12] in ok.stdout
+
+    off = run_cli("lock", str(recipe), env={"HF_ENDPOINT": hub_env.url, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert off.returncode == 4
+    assert off.stderr.splitlines()[0].startswith("error: offline mode is on (HF_HUB_OFFLINE=1)")
+    assert off.stderr.splitlines()[1].startswith("hint: unset HF_HUB_OFFLINE")
