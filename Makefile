@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install
+.PHONY: demo test lint install workflows
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	VENV=$(VENV) scripts/install.sh
@@ -10,9 +10,13 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 demo: install  ## tiny experts made on the spot, the whole pipeline offline on the CPU
 	$(BIN)/hubswap demo --output demo
 
-test: install  ## lint, then the whole test suite (real vLLM on the CPU, real Hub protocol)
+test: install workflows  ## lint, then the whole test suite (real vLLM on the CPU, real Hub protocol)
 	$(BIN)/ruff check hubswap tests bench
 	$(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check hubswap tests bench
+
+workflows: install  ## the GitHub Actions workflows, offline: security audit and schema
+	$(BIN)/zizmor --offline --no-progress .github/workflows
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml

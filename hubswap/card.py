@@ -111,6 +111,16 @@ def render_card(model_dir: str | Path) -> str:
     return _TOKEN.sub("hf_***", text)
 
 
+def evaluation_summary(model_dir: str | Path) -> str:
+    """The card's evaluation section (comparison table and gate verdict) under the model's name,
+    as Markdown for a CI job summary."""
+    text = render_card(model_dir)
+    start = text.index("\n## Evaluation\n") + len("\n## Evaluation\n")
+    end = text.index("\n## ", start)
+    name = read_records(model_dir).recipe.recipe.name
+    return f"## {name}\n\n{text[start:end].strip()}\n"
+
+
 def write_card(model_dir: str | Path) -> Path:
     """Write README.md and the layer-map picture into the model folder; returns the README's path.
 

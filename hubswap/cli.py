@@ -102,8 +102,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
-    from hubswap.card import write_card
+    from hubswap.card import evaluation_summary, write_card
 
+    if args.summary:
+        print(evaluation_summary(args.build), end="")
+        return 0
     print(write_card(args.build))
     return 0
 
@@ -196,6 +199,8 @@ def _parser() -> argparse.ArgumentParser:
         "records (hubswap/recipe.toml, lock.json and eval_results.json). Nothing is downloaded.",
     )
     s.add_argument("build", metavar="BUILD_DIR", help="a build folder, or its model/ folder")
+    s.add_argument("--summary", action="store_true",
+                   help="print only the comparison table and gate verdict (Markdown), write nothing")
     s.set_defaults(func=_cmd_card)
     return p
 

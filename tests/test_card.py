@@ -241,3 +241,12 @@ def test_card_command_re_renders_from_build_or_model_dir(tmp_path, capsys):
 def test_card_command_rejects_a_folder_that_is_not_a_build(tmp_path, capsys):
     assert main(["card", str(tmp_path)]) == ModelFilesError.exit_code
     assert "not a hubswap build" in capsys.readouterr().err
+
+
+def test_card_summary_is_the_comparison_table_and_verdict(tmp_path, capsys):
+    build = make_build(tmp_path / "build")
+    assert main(["card", str(build), "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("## tiny-swahili-math\n")
+    assert "| Swahili (`sw`) ★ | 250 | 36.4 [30.6, 42.4] |" in out and "**Gate: passed**" in out
+    assert "## How to use" not in out and not (build / "model" / "README.md").exists()
