@@ -117,6 +117,16 @@ def test_push_builds_each_added_or_changed_recipe_and_nothing_else(repo):
     assert [c["name"] for c in select_recipes.select(env_gone, repo)] == ["a", "c"]
 
 
+def test_push_rebuilds_a_recipe_whose_lock_file_changed(repo):
+    before = _git(repo, "rev-parse", "HEAD")
+    (repo / "recipes" / "b.lock.json").write_text("{}\n")
+    (repo / "recipes" / "gone.lock.json").write_text("{}\n")  # no recipe left for it: nothing to build
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "lock b")
+    env = {"EVENT": "push", "BEFORE": before, "AFTER": _git(repo, "rev-parse", "HEAD")}
+    assert select_recipes.select(env, repo) == [{"recipe": "recipes/b.toml", "name": "b"}]
+
+
 def test_other_events_and_bad_shas_are_refused(repo):
     with pytest.raises(select_recipes.SelectionError):
         select_recipes.select({"EVENT": "pull_request", "RECIPE": "recipes/a.toml"}, repo)

@@ -1,7 +1,8 @@
 """Choose the recipes a build-model run builds, as a GitHub Actions matrix.
 
     workflow_dispatch: the one recipe named by the `recipe` input;
-    push to main:      every recipes/*.toml that the push added, changed or renamed.
+    push to main:      every recipes/*.toml that the push added, changed or renamed, and every
+                       recipe whose lock file (recipes/<name>.lock.json, `hubswap lock`) changed.
 
 The workflow passes its inputs in environment variables (EVENT, RECIPE, BEFORE, AFTER), never by
 `${{ }}` inside a script, and every name must be an existing file directly under recipes/ ending
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 RECIPE = re.compile(r"^recipes/([A-Za-z0-9][A-Za-z0-9._-]{0,99})\.toml$")
+LOCK = re.compile(r"^recipes/([A-Za-z0-9][A-Za-z0-9._-]{0,99})\.lock\.json$")
 SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -44,7 +46,10 @@ def _git(root: Path, *args: str) -> list[str]:
 
 
 def changed_recipes(root: Path, before: str, after: str) -> list[str]:
-    """recipes/*.toml added, modified or renamed between two commits (deletions build nothing)."""
+    """Recipes added, modified or renamed between two commits, or whose lock file changed.
+
+    Deleted recipes build nothing; a changed lock file builds its recipe if that still exists.
+    """
     if not SHA.match(after):
         raise SelectionError(f"AFTER {after!r} is not a commit SHA")
     known = SHA.match(before) and before != "0" * 40
@@ -58,7 +63,11 @@ def changed_recipes(root: Path, before: str, after: str) -> list[str]:
     else:
         names = _git(root, "diff-tree", "--no-commit-id", "--name-only", "-r", "--root",
                      "--diff-filter=AMR", after, "--", "recipes/")
-    return sorted({n for n in names if RECIPE.match(n)})
+    chosen = {n for n in names if RECIPE.match(n)}
+    for n in names:
+        if (m := LOCK.match(n)) and (root / f"recipes/{m.group(1)}.toml").is_file():
+            chosen.add(f"recipes/{m.group(1)}.toml")
+    return sorted(chosen)
 
 
 def select(env: dict[str, str], root: Path) -> list[dict[str, str]]:
