@@ -126,3 +126,23 @@ def test_rebuild_replaces_the_model_folder(tiny_llama, tmp_path):
     second = build(recipe, opts).model_dir
     assert second == first and not (second / "stray.txt").exists()
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["model"]
+
+
+def test_bfloat16_conversion_matches_torch_bit_for_bit():
+    import numpy as np
+
+    from hubswap.swap import _from_float32, _to_float32
+
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-45, 3.4e38, 1.0 + 2**-8, 1.0 + 3 * 2**-8,
+                        65504.0, 1e-8], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([special, rng.standard_normal(100_000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 100_000)])
+    x = x.astype(np.float32)
+    for dtype, torch_dtype in (("BF16", torch.bfloat16), ("F16", torch.float16)):
+        ours = _from_float32(x, dtype)
+        theirs = torch.from_numpy(x).to(torch_dtype).view(torch.int16).numpy().view(ours.dtype)
+        nan = np.isnan(x)  # torch's own NaN payload depends on its code path; NaN must stay NaN
+        assert np.array_equal(ours.view(np.uint16)[~nan], theirs.view(np.uint16)[~nan]), dtype
+        assert np.isnan(_to_float32(ours.tobytes(), dtype)[nan]).all()
+        back = _to_float32(ours.tobytes(), dtype)
+        assert np.array_equal(back, torch.from_numpy(theirs.view(np.int16)).view(torch_dtype).float().numpy(), equal_nan=True)
