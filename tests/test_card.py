@@ -250,3 +250,27 @@ def test_card_summary_is_the_comparison_table_and_verdict(tmp_path, capsys):
     assert out.startswith("## tiny-swahili-math\n")
     assert "| Swahili (`sw`) ★ | 250 | 36.4 [30.6, 42.4] |" in out and "**Gate: passed**" in out
     assert "## How to use" not in out and not (build / "model" / "README.md").exists()
+
+
+def test_card_of_a_real_tiny_build(tiny_llama, tmp_path):
+    """The lock that `hubswap build` writes is the one the card reads."""
+    import xml.etree.ElementTree as ET
+
+    from huggingface_hub import ModelCard
+
+    from hubswap.build import BuildOptions, build
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(
+        f'schema_version = 1\nname = "tiny"\n[models.task]\npath = "{tiny_llama["task"]}"\n'
+        f'[models.language]\npath = "{tiny_llama["language"]}"\n[swap]\nbottom = 2\ntop = 1\ntransition = 1\n'
+    )
+    result = build(recipe, BuildOptions(output=tmp_path / "build", evaluate=False, progress=False))
+    card = ModelCard.load(result.model_dir / "README.md")
+    assert "**This model was not evaluated.**" in card.text
+    assert card.data.library_name == "transformers" and card.data.base_model is None  # local experts only
+    assert f"in the local folder `{tiny_llama['task']}`" in card.text
+    assert "| 3–5 | middle | task expert | 0 | 1 |" in card.text
+    svg = (result.model_dir / PICTURE_FILE).read_text()
+    ET.fromstring(svg)
+    assert svg.count("<title>layer ") == 8
