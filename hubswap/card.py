@@ -509,6 +509,7 @@ def _evaluation(rec: BuildRecords) -> dict:
         "questions": f"the first {limit} of {MGSM_QUESTIONS}" if limit else f"all {MGSM_QUESTIONS}",
         "vllm": json.dumps(settings["vllm"], sort_keys=True) if settings.get("vllm") else None,
         "device": device,
+        "date": ev.get("created") or ev.get("date"),
         "platform": hardware.get("platform"),
         "cpu": hardware.get("cpu"),
     }
