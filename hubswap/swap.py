@@ -185,7 +185,8 @@ def _from_float32(x, dtype: str):
         out = ((u + (((u >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
         out[np.isnan(x)] = 0x7FC0
         return out
-    return x.astype({"F32": np.float32, "F16": np.float16, "F64": np.float64}[dtype])
+    with np.errstate(over="ignore"):  # out-of-range values become inf, as in torch
+        return x.astype({"F32": np.float32, "F16": np.float16, "F64": np.float64}[dtype])
 
 
 def _compute(t: OutTensor, files: _Files, dst_fd: int, dst_off: int) -> None:
