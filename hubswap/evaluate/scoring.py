@@ -1,0 +1,203 @@
+"""Three verdicts from one generation: lm-eval strict-match, lm-eval flexible-extract, robust.
+
+``strict-match`` and ``flexible-extract`` reproduce lm-evaluation-harness 0.4.13's filters and its
+``exact_match`` (ignore_case, ignore_punctuation) on ``str(answer_number)``:
+
+* native-cot and chat: the language's answer pattern, first match (``[invalid]`` when none);
+* en-cot: the English ``The answer is`` pattern;
+* direct: lm-eval's first filter there is ``remove_whitespace``, the whole stripped response;
+* flexible-extract: ``(-?[$0-9.,]{2,})|(-?[0-9]+)``, the last match.
+
+The robust headline score reads what a person would: digits of any script (Bengali, Telugu,
+Thai, full-width), thousands separators (``1,000``, ``1.000`` in German or Spanish, ``1 000`` with
+a space, no-break or thin space), decimal commas (``3,5``), currency signs, and compares numbers,
+so ``18.00`` == 18. It takes the number after the *last* answer phrase of the language (or the
+English one), else the last number of the response; a response without any number has no answer.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from dataclasses import asdict, dataclass
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+
+from hubswap.evaluate.languages import (
+    ENGLISH_STRICT_REGEX,
+    FLEXIBLE_REGEX,
+    INVALID,
+    Language,
+    get_language,
+)
+
+_PUNCT = str.maketrans("", "", string.punctuation)
+# Languages whose thousands separator is ".", so "1.500" means 1500 there.
+_DOT_THOUSANDS = {"de", "es"}
+_SPACES = "\u0020\u00a0\u202f\u2009"
+_NUMBER = re.compile(
+    r"(?<![\d.,])(-(?=\d))?"
+    r"(\d{1,3}(?:[" + _SPACES + r"]\d{3})+(?:[.,]\d+)?(?![\d])"  # 1 000 / 1 000,5
+    r"|\d+(?:[.,'’]\d+)*)"                                         # 1,000.5 / 18.00 / 3,5
+)
+_FOLD = {"，": ",", "．": ".", "－": "-", "−": "-", "＄": "$", "：": ":", "\u3000": " "}
+
+
+@dataclass(frozen=True)
+class ResponseScore:
+    """The verdicts on one response and what each one extracted."""
+
+    strict_match: bool
+    flexible_extract: bool
+    correct: bool
+    """The robust headline verdict."""
+    strict_answer: str
+    flexible_answer: str
+    answer: str | None
+    """The robust answer as a plain decimal string (``"1000"``, ``"3.5"``); None: no number found."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def lm_eval_exact_match(prediction: str, reference: str) -> bool:
+    """lm-eval's ``exact_match`` with ``ignore_case`` and ``ignore_punctuation``."""
+    return prediction.lower().translate(_PUNCT) == reference.lower().translate(_PUNCT)
+
+
+def regex_filter(text: str, pattern: str, group_select: int = 0) -> str:
+    """lm-eval's ``regex`` filter followed by ``take_first``."""
+    matches = _compiled(pattern).findall(text)
+    if not matches:
+        return INVALID
+    m = matches[group_select]
+    if isinstance(m, tuple):
+        m = next((g for g in m if g), INVALID)
+    return m.strip()
+
+
+@lru_cache(maxsize=64)
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
+
+
+def strict_pattern(lang: Language, mode: str) -> str | None:
+    """The strict-match pattern of a mode; None for direct (whole response)."""
+    if mode == "direct":
+        return None
+    if mode == "en-cot":
+        return ENGLISH_STRICT_REGEX
+    if mode == "chat":
+        return lang.chat_regex
+    return lang.strict_regex
+
+
+def gold_string(gold) -> str:
+    """lm-eval's target: ``answer_number|string``."""
+    return str(gold)
+
+
+def score_response(text: str, lang: str, gold, *, mode: str = "native-cot") -> ResponseScore:
+    """Score one response to an MGSM question of language ``lang`` whose answer is ``gold``.
+
+    ``mode`` is the prompt mode the response answers (it selects lm-eval's strict filter).
+    """
+    language = get_language(lang)
+    ref = gold_string(gold)
+    pattern = strict_pattern(language, mode)
+    strict = text.strip() if pattern is None else regex_filter(text, pattern)
+    flexible = regex_filter(text, FLEXIBLE_REGEX, group_select=-1)
+    value = extract_answer(text, language)
+    return ResponseScore(
+        strict_match=lm_eval_exact_match(strict, ref),
+        flexible_extract=lm_eval_exact_match(flexible, ref),
+        correct=value is not None and _equal(value, gold),
+        strict_answer=strict,
+        flexible_answer=flexible,
+        answer=None if value is None else _plain(value),
+    )
+
+
+def normalize(text: str) -> str:
+    """Map digits of every script to ASCII and fold full-width punctuation."""
+    out = []
+    for ch in text:
+        if ch in _FOLD:
+            out.append(_FOLD[ch])
+        elif ch.isdecimal() and not ch.isascii():
+            out.append(str(unicodedata.decimal(ch)))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def parse_number(token: str, lang: str = "en") -> Decimal | None:
+    """A number token as written in ``lang`` (separators, decimal comma) to a ``Decimal``."""
+    s = normalize(token).strip()
+    negative = s.startswith("-")
+    s = s.lstrip("-").strip()
+    for sp in _SPACES + "'’":
+        s = s.replace(sp, "")
+    if "." in s and "," in s:
+        decimal_sep = "." if s.rfind(".") > s.rfind(",") else ","
+        s = s.replace("," if decimal_sep == "." else ".", "").replace(decimal_sep, ".")
+    elif s.count(",") > 1 or s.count(".") > 1:
+        s = s.replace(",", "").replace(".", "")
+    elif "," in s:
+        head, tail = s.split(",")
+        # "1,000" is a thousands separator; "3,5" or "2,50" a decimal comma.
+        s = head + tail if len(tail) == 3 and head not in ("", "0") else head + "." + tail
+    elif "." in s:
+        head, tail = s.split(".")
+        if len(tail) == 3 and head not in ("", "0") and lang in _DOT_THOUSANDS:
+            s = head + tail
+    try:
+        value = Decimal(s)
+    except InvalidOperation:
+        return None
+    return -value if negative else value
+
+
+def _numbers(text: str) -> list[re.Match]:
+    return list(_NUMBER.finditer(text))
+
+
+@lru_cache(maxsize=16)
+def _phrase_regex(lang: str) -> re.Pattern:
+    language = get_language(lang)
+    phrases = sorted({*language.answer_phrases, "The answer is", language.answer_line.split("{}")[0].strip()},
+                     key=len, reverse=True)
+    return re.compile("|".join(re.escape(normalize(p)) for p in phrases), re.IGNORECASE)
+
+
+def extract_answer(text: str, language: Language | str) -> Decimal | None:
+    """The robust answer: the number after the last answer phrase, else the last number."""
+    code = language if isinstance(language, str) else language.code
+    norm = normalize(text)
+    for phrase in reversed(list(_phrase_regex(code).finditer(norm))):
+        after = norm[phrase.end():]
+        m = _NUMBER.search(after[:64])
+        if m and "\n" not in after[:m.start()]:  # on the phrase's own line
+            value = parse_number(m.group(0), code)
+            if value is not None:
+                return value
+    found = _numbers(norm)
+    for m in reversed(found):
+        value = parse_number(m.group(0), code)
+        if value is not None:
+            return value
+    return None
+
+
+def _equal(value: Decimal, gold) -> bool:
+    try:
+        return value == Decimal(str(gold))
+    except InvalidOperation:
+        return False
+
+
+def _plain(value: Decimal) -> str:
+    if value == value.to_integral_value():
+        return str(value.quantize(Decimal(1)))
+    return format(value.normalize(), "f")

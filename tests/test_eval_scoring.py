@@ -1,0 +1,82 @@
+"""Scorer: tricky responses in all 11 languages; strict/flexible verdicts pinned to lm-eval 0.4.13.
+
+tests/data/scorer_cases.json holds the responses and hubswap's expected robust answer; the
+strict-match / flexible-extract extraction and verdict of each were computed by lm-eval 0.4.13's
+own filters and exact_match (tests/data/render_lm_eval_mgsm.py) and stored beside the prompts.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from hubswap.errors import EvaluationError
+from hubswap.evaluate import score_response
+from hubswap.evaluate.languages import LANGUAGES
+from hubswap.evaluate.scoring import extract_answer, parse_number
+
+DATA = Path(__file__).parent / "data"
+CASES = json.loads((DATA / "scorer_cases.json").read_text(encoding="utf-8"))
+LM_EVAL = json.loads((DATA / "lmeval_0.4.13_mgsm.json").read_text(encoding="utf-8"))["scorer_verdicts"]
+
+
+def test_cases_cover_every_language_and_kind():
+    assert {c["lang"] for c in CASES} == set(LANGUAGES)
+    for lang in LANGUAGES:
+        mine = [c for c in CASES if c["lang"] == lang and c["mode"] == "native-cot"]
+        assert any(c["answer"] is None for c in mine), f"{lang}: a response without an answer"
+        assert any(c["gold"] >= 1000 for c in mine), f"{lang}: a thousands separator"
+    assert len(CASES) == len(LM_EVAL)
+
+
+@pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{c['lang']}-{c['mode']}-{i}" for i, c in enumerate(CASES)])
+def test_verdicts(i):
+    case, ref = CASES[i], LM_EVAL[i]
+    got = score_response(case["text"], case["lang"], case["gold"], mode=case["mode"])
+    strict_name = "remove_whitespace" if case["mode"] == "direct" else "strict-match"
+    assert (got.strict_answer, got.strict_match) == (ref[strict_name]["extracted"], ref[strict_name]["exact_match"])
+    assert (got.flexible_answer, got.flexible_extract) == (
+        ref["flexible-extract"]["extracted"], ref["flexible-extract"]["exact_match"],
+    )
+    assert got.answer == case["answer"]
+    assert got.correct is case["correct"]
+
+
+def test_robust_score_recovers_what_lm_eval_misses():
+    robust = sum(score_response(c["text"], c["lang"], c["gold"], mode=c["mode"]).correct for c in CASES)
+    strict = sum(r.get("strict-match", r.get("remove_whitespace"))["exact_match"] for r in LM_EVAL)
+    flexible = sum(r["flexible-extract"]["exact_match"] for r in LM_EVAL)
+    assert robust == sum(c["correct"] for c in CASES)
+    assert robust > flexible > strict
+
+
+@pytest.mark.parametrize(
+    ("token", "lang", "value"),
+    [
+        ("1,000", "en", "1000"), ("1.000", "en", "1.000"), ("1.000", "de", "1000"), ("1.000", "es", "1000"),
+        ("3,5", "fr", "3.5"), ("2,50", "de", "2.50"), ("0,125", "en", "0.125"), ("1,234.5", "en", "1234.5"),
+        ("1.234,5", "de", "1234.5"), ("1 000 000", "fr", "1000000"), ("1\u00a0000", "ru", "1000"),
+        ("১৮", "bn", "18"), ("౧౦౦", "te", "100"), ("๑๒", "th", "12"), ("１，０００", "zh", "1000"),
+        ("-7", "en", "-7"), ("18.00", "en", "18.00"),
+    ],
+)
+def test_parse_number(token, lang, value):
+    assert parse_number(token, lang) == Decimal(value)
+
+
+def test_last_answer_phrase_wins_and_needs_its_own_line():
+    text = "Jibu ni 5 kwanza. Kisha 7 + 11 = 18. Jibu ni 18."
+    assert extract_answer(text, "sw") == 18
+    # a phrase with no number on its line falls back to the last number
+    assert extract_answer("Jibu ni\n12 + 6 = 18", "sw") == 18
+    assert extract_answer("hakuna jibu", "sw") is None
+
+
+def test_gold_as_float_and_unknown_language():
+    assert score_response("The answer is 2.5", "en", 2.5).correct
+    assert score_response("The answer is 18", "en", 18.0).correct
+    with pytest.raises(EvaluationError):
+        score_response("1", "xx", 1)
