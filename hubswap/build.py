@@ -125,12 +125,11 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
 
 def resolve_inputs(loaded: LoadedRecipe) -> dict[str, ModelFiles]:
     """Each role's files, pinned: a local folder as it is, a Hub repo at a commit SHA."""
-    inputs: dict[str, ModelFiles] = {}
-    hub_roles = {r: s for r, s in loaded.recipe.models.roles().items() if not s.is_local}
-    if hub_roles:
-        from hubswap.hub import resolve_hub_inputs
+    from hubswap.hub import resolve_hub_inputs
 
-        inputs.update(resolve_hub_inputs(loaded, hub_roles))
+    # Also for all-local recipes: a lock file beside the recipe is checked (and used for Hub repos).
+    hub_roles = {r: s for r, s in loaded.recipe.models.roles().items() if not s.is_local}
+    inputs: dict[str, ModelFiles] = dict(resolve_hub_inputs(loaded, hub_roles))
     for role, src in loaded.recipe.models.roles().items():
         if src.is_local:
             inputs[role] = LocalModelFiles(role, loaded.resolve_path(src), display=src.path)
@@ -165,7 +164,11 @@ def _hash_inputs(dirs: dict[str, Path], inputs: dict[str, ModelFiles], pre, file
     out: dict[str, dict[str, dict]] = {}
     for role, m in inputs.items():
         entries = {}
+        records = getattr(m, "records", {})  # a Hub model not downloaded (the base): its locked hashes
         for f in _used_files(role, m, pre, files_from):
+            if role not in dirs and f in records:
+                entries[f] = records[f].to_json()
+                continue
             p = dirs[role] / f if role in dirs else getattr(m, "path", None)
             if p is not None and role not in dirs:
                 p = p / f

@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
+    if not args.verbose:  # one line per HTTP request drowns the progress bars
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
     try:
         return args.func(args) or 0
     except HubswapError as e:

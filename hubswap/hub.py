@@ -53,7 +53,6 @@ SIDE_FILES = (
 )
 ATTEMPTS = 3  # tries of one Hub call on a transient failure (5xx, 429, dropped connection)
 _MAX_HEADER = 100 << 20
-_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -454,11 +453,9 @@ def _evict(path: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    from hubswap.hashing import file_sha256  # remembers digests of files that did not change
+
+    return file_sha256(path)
 
 
 def _git_sha1(path: Path) -> str:

@@ -1,0 +1,182 @@
+"""End to end through our Hub server: recipe naming Hub repos -> lock -> build -> push ->
+snapshot_download -> from_pretrained; and every way publishing refuses or fails."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hub_server import HubServer
+from test_hub import READ, WRITE, recipe_text
+
+
+def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    return subprocess.run([sys.executable, "-m", "hubswap.cli", *args], env={**full, **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def published(tiny_llama, tmp_path_factory):
+    """A real build of a Hub recipe pushed with `hubswap build --push`: (hub, build dir, work dir)."""
+    work = tmp_path_factory.mktemp("publish")
+    with HubServer() as hub:
+        hub.add_user("alice", WRITE, role="write", orgs=("org",))
+        hub.add_user("alice", READ, role="read", orgs=("org",))
+        hub.add_user("bob", "hf_test_bob_token", role="write")
+        for role, path in tiny_llama.items():
+            hub.upload_folder(f"org/{role}", path, message=f"tiny {role}")
+        (work / "merge.toml").write_text(recipe_text())
+        lock = run_cli("lock", "merge.toml", cwd=work, HF_ENDPOINT=hub.url)
+        assert lock.returncode == 0, lock.stderr
+        build = run_cli("build", "merge.toml", "--no-eval", "--push", "-o", "build", cwd=work,
+                        HF_ENDPOINT=hub.url, HF_TOKEN=WRITE)
+        assert build.returncode == 0, build.stderr
+        assert "published " in build.stdout
+        yield hub, work / "build", work
+
+
+def sha256_file(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_build_push_then_download_and_load(published):
+    from huggingface_hub import snapshot_download
+    from transformers import AutoModelForCausalLM
+
+    hub, build, work = published
+    repo = hub.repos["org/merged"]
+    assert repo.private
+    commits = [c for c in repo.commits.values() if c.parent is not None]
+    assert len(commits) == 1  # the whole folder in ONE commit
+    assert commits[0].title == "hubswap 0.1.0: publish 'tiny-hub-merge' built from merge.toml"
+    assert "hubswap-recipe-sha256: " in commits[0].description
+
+    model = build / "model"
+    local = {p.relative_to(model).as_posix(): sha256_file(p) for p in model.rglob("*") if p.is_file()}
+    assert {"hubswap/lock.json", "hubswap/recipe.toml", "README.md", "config.json"} <= set(local)
+    lock = json.loads((model / "hubswap" / "lock.json").read_text())
+    pinned = json.loads((work / "merge.lock.json").read_text())
+    for role in ("base", "task", "language"):
+        assert lock["models"][role]["commit"] == pinned["models"][role]["commit"] == hub.head(f"org/{role}").sha
+        for name, rec in lock["models"][role]["files"].items():  # the build's record agrees with the lock
+            assert rec == pinned["models"][role]["files"][name]
+    assert lock["models"]["base"]["files"]  # base was only preflighted, yet its hashes are recorded
+
+    snap = Path(snapshot_download("org/merged", endpoint=hub.url, token=WRITE,
+                                  cache_dir=work / "download-cache"))
+    remote = {p.relative_to(snap).as_posix(): sha256_file(p) for p in snap.rglob("*")
+              if p.is_file() and p.name != ".gitattributes"}
+    assert remote == local
+    m = AutoModelForCausalLM.from_pretrained(snap)
+    assert m.config.num_hidden_layers == 8
+
+
+def test_second_push_of_the_same_build_is_a_no_op(published):
+    hub, build, work = published
+    before = dict(hub.repos["org/merged"].refs)
+    again = run_cli("push", "build", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN=WRITE)
+    assert again.returncode == 0, again.stderr
+    assert "already up to date" in again.stdout and "nothing pushed" in again.stdout
+    assert hub.repos["org/merged"].refs == before
+    assert hub.count("POST", "/api/models/org/merged/commit/*") == 1
+
+
+def test_push_without_a_token_or_with_a_read_only_token(published):
+    hub, build, work = published
+    none = run_cli("push", "build", cwd=work, HF_ENDPOINT=hub.url)
+    assert none.returncode == 4
+    assert none.stderr.splitlines() == [
+        "error: no Hugging Face token found: publishing needs a token with write access",
+        "hint: set HF_TOKEN to a write token (https://huggingface.co/settings/tokens) or run `hf auth login`",
+    ]
+    ro = run_cli("push", "build", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN=READ)
+    assert ro.returncode == 4
+    assert ro.stderr.splitlines()[0] == "error: your token is read-only: it cannot publish to org/merged"
+    assert READ not in ro.stderr + ro.stdout
+
+
+def test_push_to_a_namespace_the_token_cannot_write(published):
+    from hubswap.errors import HubError
+    from hubswap.hub import publish
+
+    hub, build, _ = published
+    with pytest.raises(HubError) as e:
+        publish(build, repo="org/bobs-copy", endpoint=hub.url, token="hf_test_bob_token")
+    assert str(e.value) == "your token cannot write to org/bobs-copy (it is read-only or has no access to 'org')"
+    assert "org/bobs-copy" not in hub.repos
+
+
+def _variant(build: Path, dest: Path, edit) -> Path:
+    shutil.copytree(build / "model", dest / "model")
+    edit(dest / "model")
+    return dest
+
+
+def test_push_over_another_recipes_build_is_refused_unless_forced(published, tmp_path):
+    from hubswap.errors import PublishRefusedError
+    from hubswap.hub import publish
+
+    hub, build, _ = published
+
+    def other_recipe(model: Path) -> None:
+        (model / "hubswap" / "recipe.toml").write_text(recipe_text(bottom=3, name="another-merge"))
+
+    other = _variant(build, tmp_path / "other", other_recipe)
+    head = hub.head("org/merged").sha
+    with pytest.raises(PublishRefusedError) as e:
+        publish(other, endpoint=hub.url, token=WRITE)
+    assert str(e.value) == ("org/merged holds a hubswap build of another recipe ('tiny-hub-merge'); "
+                            "refusing to replace it with 'another-merge'")
+    assert "--force" in e.value.hint and hub.head("org/merged").sha == head
+
+    def other_inputs(model: Path) -> None:
+        lock = json.loads((model / "hubswap" / "lock.json").read_text())
+        lock["models"]["task"]["commit"] = "f" * 40
+        (model / "hubswap" / "lock.json").write_text(json.dumps(lock))
+
+    with pytest.raises(PublishRefusedError, match="a hubswap build of other input models or files"):
+        publish(_variant(build, tmp_path / "inputs", other_inputs), endpoint=hub.url, token=WRITE)
+
+    # Into its own repo it goes; then --force replaces it with the original build, in one commit.
+    r = publish(other, repo="org/other", endpoint=hub.url, token=WRITE)
+    assert r.action == "created"
+    r = publish(build, repo="org/other", endpoint=hub.url, token=WRITE, force=True)
+    assert r.action == "updated" and hub.head("org/other").sha == r.commit
+    assert hub.read("org/other", "hubswap/recipe.toml") == (build / "model" / "hubswap" / "recipe.toml").read_bytes()
+
+
+def test_a_repo_not_made_by_hubswap_is_never_overwritten_without_force(published):
+    from hubswap.errors import PublishRefusedError
+    from hubswap.hub import publish
+
+    hub, build, _ = published
+    hub.commit_files("org/handmade", {"README.md": b"# my own model\n", "notes.txt": b"keep me"})
+    with pytest.raises(PublishRefusedError) as e:
+        publish(build, repo="org/handmade", endpoint=hub.url, token=WRITE)
+    assert str(e.value) == ("org/handmade already holds 2 file(s) not made by hubswap (e.g. README.md); "
+                            "refusing to overwrite it")
+    r = publish(build, repo="org/handmade", endpoint=hub.url, token=WRITE, force=True)
+    files = set(hub.head("org/handmade").files)
+    assert r.action == "updated" and "notes.txt" not in files and "hubswap/lock.json" in files
+
+
+def test_same_build_with_a_new_card_is_updated_in_one_commit(published, tmp_path):
+    from hubswap.hub import publish
+
+    hub, build, _ = published
+    publish(build, repo="org/update", endpoint=hub.url, token=WRITE)
+
+    def new_card(model: Path) -> None:
+        (model / "README.md").write_text((model / "README.md").read_text() + "\nRe-evaluated.\n")
+
+    r = publish(_variant(build, tmp_path / "card", new_card), repo="org/update", endpoint=hub.url, token=WRITE)
+    assert r.action == "updated"
+    assert hub.read("org/update", "README.md").endswith(b"Re-evaluated.\n")
+    assert len([c for c in hub.repos["org/update"].commits.values() if c.parent]) == 2
