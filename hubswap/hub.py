@@ -289,13 +289,27 @@ class HubModelFiles:
         if isinstance(cached, str):
             return read_header_file(Path(cached))
         where = f"{self.role} model {self.display}: {name}"
+        # Headers read over the network are kept by the file's sha256 (content-addressed), so a
+        # locked build also preflights a base it never downloads with HF_HUB_OFFLINE=1.
+        record = self.records.get(name)
+        keep = _header_cache() / f"{record.sha256}.bin" if record else None
+        if keep is not None and keep.is_file():
+            return parse_header(keep.read_bytes(), where=where)
         head = self._range(name, 0, 7)
         if len(head) < 8:
             raise ModelFilesError(f"{where}: not a safetensors file (too short)")
         (n,) = struct.unpack("<Q", head[:8])
         if n > _MAX_HEADER:
             raise ModelFilesError(f"{where}: corrupt safetensors header (length {n})")
-        return parse_header(head[:8] + self._range(name, 8, 8 + n - 1), where=where)
+        head = head[:8] + self._range(name, 8, 8 + n - 1)
+        header = parse_header(head, where=where)
+        if keep is not None:
+            with contextlib.suppress(OSError):
+                keep.parent.mkdir(parents=True, exist_ok=True)
+                tmp = keep.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_bytes(head)
+                os.replace(tmp, keep)
+        return header
 
     def _range(self, name: str, start: int, end: int) -> bytes:
         """Bytes ``start..end`` (inclusive) of a file, through huggingface_hub's session."""
@@ -320,6 +334,12 @@ class HubModelFiles:
                 return bytes(out[:want])
 
         return _hub_call(get, f"the header of {name}", repo=self.repo, revision=self.revision)
+
+
+def _header_cache() -> Path:
+    from hubswap.hashing import cache_root
+
+    return cache_root() / "safetensors-headers"
 
 
 def _api(endpoint: str | None, token: str | bool | None):
@@ -692,6 +712,9 @@ def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | N
 
     info = _hub_call(current, "reading the repo", repo=repo)
     head, remote = (info.sha, {s.rfilename: s for s in info.siblings or []}) if info else (None, {})
+    if info is not None and info.private is False and private:
+        log.warning("%s exists and is public although the recipe asks for a private repo; "
+                    "its visibility is left as it is", repo)
     action = "created" if head is None else "updated"
     content = {n for n in remote if n != ".gitattributes"}
     if content:

@@ -180,3 +180,14 @@ def test_same_build_with_a_new_card_is_updated_in_one_commit(published, tmp_path
     assert r.action == "updated"
     assert hub.read("org/update", "README.md").endswith(b"Re-evaluated.\n")
     assert len([c for c in hub.repos["org/update"].commits.values() if c.parent]) == 2
+
+
+def test_a_locked_build_runs_offline_from_the_cache(published):
+    hub, build, work = published
+    before = len(hub.requests)
+    off = run_cli("build", "merge.toml", "--no-eval", "-o", "offline", cwd=work,
+                  HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="1")
+    assert off.returncode == 0, off.stderr
+    assert len(hub.requests) == before  # not one request: commits, files and headers came from caches
+    for p in (build / "model").glob("*.safetensors"):
+        assert sha256_file(p) == sha256_file(work / "offline" / "model" / p.name)
