@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install workflows
+.PHONY: demo test lint install workflows bench
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	VENV=$(VENV) scripts/install.sh
@@ -20,3 +20,6 @@ lint: install
 workflows: install  ## the GitHub Actions workflows, offline: security audit and schema
 	$(BIN)/zizmor --offline --no-progress .github/workflows
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+bench: install  ## merge benchmark vs copy floor, naive script, mergekit; writes docs/PERFORMANCE.md (~15 min, ~10 GB)
+	$(BIN)/python bench/merge.py

@@ -1,0 +1,174 @@
+"""Benchmark inputs: pairs of random experts with real model shapes, made once and cached.
+
+Each tensor is drawn and written directly with ``safetensors`` (no model is instantiated), sharded
+the way ``save_pretrained`` shards Hub checkpoints: ``model-0000k-of-0000n.safetensors`` of at most
+``max_shard_bytes`` plus ``model.safetensors.index.json``. The config is a real ``LlamaConfig``, so
+``AutoModelForCausalLM`` and mergekit load the experts; the tokenizer is the small offline BPE of
+``hubswap.demo`` (a 128k vocabulary cannot be trained from a few sentences, and the merge never
+reads the tokenizer's size), while ``vocab_size`` stays the real model's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+FORMAT_VERSION = 1  # bump when what is written changes, so caches are remade
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    num_layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool = True
+    max_shard_bytes: int = 1_000_000_000  # "1GB", as in save_pretrained(max_shard_size="1GB")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def tensors(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Names and shapes in the order ``LlamaForCausalLM.state_dict()`` lists them."""
+        h, i, kv = self.hidden, self.intermediate, self.kv_heads * self.head_dim
+        out: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (self.vocab, h))]
+        for n in range(self.num_layers):
+            p = f"model.layers.{n}."
+            out += [
+                (p + "self_attn.q_proj.weight", (h, h)),
+                (p + "self_attn.k_proj.weight", (kv, h)),
+                (p + "self_attn.v_proj.weight", (kv, h)),
+                (p + "self_attn.o_proj.weight", (h, h)),
+                (p + "mlp.gate_proj.weight", (i, h)),
+                (p + "mlp.up_proj.weight", (i, h)),
+                (p + "mlp.down_proj.weight", (h, i)),
+                (p + "input_layernorm.weight", (h,)),
+                (p + "post_attention_layernorm.weight", (h,)),
+            ]
+        out.append(("model.norm.weight", (h,)))
+        if not self.tied:
+            out.append(("lm_head.weight", (self.vocab, h)))
+        return out
+
+    def num_bytes(self) -> int:
+        """Tensor bytes of one expert (bfloat16)."""
+        total = 0
+        for _, shape in self.tensors():
+            n = 2
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
+
+# Llama 3.2 1B: 16 layers, hidden 2048, 128k vocabulary, tied embeddings, about 2.5 GB in bf16.
+LLAMA_1B = Shape("llama-3.2-1b", num_layers=16, hidden=2048, intermediate=8192, heads=32, kv_heads=8,
+                 vocab=128256)
+# Same tensor shapes, 16 then 32 layers: what changes between the two is only the number of layers.
+WIDE_16 = Shape("h1024-16L", num_layers=16, hidden=1024, intermediate=4096, heads=16, kv_heads=4,
+                vocab=128256)
+WIDE_32 = Shape("h1024-32L", num_layers=32, hidden=1024, intermediate=4096, heads=16, kv_heads=4,
+                vocab=128256)
+SHAPES = {s.name: s for s in (LLAMA_1B, WIDE_16, WIDE_32)}
+
+
+def _config(shape: Shape) -> dict:
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(
+        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.num_layers, num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads, head_dim=shape.head_dim, max_position_embeddings=131072,
+        rms_norm_eps=1e-5, tie_word_embeddings=shape.tied, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0, architectures=["LlamaForCausalLM"], dtype="bfloat16",
+    )
+    return cfg.to_dict()
+
+
+def _write_expert(shape: Shape, out: Path, seed: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(seed)
+    size = 0
+    # Shard boundaries first (sizes are known), so each shard is drawn, written and freed in turn.
+    plan: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    for name, dims in shape.tensors():
+        nbytes = 2 * int(torch.Size(dims).numel())
+        if plan[-1] and size + nbytes > shape.max_shard_bytes:
+            plan.append([])
+            size = 0
+        plan[-1].append((name, dims))
+        size += nbytes
+    weight_map, total = {}, 0
+    for k, group in enumerate(plan, start=1):
+        fname = f"model-{k:05d}-of-{len(plan):05d}.safetensors"
+        shard = {}
+        for name, dims in group:
+            if len(dims) == 1:  # RMSNorm weights sit around 1
+                t = 1 + 0.05 * torch.randn(dims, generator=gen)
+            else:
+                t = 0.02 * torch.randn(dims, generator=gen)
+            shard[name] = t.to(torch.bfloat16)
+            weight_map[name] = fname
+            total += shard[name].numel() * 2
+        save_file(shard, str(out / fname), metadata={"format": "pt"})
+        del shard
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(_config(shape), indent=2) + "\n")
+    gen_cfg = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "do_sample": False}
+    (out / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2) + "\n")
+    from hubswap.demo import make_tokenizer
+
+    make_tokenizer(out, vocab_size=512)
+
+
+RECIPE = """\
+# Benchmark recipe (bench/merge.py): the layer swap of issue 6 on a pair of random experts.
+#   hubswap build {name}.toml --no-eval --no-push --output OUT
+schema_version = 1
+name = "{name}"
+
+[models.task]
+path = "task"
+
+[models.language]
+path = "language"
+
+[swap]
+bottom = 5
+top = 2
+transition = 1
+non_layer = "language"
+files_from = "task"
+dtype = "bfloat16"
+"""
+
+
+def ensure_pair(shape: Shape, cache: Path, log=print) -> Path:
+    """The folder holding ``task/``, ``language/`` and ``recipe.toml`` for ``shape``; made if missing."""
+    root = cache / "experts" / shape.name
+    stamp = {"format": FORMAT_VERSION, **asdict(shape)}
+    stamp_file = root / "stamp.json"
+    if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    tmp = root.with_name(root.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    log(f"making the {shape.name} expert pair ({2 * shape.num_bytes() / 1e9:.1f} GB) under {root} ...")
+    for seed, role in ((1, "task"), (2, "language")):
+        _write_expert(shape, tmp / role, seed)
+    (tmp / "recipe.toml").write_text(RECIPE.format(name=f"bench-{shape.name}"))
+    (tmp / "stamp.json").write_text(json.dumps(stamp, indent=2) + "\n")
+    tmp.rename(root)
+    return root
