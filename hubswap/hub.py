@@ -72,7 +72,7 @@ def _token_hint() -> str:
 
 
 def _map_error(e: BaseException, what: str, *, repo: str | None, revision: str | None,
-               write: bool = False) -> HubswapError | None:
+               write: bool = False, endpoint: str | None = None) -> HubswapError | None:
     """The user-facing error for an exception of huggingface_hub, or None if it is not one."""
     import httpx2
     from huggingface_hub import constants
@@ -87,10 +87,13 @@ def _map_error(e: BaseException, what: str, *, repo: str | None, revision: str |
         RevisionNotFoundError,
     )
 
-    endpoint = constants.ENDPOINT
+    endpoint = endpoint or constants.ENDPOINT
     if isinstance(e, GatedRepoError):
+        from huggingface_hub import get_token
+
+        who = "your token has not been granted access to it" if get_token() else "no Hugging Face token is set"
         return HubError(
-            f"{repo} is a gated repo and your token has not been granted access to it",
+            f"{repo} is a gated repo and {who}",
             hint=f"accept its licence at {endpoint}/{repo} (Llama repos are gated), then set HF_TOKEN "
             "to a token of that account (or run `hf auth login`)",
         )
@@ -133,23 +136,22 @@ def _map_error(e: BaseException, what: str, *, repo: str | None, revision: str |
             return PublishRefusedError(f"{repo} changed while publishing (someone else pushed to it)",
                                        hint="run the push again: it re-checks what the repo holds")
         if status in (429, 500, 502, 503, 504):
-            return _network_error(what, repo, f"the Hub answered HTTP {status}")
+            return HubError(
+                f"{endpoint} answered HTTP {status} to {what} of {repo}, {ATTEMPTS} attempts in a row",
+                hint="the Hub may be having trouble (https://status.huggingface.co): run again later; "
+                "finished files stay in the cache and are not downloaded twice",
+            )
         return HubError(f"{what} of {repo} failed: HTTP {status} "
                         f"{e.response.headers.get('X-Error-Message') or ''}".rstrip())
     if isinstance(e, (httpx2.TransportError, LocalEntryNotFoundError, ConnectionError, TimeoutError)):
         cause = e.__cause__ or e
-        return _network_error(what, repo, f"{type(cause).__name__}: {_first_line(cause)}")
+        return HubError(
+            f"cannot reach {endpoint} for {what} of {repo} after {ATTEMPTS} attempts "
+            f"({type(cause).__name__}: {_first_line(cause)})",
+            hint="check the connection, proxy (HTTPS_PROXY) and HF_ENDPOINT, then run again: "
+            "finished files stay in the cache and are not downloaded twice",
+        )
     return None
-
-
-def _network_error(what: str, repo: str | None, reason: str) -> HubError:
-    from huggingface_hub import constants
-
-    return HubError(
-        f"cannot reach {constants.ENDPOINT} for {what} of {repo} after {ATTEMPTS} attempts ({reason})",
-        hint="check the connection, proxy (HTTPS_PROXY) and HF_ENDPOINT, then run again: "
-        "finished files stay in the cache and are not downloaded twice",
-    )
 
 
 def _first_line(e: BaseException) -> str:
@@ -179,7 +181,7 @@ def _transient(e: BaseException) -> bool:
 
 
 def _hub_call(fn: Callable[[], T], what: str, *, repo: str | None, revision: str | None = None,
-              write: bool = False, attempts: int = ATTEMPTS) -> T:
+              write: bool = False, attempts: int = ATTEMPTS, endpoint: str | None = None) -> T:
     """Run one huggingface_hub call, retrying transient failures, mapping errors to one line."""
     for attempt in range(1, attempts + 1):
         try:
@@ -192,7 +194,7 @@ def _hub_call(fn: Callable[[], T], what: str, *, repo: str | None, revision: str
                 log.warning("%s of %s failed (%s); retrying in %ds", what, repo, _first_line(e), wait)
                 time.sleep(wait)
                 continue
-            mapped = _map_error(e, what, repo=repo, revision=revision, write=write)
+            mapped = _map_error(e, what, repo=repo, revision=revision, write=write, endpoint=endpoint)
             if mapped is None:
                 raise
             raise mapped from None
@@ -333,7 +335,8 @@ class HubModelFiles:
                     out = out[start:] if start else out
                 return bytes(out[:want])
 
-        return _hub_call(get, f"the header of {name}", repo=self.repo, revision=self.revision)
+        return _hub_call(get, f"the header of {name}", repo=self.repo, revision=self.revision,
+                         endpoint=self.endpoint)
 
 
 def _header_cache() -> Path:
@@ -359,7 +362,7 @@ def resolve_model(role: str, source: ModelSource, *, endpoint: str | None = None
     assert source.repo is not None
     repo, ref = source.repo, source.ref
     info = _hub_call(lambda: _api(endpoint, token).model_info(repo, revision=ref, files_metadata=True),
-                     "model info", repo=repo, revision=ref)
+                     "model info", repo=repo, revision=ref, endpoint=endpoint)
     commit = info.sha
     siblings = {s.rfilename: s for s in info.siblings or []}
     model = HubModelFiles(role, repo, ref, commit, {}, endpoint=endpoint, token=token)
@@ -414,7 +417,7 @@ def _fetch(model: HubModelFiles, name: str, *, force: bool = False) -> Path:
     path = _hub_call(
         lambda: hf_hub_download(model.repo, name, revision=model.commit, endpoint=model.endpoint,
                                 token=model.token, force_download=force),
-        name, repo=model.repo, revision=model.revision,
+        name, repo=model.repo, revision=model.revision, endpoint=model.endpoint,
     )
     return Path(path)
 
@@ -692,7 +695,8 @@ def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | N
                        hint="set HF_TOKEN to a write token (https://huggingface.co/settings/tokens) "
                        "or run `hf auth login`")
     api = _api(endpoint, token)
-    who = _hub_call(lambda: api.whoami(), "checking the token", repo=repo, write=True)
+    who = _hub_call(lambda: api.whoami(), "checking the token", repo=repo, write=True,
+                    endpoint=endpoint)
     role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
         raise HubError(f"your token is read-only: it cannot publish to {repo}",
@@ -710,7 +714,7 @@ def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | N
         except RepositoryNotFoundError:
             return None
 
-    info = _hub_call(current, "reading the repo", repo=repo)
+    info = _hub_call(current, "reading the repo", repo=repo, endpoint=endpoint)
     head, remote = (info.sha, {s.rfilename: s for s in info.siblings or []}) if info else (None, {})
     if info is not None and info.private is False and private:
         log.warning("%s exists and is public although the recipe asks for a private repo; "
@@ -728,7 +732,7 @@ def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | N
         else:
             def remote_text(name: str) -> str:
                 p = _hub_call(lambda: hf_hub_download(repo, name, revision=head, endpoint=endpoint, token=token),
-                              name, repo=repo, revision=head)
+                              name, repo=repo, revision=head, endpoint=endpoint)
                 return Path(p).read_text(encoding="utf-8")
 
             theirs = build_identity(json.loads(remote_text("hubswap/lock.json")),
@@ -750,7 +754,7 @@ def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | N
     # One commit: every local file, and the removal of remote files the build no longer has.
     if head is None:
         _hub_call(lambda: api.create_repo(repo, private=private, exist_ok=True), "creating the repo",
-                  repo=repo, write=True)
+                  repo=repo, write=True, endpoint=endpoint)
     ops: list = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(f.path)) for n, f in local.items()]
     ops += [CommitOperationDelete(path_in_repo=n) for n in sorted(content - set(local))]
     build_sha = _digest({n: f.sha256 for n, f in local.items()})
@@ -768,13 +772,13 @@ def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | N
     info = _hub_call(
         lambda: api.create_commit(repo, ops, commit_message=message, commit_description=description,
                                   parent_commit=head),
-        "publishing", repo=repo, write=True, attempts=1,
+        "publishing", repo=repo, write=True, attempts=1, endpoint=endpoint,
     )
     commit = info.oid
 
     # Check what the Hub now holds against what was meant to be published.
     after = _hub_call(lambda: api.model_info(repo, revision=commit, files_metadata=True),
-                      "verifying the commit", repo=repo, revision=commit)
+                      "verifying the commit", repo=repo, revision=commit, endpoint=endpoint)
     bad = _differences(local, {s.rfilename: s for s in after.siblings or []})
     if bad:
         raise HubError(f"commit {commit[:12]} of {repo} does not match the local files: {', '.join(bad[:5])}",

@@ -261,11 +261,16 @@ def test_gated_repo(hub_env, tmp_path, monkeypatch, tiny_llama):
     recipe = write_recipe(tmp_path, recipe_text(task_repo="gated/task"))
     with pytest.raises(HubError) as e:
         write_lock(recipe, endpoint=hub_env.url)
-    assert str(e.value) == "gated/task is a gated repo and your token has not been granted access to it"
+    assert str(e.value) == "gated/task is a gated repo and no Hugging Face token is set"
     assert "accept its licence" in e.value.hint and "HF_TOKEN" in e.value.hint
 
-    hub_env.repos["gated/task"].granted.add("alice")
     monkeypatch.setenv("HF_TOKEN", WRITE)
+    with pytest.raises(HubError) as e:
+        write_lock(recipe, endpoint=hub_env.url)
+    assert str(e.value) == "gated/task is a gated repo and your token has not been granted access to it"
+    assert WRITE not in str(e.value) + e.value.hint
+
+    hub_env.repos["gated/task"].granted.add("alice")
     _, lock = write_lock(recipe, endpoint=hub_env.url)
     assert lock["models"]["task"]["commit"] == hub_env.head("gated/task").sha
 
