@@ -98,6 +98,10 @@ def _map_error(e: BaseException, what: str, *, repo: str | None, revision: str |
             "to a token of that account (or run `hf auth login`)",
         )
     if isinstance(e, RevisionNotFoundError):
+        if revision and len(revision) == 40:
+            return HubError(f"commit {revision} no longer exists in {repo}",
+                            hint="it was probably removed by a force-push; if a lock file pinned it, "
+                            "refresh the lock with `hubswap lock RECIPE`")
         return HubError(
             f"revision {revision!r} not found in {repo}",
             hint=f"use a branch, tag or full commit SHA that exists (see {endpoint}/{repo}/tree/main)",
@@ -417,7 +421,7 @@ def _fetch(model: HubModelFiles, name: str, *, force: bool = False) -> Path:
     path = _hub_call(
         lambda: hf_hub_download(model.repo, name, revision=model.commit, endpoint=model.endpoint,
                                 token=model.token, force_download=force),
-        name, repo=model.repo, revision=model.revision, endpoint=model.endpoint,
+        name, repo=model.repo, revision=model.commit, endpoint=model.endpoint,
     )
     return Path(path)
 

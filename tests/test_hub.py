@@ -316,3 +316,22 @@ def test_cli_lock_and_offline_mode(hub_env, tmp_path):
     assert off.returncode == 4
     assert off.stderr.splitlines()[0].startswith("error: offline mode is on (HF_HUB_OFFLINE=1)")
     assert off.stderr.splitlines()[1].startswith("hint: unset HF_HUB_OFFLINE")
+
+
+def test_a_locked_commit_removed_by_a_force_push(hub_env, tmp_path, tiny_llama):
+    from hubswap.errors import HubError
+    from hubswap.hub import download_inputs, resolve_hub_inputs, write_lock
+    from hubswap.recipe import load_recipe
+
+    hub_env.upload_folder("org/forced", tiny_llama["task"])
+    recipe = write_recipe(tmp_path, recipe_text(task_repo="org/forced"))
+    _, lock = write_lock(recipe, endpoint=hub_env.url)
+    gone = lock["models"]["task"]["commit"]
+    repo = hub_env.repos["org/forced"]
+    repo.refs["main"] = repo.commits[gone].parent  # history rewritten: the locked commit is gone
+    del repo.commits[gone]
+    model = resolve_hub_inputs(load_recipe(recipe), endpoint=hub_env.url)["task"]
+    with pytest.raises(HubError) as e:
+        download_inputs(model)
+    assert str(e.value) == f"commit {gone} no longer exists in org/forced"
+    assert "`hubswap lock RECIPE`" in e.value.hint

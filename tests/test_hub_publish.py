@@ -100,6 +100,10 @@ def test_push_without_a_token_or_with_a_read_only_token(published):
     assert ro.returncode == 4
     assert ro.stderr.splitlines()[0] == "error: your token is read-only: it cannot publish to org/merged"
     assert READ not in ro.stderr + ro.stdout
+    bad = run_cli("push", "build", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN="hf_not_a_valid_token")
+    assert bad.returncode == 4
+    assert bad.stderr.splitlines()[0] == "error: the Hugging Face token was rejected (invalid or expired)"
+    assert "hf_not_a_valid_token" not in bad.stderr + bad.stdout
 
 
 def test_push_to_a_namespace_the_token_cannot_write(published):
