@@ -82,6 +82,22 @@ def test_every_tensor_follows_the_layer_map(request, tmp_path, arch, swap, non_l
     assert (out_dir / "hubswap" / "recipe.toml").read_text() == recipe.read_text()
 
 
+def test_tensors_computed_in_several_slices_are_bit_exact(tiny_llama, tmp_path, monkeypatch):
+    """Blends and casts of tensors longer than a slice (the last one partial) equal the whole-tensor math."""
+    import hubswap.swap
+
+    monkeypatch.setattr(hubswap.swap, "SLICE_ELEMENTS", 1000)
+    swap = dict(bottom=1, top=2, transition=2)  # language weights 2/3 and 1/3: inexact in float32
+    recipe = local_recipe(tmp_path / "r.toml", tiny_llama, non_layer="language", dtype="bfloat16", **swap)
+    out_dir = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False)).model_dir
+    merged, lang, task = load_all(out_dir), load_all(tiny_llama["language"]), load_all(tiny_llama["task"])
+    assert max(t.numel() for t in merged.values()) > 10 * 1000
+    rswap = Swap(non_layer="language", dtype="bfloat16", **swap)
+    for name, t in merged.items():
+        want = expected_tensor(name, lang, task, rswap, 8, torch.bfloat16)
+        assert torch.equal(t.view(torch.uint8), want.contiguous().view(torch.uint8)), name
+
+
 def reference_model(fam: dict[str, Path], swap: Swap, num_layers: int):
     """The merge done the slow, obvious way: load both experts in transformers, assign layers."""
     task = AutoModelForCausalLM.from_pretrained(fam["task"], dtype=torch.float32)
