@@ -27,6 +27,7 @@ import base64
 import fnmatch
 import hashlib
 import json
+import os
 import re
 import socket
 import threading
@@ -106,6 +107,7 @@ class HubServer:
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self._lock = threading.RLock()
         self._clock = 0
+        self._salt = os.urandom(8).hex()  # commit SHAs differ between servers: caches never mix them up
         self._httpd: ThreadingHTTPServer | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -218,7 +220,7 @@ class HubServer:
             tree[path] = data if isinstance(data, Entry) else self._entry(path, data)
         self._clock += 1
         digest = hashlib.sha1(json.dumps(
-            [parent, title, description, self._clock, sorted((p, e.git_oid) for p, e in tree.items())]
+            [self._salt, parent, title, description, self._clock, sorted((p, e.git_oid) for p, e in tree.items())]
         ).encode()).hexdigest()
         date = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
         repo.commits[digest] = Commit(digest, parent, title, description, tree, date)

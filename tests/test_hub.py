@@ -21,20 +21,20 @@ WRITE, READ = "hf_test_alice_write_token", "hf_test_alice_read_token"
 
 
 def recipe_text(task_rev: str = "main", *, publish: str = "org/merged", name: str = "tiny-hub-merge",
-                bottom: int = 2, task_repo: str = "org/task") -> str:
+                bottom: int = 2, task_repo: str = "org/task", org: str = "org") -> str:
     return f"""\
 schema_version = 1
 name = "{name}"
 
 [models.base]
-repo = "org/base"
+repo = "{org}/base"
 
 [models.task]
 repo = "{task_repo}"
 revision = "{task_rev}"
 
 [models.language]
-repo = "org/language"
+repo = "{org}/language"
 
 [swap]
 bottom = {bottom}
@@ -158,17 +158,23 @@ def test_local_models_are_locked_by_path_and_hash(hub_env, tmp_path, tiny_llama)
 # -- preflight before weights ------------------------------------------------------------------
 
 
-def test_preflight_reads_safetensors_headers_by_ranged_requests(hub_env, tmp_path):
+def test_preflight_reads_safetensors_headers_by_ranged_requests(hub_env, tmp_path, tiny_llama, monkeypatch):
     from hubswap.compat import check_compatible
     from hubswap.hub import resolve_hub_inputs
     from hubswap.recipe import load_recipe
 
-    models = resolve_hub_inputs(load_recipe(write_recipe(tmp_path, recipe_text())), endpoint=hub_env.url)
+    monkeypatch.setenv("HUBSWAP_CACHE", str(tmp_path / "hubswap-cache"))  # no headers kept from before
+    for role, path in tiny_llama.items():  # fresh commits: nothing of them is in the Hub cache
+        hub_env.upload_folder(f"pre/{role}", path)
+    text = recipe_text(org="pre", task_repo="pre/task")
+    models = resolve_hub_inputs(load_recipe(write_recipe(tmp_path, text)), endpoint=hub_env.url)
     pre = check_compatible(models)
     assert pre.num_layers == 8 and len(pre.tensors["task"]) > 0
     shard_gets = [(p, r) for m, p, r in hub_env.requests if m == "GET" and p.endswith(".safetensors")]
     assert shard_gets and all(r and r.startswith("bytes=") for _, r in shard_gets)
     assert {r for _, r in shard_gets} >= {"bytes=0-7"}
+    shards = sum(1 for m in models.values() for f in m.files() if f.endswith(".safetensors"))
+    assert len(shard_gets) == 2 * shards  # 8 bytes, then the header: nothing more of any weight file
 
 
 # -- downloads ---------------------------------------------------------------------------------
@@ -205,17 +211,18 @@ def test_download_resumes_after_the_connection_drops_mid_file(hub_env):
     assert ranges[0] is None and ranges[1] == "bytes=10485760-"  # resumed after the first 10 MB chunk
 
 
-def test_http_500_then_success(hub_env, tmp_path):
+def test_http_500_then_success(hub_env, tmp_path, tiny_llama):
     from hubswap.hub import download_inputs, write_lock
 
-    hub_env.fault("GET", "/api/models/org/task/revision/main")
-    hub_env.fault("GET", "/org/task/resolve/*/model-00001-of-*.safetensors")
-    _, lock = write_lock(write_recipe(tmp_path, recipe_text()), endpoint=hub_env.url)
-    model = _resolve(hub_env, "org/task")
+    hub_env.upload_folder("org/flaky", tiny_llama["task"])  # its own repo: no blob of it is cached yet
+    hub_env.fault("GET", "/api/models/org/flaky/revision/main")
+    hub_env.fault("GET", "/org/flaky/resolve/*/model-00001-of-*.safetensors")
+    _, lock = write_lock(write_recipe(tmp_path, recipe_text(task_repo="org/flaky")), endpoint=hub_env.url)
+    model = _resolve(hub_env, "org/flaky")
     folder = download_inputs(model)
     for name, rec in lock["models"]["task"]["files"].items():
         assert sha256((folder / name).read_bytes()) == rec["sha256"]
-    assert hub_env.count("GET", "/api/models/org/task/revision/main") >= 2
+    assert hub_env.count("GET", "/api/models/org/flaky/revision/main") >= 2
     assert all(f.times == 0 for f in hub_env.faults)
 
 
