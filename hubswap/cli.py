@@ -27,6 +27,7 @@ examples:
   hubswap build recipes/llama-swahili-math.toml  resolve, preflight, download, swap, evaluate, card
   hubswap build RECIPE --no-eval --no-push --output builds/x
   hubswap analyze RECIPE                         where each expert changed the base; a suggested swap
+  hubswap sweep RECIPE --bottom 3..8 --top 1..4 --transition 0..2   build and rank a grid of swaps
   hubswap lock RECIPE                            pin Hub models to commits and file hashes (RECIPE.lock.json)
   hubswap push builds/x                          publish a build in one commit (HF_TOKEN with write access)
 
@@ -92,6 +93,21 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from hubswap.analyze import analyze
 
     print(analyze(args.recipe, args.output).report())
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from hubswap.sweep import parse_range, sweep
+
+    result = sweep(
+        args.recipe,
+        bottoms=parse_range(args.bottom, "--bottom"),
+        tops=parse_range(args.top, "--top"),
+        transitions=parse_range(args.transition, "--transition"),
+        limit=args.limit, keep=args.keep, output=args.output, holdout=not args.no_holdout,
+        recipe_out=args.recipe_out, max_shard_size=args.max_shard_size,
+    )
+    print(result.summary())
     return 0
 
 
@@ -184,6 +200,28 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("recipe", metavar="RECIPE")
     s.add_argument("-o", "--output", metavar="DIR", help="analysis folder (default: analysis/<recipe name>)")
     s.set_defaults(func=_cmd_analyze)
+
+    s = sub.add_parser(
+        "sweep", help="build and evaluate a grid of swap configurations; rank them with paired statistics",
+        description="Merge every (bottom, top, transition) of the grid into a scratch folder, evaluate it "
+        "on the recipe's target language with the recipe's [eval] settings, and rank the configurations "
+        "against the best one and both experts, paired on the same questions. The choice is made on a "
+        "fixed half of the questions and the winner is scored on the other half. Writes sweep.csv, "
+        "sweep.json and sweep.svg, and the winning configuration as a new recipe beside RECIPE.",
+    )
+    s.add_argument("recipe", metavar="RECIPE")
+    s.add_argument("--bottom", required=True, metavar="A..B", help="bottom sizes, e.g. 3..8 or 2,4,6")
+    s.add_argument("--top", required=True, metavar="A..B", help="top sizes, e.g. 1..4")
+    s.add_argument("--transition", default="0", metavar="A..B", help="transition sizes, e.g. 0..2 (default 0)")
+    s.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N questions (default: [eval].limit)")
+    s.add_argument("--keep", action="store_true", help="keep each merged model (default: removed after evaluation)")
+    s.add_argument("-o", "--output", metavar="DIR", help="sweep folder (default: sweeps/<recipe name>)")
+    s.add_argument("--recipe-out", metavar="FILE",
+                   help="where to write the winning recipe (default: <RECIPE stem>.sweep.toml beside it)")
+    s.add_argument("--no-holdout", action="store_true",
+                   help="select and report on all questions (the reported score is then optimistic)")
+    s.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest scratch shard (default 5GB)")
+    s.set_defaults(func=_cmd_sweep)
 
     s = sub.add_parser(
         "demo", help="make tiny experts on the spot and run the whole pipeline offline on the CPU",

@@ -21,9 +21,9 @@ generations under ``eval/``, and next to the recipe a copy of it with the winnin
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
-import math
 import random
 import re
 import shutil
@@ -32,6 +32,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from hubswap.errors import HubswapError
+from hubswap.evaluate.stats import Paired, paired_comparison, wilson_interval
 from hubswap.layermap import layer_map
 from hubswap.recipe import LoadedRecipe, Swap, key_lines, load_recipe, parse_recipe
 
@@ -103,43 +104,15 @@ def split_halves(n: int, seed: int) -> tuple[list[int], list[int]]:
 # Statistics on per-question verdicts
 
 
-@dataclass(frozen=True)
-class Paired:
-    """``a`` vs ``b`` on the same questions: questions only ``a`` got right, only ``b``, exact p."""
-
-    wins: int
-    losses: int
-    n: int
-    p: float
-
-    @property
-    def diff(self) -> float:
-        return (self.wins - self.losses) / self.n if self.n else 0.0
-
-    def short(self) -> str:
-        return f"{self.diff:+.3f} (+{self.wins}/-{self.losses}, p={self.p:.2g})"
-
-    def to_json(self) -> dict:
-        return {"diff": self.diff, "wins": self.wins, "losses": self.losses, "n": self.n, "p": self.p}
+def short(p: Paired) -> str:
+    """``+0.040 (+7/-2, p=0.18)``: difference, questions only the first / only the second got right."""
+    return f"{p.diff:+.3f} (+{p.merged_only}/-{p.other_only}, p={p.mcnemar_p:.2g})"
 
 
-def paired(a: list[bool], b: list[bool]) -> Paired:
-    """Exact McNemar test: the discordant questions are a fair coin under equal accuracy."""
-    wins = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
-    losses = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
-    k, m = min(wins, losses), wins + losses
-    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
-    return Paired(wins, losses, len(a), p)
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (sound at 0 and 1, unlike the normal one)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+def long(p: Paired) -> str:
+    """``short`` with the 95% interval of the difference (Newcombe, paired)."""
+    lo, hi = p.ci95
+    return f"{p.diff:+.3f} [{lo:+.3f}, {hi:+.3f}] (+{p.merged_only}/-{p.other_only}, McNemar p={p.mcnemar_p:.2g})"
 
 
 def accuracy(v: list[bool]) -> float:
@@ -186,15 +159,16 @@ def rank(verdicts: dict[str, list[bool]], configs: list[Config], select: list[in
     rows = []
     for c in ordered:
         v = pick(c.name, select)
-        rows.append(Ranked(c, accuracy(v), paired(v, best_v), paired(v, task_v), paired(v, lang_v)))
+        rows.append(Ranked(c, accuracy(v), paired_comparison(v, best_v), paired_comparison(v, task_v),
+                           paired_comparison(v, lang_v)))
 
     h = {name: pick(name, heldout) for name in (best.name, *EXPERTS)}
     held = HeldOut(
         n=len(heldout),
         accuracy={k: accuracy(v) for k, v in h.items()},
-        interval={k: wilson(sum(v), len(v)) for k, v in h.items()},
-        vs_task=paired(h[best.name], h["task"]),
-        vs_language=paired(h[best.name], h["language"]),
+        interval={k: wilson_interval(sum(v), len(v)) for k, v in h.items()},
+        vs_task=paired_comparison(h[best.name], h["task"]),
+        vs_language=paired_comparison(h[best.name], h["language"]),
     )
     return rows, held
 
@@ -230,9 +204,9 @@ class SweepResult:
         for i, r in enumerate(self.rows, 1):
             c = r.config
             pic = layer_map(Swap(bottom=c.bottom, top=c.top, transition=c.transition), self.num_layers).picture()
-            vs_best = "(chosen)" if i == 1 else r.vs_best.short()
+            vs_best = "(chosen)" if i == 1 else short(r.vs_best)
             out.append(f"{i:>4}  {c.bottom:>6} {c.top:>4} {c.transition:>5}  {pic}  {r.accuracy:>6.3f}  "
-                       f"{vs_best:<24}  {r.vs_task.short():<24}  {r.vs_language.short():<24}")
+                       f"{vs_best:<24}  {short(r.vs_task):<24}  {short(r.vs_language):<24}")
         return "\n".join(out)
 
     def summary(self) -> str:
@@ -240,6 +214,14 @@ class SweepResult:
         lines = [self.table(), ""]
         if self.skipped:
             lines.append(f"({self.skipped} combinations did not fit in {self.num_layers} layers and were skipped)")
+        tied = sum(1 for r in self.rows if r.accuracy == self.rows[0].accuracy)
+        worse = sum(1 for r in self.rows[1:] if r.vs_best.mcnemar_p < 0.05)
+        if tied > 1:
+            lines.append(f"{tied} configurations tie for the best selection accuracy; the tie goes to the "
+                         "smallest swap (the most task-expert layers kept)")
+        if len(self.rows) > 1:
+            lines.append(f"{worse} of {len(self.rows) - 1} other configurations are worse than the chosen one "
+                         "with McNemar p < 0.05 on the selection half; the rest are within noise of it")
         lines.append(f"chosen: bottom = {c.bottom}, top = {c.top}, transition = {c.transition}")
 
         def fmt(k: str) -> str:
@@ -256,8 +238,8 @@ class SweepResult:
                          "the score below is optimistic")
         lines += [
             f"  chosen    {fmt(c.name)}",
-            f"  task      {fmt('task')}   chosen - task: {h.vs_task.short()}",
-            f"  language  {fmt('language')}   chosen - language: {h.vs_language.short()}",
+            f"  task      {fmt('task')}   chosen - task: {long(h.vs_task)}",
+            f"  language  {fmt('language')}   chosen - language: {long(h.vs_language)}",
         ]
         if self.files:
             lines += ["", "wrote " + ", ".join(str(p) for p in self.files.values())]
@@ -293,8 +275,8 @@ def write_csv(path: Path, rows: list[Ranked]) -> None:
                     "vs_best_diff", "vs_best_p", "vs_task_diff", "vs_task_p", "vs_language_diff", "vs_language_p"])
         for i, r in enumerate(rows, 1):
             w.writerow([i, r.config.bottom, r.config.top, r.config.transition, f"{r.accuracy:.6g}",
-                        f"{r.vs_best.diff:.6g}", f"{r.vs_best.p:.4g}", f"{r.vs_task.diff:.6g}",
-                        f"{r.vs_task.p:.4g}", f"{r.vs_language.diff:.6g}", f"{r.vs_language.p:.4g}"])
+                        f"{r.vs_best.diff:.6g}", f"{r.vs_best.mcnemar_p:.4g}", f"{r.vs_task.diff:.6g}",
+                        f"{r.vs_task.mcnemar_p:.4g}", f"{r.vs_language.diff:.6g}", f"{r.vs_language.mcnemar_p:.4g}"])
 
 
 def render_svg(title: str, rows: list[Ranked], experts: dict[str, float]) -> str:
@@ -308,16 +290,18 @@ def render_svg(title: str, rows: list[Ranked], experts: dict[str, float]) -> str
     transitions = sorted({r.config.transition for r in rows})
     acc = {r.config: r.accuracy for r in rows}
     chosen = rows[0].config
-    cell, gap, left, top_m = 44, 36, 70, 70
+    outline = ""
+    cell, gap, left, top_m = 44, 36, 100, 70
     panel_w = cell * len(tops)
-    width = max(420, left + len(transitions) * (panel_w + gap) + 20)
-    height = top_m + cell * len(bottoms) + 70
+    expert_text = "on the same questions: " + ", ".join(f"{k} expert {v:.3f}" for k, v in experts.items())
+    width = round(max(420, left + len(transitions) * (panel_w + gap) + 20, 2 * left + 6.2 * len(expert_text)))
+    height = top_m + cell * len(bottoms) + 44
     lo = min([*acc.values(), *experts.values()])
     hi = max([*acc.values(), *experts.values()])
 
     def color(v: float) -> str:
         # White (worst) to dark blue (best) on this sweep's own scale.
-        f = 0.0 if hi == lo else (v - lo) / (hi - lo)
+        f = 0.5 if hi == lo else (v - lo) / (hi - lo)
         r, g, b = (round(255 + (c - 255) * f) for c in (8, 69, 148))
         return f"rgb({r},{g},{b})"
 
@@ -339,18 +323,20 @@ def render_svg(title: str, rows: list[Ranked], experts: dict[str, float]) -> str
                 c = Config(b, u, t)
                 x, y = x0 + cell * j, top_m + cell * i
                 if c not in acc:
-                    el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="#eee" stroke="white"/>')
+                    el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="#f4f4f4" stroke="#ccc"/>')
                     continue
                 v = acc[c]
                 dark = hi > lo and (v - lo) / (hi - lo) > 0.6
-                stroke = 'stroke="black" stroke-width="3"' if c == chosen else 'stroke="white"'
-                el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{color(v)}" {stroke}>'
+                if c == chosen:  # outlined after every cell, so no neighbour paints over it
+                    outline = (f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="none" '
+                               f'stroke="black" stroke-width="3"><title>chosen: {escape(c.name)}</title></rect>')
+                el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{color(v)}" stroke="#ccc">'
                           f'<title>{escape(c.name)}: {v:.3f}</title></rect>')
                 el.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle" '
                           f'fill="{"white" if dark else "black"}">{v:.2f}</text>')
+    el.append(outline)
     el.append(f'<text x="{left - 8}" y="{top_m - 6}" text-anchor="end">bottom \\ top</text>')
-    expert_text = ", ".join(f"{k} expert {v:.3f}" for k, v in experts.items())
-    el.append(f'<text x="{left}" y="{height - 20}">on the same questions: {escape(expert_text)}</text>')
+    el.append(f'<text x="{left}" y="{height - 14}">{escape(expert_text)}</text>')
     el.append("</svg>")
     return "\n".join(el) + "\n"
 
@@ -424,7 +410,7 @@ def sweep(
     scratch = out / "scratch"
     eval_dir.mkdir(parents=True, exist_ok=True)
     lim = limit if limit is not None else (cfg.limit or None)
-    keys = {role: inputs[role].commit for role in EXPERTS if getattr(inputs[role], "commit", None)}
+    keys = {role: content_key(inputs[role], dirs[role]) for role in EXPERTS}
 
     # 2. Both experts once, on the same questions as every configuration.
     verdicts = evaluate_verdicts({role: dirs[role] for role in EXPERTS}, cfg, eval_dir,
@@ -479,7 +465,36 @@ def sweep(
     return SweepResult(**{**result.__dict__, "files": files})
 
 
+def content_key(model, folder: Path) -> str:
+    """What identifies an expert's generations in the evaluation cache: its commit on the Hub, or
+    for a local folder the sha256 of its weights, config and tokenizer (hashes are cached by
+    path, size and mtime, so this reads a folder once)."""
+    from hubswap.compat import SIDE_FILES, weight_files
+    from hubswap.hashing import file_sha256
+
+    commit = getattr(model, "commit", None)
+    if commit:
+        return commit
+    names = sorted({*weight_files(model), *(f for f in SIDE_FILES if (folder / f).is_file())})
+    blob = json.dumps({f: file_sha256(folder / f) for f in names}, sort_keys=True)
+    return "local-" + hashlib.sha256(blob.encode()).hexdigest()
+
+
 def evaluate_verdicts(models: dict[str, Path], cfg, eval_dir: Path, *, dataset: str, limit: int | None,
                       cache_keys: dict[str, str] | None = None, progress: bool = True) -> dict[str, list[bool]]:
-    """Per-question correctness on the target language for each model, in question order."""
-    raise NotImplementedError
+    """Per-question correctness on the target language for each model, in question order.
+
+    ``run_evaluation`` writes one jsonl record per question with its ``index`` and robust
+    ``correct`` verdict; the sweep pairs models on those.
+    """
+    from hubswap.evaluate import run_evaluation
+    from hubswap.hashing import cache_root
+
+    run_evaluation(models, cfg, eval_dir, dataset=dataset, cache_keys=cache_keys,
+                   cache_dir=cache_root() / "eval", limit=limit or 0, progress=progress)
+    out = {}
+    for name in models:
+        path = eval_dir / f"{name}.{cfg.target_language}.jsonl"
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        out[name] = [bool(r["correct"]) for r in sorted(records, key=lambda r: r["index"])]
+    return out

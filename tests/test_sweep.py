@@ -14,12 +14,10 @@ from hubswap.recipe import load_recipe
 from hubswap.sweep import (
     Config,
     grid,
-    paired,
     parse_range,
     rank,
     render_svg,
     split_halves,
-    wilson,
     write_recipe,
 )
 
@@ -50,24 +48,6 @@ def test_split_halves_is_fixed_and_disjoint():
     assert split_halves(250, seed=1) != (a, b)
 
 
-def test_paired_exact_mcnemar():
-    # 8 questions only `a` got right, 2 only `b`: two-sided binomial p = 2 * P(X <= 2 | 10, 1/2).
-    a = [True] * 8 + [False] * 2 + [True] * 5 + [False] * 5
-    b = [False] * 8 + [True] * 2 + [True] * 5 + [False] * 5
-    p = paired(a, b)
-    assert (p.wins, p.losses, p.n) == (8, 2, 20)
-    assert p.p == pytest.approx(2 * (1 + 10 + 45) / 1024)
-    assert p.diff == pytest.approx(0.3)
-    assert paired(a, a).p == 1.0
-
-
-def test_wilson_interval():
-    lo, hi = wilson(0, 10)
-    assert lo == 0.0 and 0.25 < hi < 0.35
-    lo, hi = wilson(50, 100)
-    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
-
-
 def test_rank_chooses_on_the_selection_half_only():
     rng = random.Random(0)
     n = 200
@@ -87,9 +67,9 @@ def test_rank_chooses_on_the_selection_half_only():
     assert [r.config for r in rows] == [Config(1, 1, 0), Config(2, 1, 0), Config(2, 2, 1)]
     # ... and the held-out half shows it: 0 accuracy, worse than both experts there.
     assert held.accuracy["b1-u1-t0"] == 0.0 and held.n == 100
-    assert held.vs_task.losses == sum(verdicts["task"][i] for i in heldout)
-    assert held.vs_task.wins == 0 and held.vs_task.p < 0.05
-    assert rows[1].vs_best.losses > 0 and rows[0].vs_best.p == 1.0
+    assert held.vs_task.other_only == sum(verdicts["task"][i] for i in heldout)
+    assert held.vs_task.merged_only == 0 and held.vs_task.mcnemar_p < 0.05
+    assert rows[1].vs_best.other_only > 0 and rows[0].vs_best.mcnemar_p == 1.0
 
 
 def test_rank_ties_go_to_the_smaller_swap():
@@ -123,12 +103,116 @@ def test_write_recipe_adds_transition_and_drops_overrides(tmp_path):
 
 
 def test_render_svg_is_valid_and_marks_the_choice():
-    from hubswap.sweep import Paired, Ranked
+    from hubswap.evaluate.stats import paired_comparison
+    from hubswap.sweep import Ranked
 
-    p = Paired(0, 0, 10, 1.0)
+    p = paired_comparison([True] * 10, [False] * 10)
     rows = [Ranked(Config(b, u, t), (b + u + t) / 10, p, p, p)
             for b in (1, 2) for u in (1, 2) for t in (0, 1)]
     rows.sort(key=lambda r: -r.accuracy)
     svg = ET.fromstring(render_svg("t", rows, {"task": 0.1, "language": 0.2}))
     rects = [e for e in svg.iter("{http://www.w3.org/2000/svg}rect") if e.get("stroke-width") == "3"]
-    assert len(rects) == 1 and rects[0].find("{http://www.w3.org/2000/svg}title").text.startswith("b2-u2-t1")
+    assert len(rects) == 1 and rects[0].find("{http://www.w3.org/2000/svg}title").text == "chosen: b2-u2-t1"
+
+
+SWEEP_RECIPE = """\
+schema_version = 1
+name = "tiny-sweep"
+
+[models.base]
+path = "{root}/base"
+[models.task]
+path = "{root}/task"
+[models.language]
+path = "{root}/language"
+
+[swap]
+bottom = 2      # replaced by the sweep's choice
+top = 1
+transition = 1
+dtype = "float32"
+
+[eval]
+dataset = "{mgsm}"
+languages = ["sw", "en"]
+num_fewshot = 1
+max_new_tokens = 8
+backend = "transformers"
+limit = 6
+
+[gate]
+must_beat = []
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep_recipe(tiny_llama, mgsm_dir, tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("sweep") / "recipe.toml"
+    p.write_text(SWEEP_RECIPE.format(root=tiny_llama["task"].parent, mgsm=mgsm_dir))
+    return p
+
+
+def test_sweep_end_to_end(sweep_recipe, tiny_llama, tmp_path, capsys, caplog):
+    import json
+    import logging
+
+    from safetensors import safe_open
+
+    from hubswap.cli import main
+
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(sweep_recipe), "--bottom", "1..2", "--top", "1", "--transition", "0..1",
+            "-o", str(out), "--keep"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "selected on a fixed half of the questions (3); scored on the other, held-out half (3" in printed
+
+    data = json.loads((out / "sweep.json").read_text())
+    assert (data["questions"], data["selection_questions"], data["heldout_questions"]) == (6, 3, 3)
+    names = {c["name"] for c in data["configs"]}
+    assert names == {"b1-u1-t0", "b1-u1-t1", "b2-u1-t0", "b2-u1-t1"}
+    # Only the target language, the same 6 questions for every model.
+    for name in [*names, "task", "language"]:
+        records = [json.loads(x) for x in (out / "eval" / f"{name}.sw.jsonl").read_text().splitlines()]
+        assert [r["index"] for r in records] == list(range(6))
+        assert not (out / "eval" / f"{name}.en.jsonl").exists()
+    # The selection accuracy is computed on the selection half of those records.
+    select, _ = split_halves(6, seed=0)
+    for c in data["configs"]:
+        records = [json.loads(x) for x in (out / "eval" / f"{c['name']}.sw.jsonl").read_text().splitlines()]
+        assert c["selection_accuracy"] == sum(records[i]["correct"] for i in select) / 3
+
+    # --keep: the merged models stay, and each is the layer swap it claims to be.
+    kept = out / "scratch" / "b1-u1-t0"
+    assert (kept / "config.json").is_file()
+
+    def tensor(folder: Path, name: str):
+        index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+        with safe_open(str(folder / index[name]), framework="pt") as f:
+            return f.get_tensor(name)
+
+    for name, role in [("model.layers.0.mlp.up_proj.weight", "language"),
+                       ("model.layers.3.mlp.up_proj.weight", "task"),
+                       ("model.layers.7.self_attn.q_proj.weight", "language")]:
+        assert tensor(kept, name).equal(tensor(tiny_llama[role], name))
+
+    # The winner, as a recipe beside the original that validates and builds what was chosen.
+    chosen = data["chosen"]
+    written = load_recipe(sweep_recipe.with_name("recipe.sweep.toml"))
+    swap = written.recipe.swap
+    assert (swap.bottom, swap.top, swap.transition) == (chosen["bottom"], chosen["top"], chosen["transition"])
+    assert "# replaced by the sweep's choice" in written.text
+
+    svg = ET.parse(out / "sweep.svg").getroot()
+    assert svg.tag.endswith("svg")
+
+    # Without --keep the scratch models are removed; the experts' generations come from the cache.
+    out2 = tmp_path / "again"
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    assert main(["sweep", str(sweep_recipe), "--bottom", "1", "--top", "1", "-o", str(out2),
+                 "--recipe-out", str(tmp_path / "best.toml")]) == 0
+    assert not (out2 / "scratch").exists()
+    assert (tmp_path / "best.toml").is_file()
+    assert "evaluating task: all 1 languages from the cache" in caplog.text
+    assert "evaluating b1-u1-t0: 6 prompts" in caplog.text
