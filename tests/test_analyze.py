@@ -158,3 +158,32 @@ def test_analyze_reports_tensors_an_expert_lacks(regional, tmp_path):
     _recipe(tmp_path)
     with pytest.raises(IncompatibleModelsError, match=gone):
         analyze(tmp_path / "recipe.toml", tmp_path / "out")
+
+
+def test_analyze_hub_repos_matches_local(regional, tmp_path):
+    """The same experts served by a real HTTP Hub: downloaded as the build does, same numbers."""
+    import os
+    import subprocess
+    import sys
+
+    from hub_server import HubServer
+
+    local = analyze(regional / "recipe.toml", tmp_path / "local")
+    recipe = tmp_path / "hub.toml"
+    recipe.write_text(RECIPE.format(base='[models.base]\nrepo = "org/base"\n')
+                      .replace('path = "task"', 'repo = "org/task"')
+                      .replace('path = "language"', 'repo = "org/language"'))
+    with HubServer() as hub:
+        for role in ("base", "task", "language"):
+            hub.upload_folder(f"org/{role}", regional / role, message=f"tiny {role}")
+        run = subprocess.run(
+            [sys.executable, "-m", "hubswap.cli", "analyze", str(recipe), "-o", str(tmp_path / "hub")],
+            env={**os.environ, "HF_ENDPOINT": hub.url}, cwd=tmp_path, capture_output=True, text=True,
+            timeout=300,
+        )
+    assert run.returncode == 0, run.stderr
+    data = json.loads((tmp_path / "hub" / "changes.json").read_text())
+    assert data["models"]["base"] == "org/base@main"
+    assert data["per_layer"]["task"] == local.per_layer("task")
+    assert data["per_layer"]["language"] == local.per_layer("language")
+    assert "suggested swap: bottom = 2, top = 2" in run.stdout
