@@ -34,7 +34,6 @@ from hubswap.errors import (
     LockMismatchError,
     ModelFilesError,
     PublishRefusedError,
-    UnsafeWeightsError,
 )
 from hubswap.recipe import ROLES, LoadedRecipe, ModelSource, load_recipe, parse_recipe
 
@@ -42,15 +41,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOCK_VERSION = 1
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
-PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# Everything besides the weights that a build reads or copies into the merged model.
-SIDE_FILES = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
-    "chat_template.jinja", "chat_template.json",
-)
 ATTEMPTS = 3  # tries of one Hub call on a transient failure (5xx, 429, dropped connection)
 _MAX_HEADER = 100 << 20
 
@@ -208,33 +198,25 @@ def _hub_call(fn: Callable[[], T], what: str, *, repo: str | None, revision: str
 # -- which files a build needs -----------------------------------------------------------------
 
 
-def select_files(names: list[str], read_index: Callable[[], dict], where: str) -> list[str]:
-    """The files of a model that a build uses: side files, the index and the safetensors shards.
+class _Listing:
+    """Just enough of compat's ``ModelFiles`` for ``compat.weight_files``: names and a reader."""
 
-    ``names`` lists the repo or folder; pickled weights are never selected, and a model that has
-    only pickled weights is refused.
-    """
-    top = set(names)
-    if INDEX in top:
-        index = read_index()
-        shards = sorted(set((index.get("weight_map") or {}).values()))
-        missing = [s for s in shards if s not in top]
-        if not shards or missing:
-            raise ModelFilesError(f"{where}: {INDEX} names missing shard(s) {missing or '(none listed)'}")
-        weights = [INDEX, *shards]
-    elif SINGLE in top:
-        weights = [SINGLE]
-    else:
-        pickled = sorted(n for n in names if n.endswith(PICKLED_SUFFIXES))
-        if pickled:
-            raise UnsafeWeightsError(
-                f"{where} has only pickled weights ({', '.join(pickled[:3])}); hubswap reads safetensors only",
-                hint="pickled checkpoints can run arbitrary code when loaded: pick a revision with "
-                ".safetensors weights, or convert them once in a trusted environment "
-                "(save_pretrained(..., safe_serialization=True))",
-            )
-        raise ModelFilesError(f"{where} has no safetensors weights ({SINGLE} or {INDEX})")
-    return [f for f in SIDE_FILES if f in top] + weights
+    def __init__(self, role: str, display: str, names: list[str], read_text: Callable[[str], str | None]):
+        self.role, self.display, self._names, self.read_text = role, display, names, read_text
+
+    def files(self) -> list[str]:
+        return list(self._names)
+
+
+def select_files(model) -> list[str]:
+    """The files of a model (a compat ``ModelFiles``) that a build uses: side files (configs,
+    tokenizer, chat template), the safetensors index and shards. Pickled weights are never
+    selected; a model with only pickled weights is refused (``compat.weight_files``)."""
+    from hubswap.compat import INDEX, SIDE_FILES, weight_files
+
+    names = set(model.files())
+    weights = weight_files(model)
+    return [f for f in SIDE_FILES if f in names] + ([INDEX] if INDEX in names else []) + weights
 
 
 def is_weight(name: str) -> bool:
@@ -377,8 +359,9 @@ def resolve_model(role: str, source: ModelSource, *, endpoint: str | None = None
         model.records[name] = FileRecord(_sha256(path), path.stat().st_size)
         return path
 
-    names = select_files(list(siblings), lambda: json.loads(small(INDEX).read_text()),
-                         f"{role} model {source.display()}")
+    listing = _Listing(role, source.display(), list(siblings),
+                       lambda name: small(name).read_text(encoding="utf-8") if name in siblings else None)
+    names = select_files(listing)
     for name in names:
         s = siblings[name]
         if s.lfs is not None:
@@ -511,13 +494,10 @@ def recipe_sha256(loaded: LoadedRecipe) -> str:
 
 
 def _local_entry(loaded: LoadedRecipe, role: str, source: ModelSource) -> dict:
+    from hubswap.compat import LocalModelFiles
+
     path = loaded.resolve_path(source)
-    if not path.is_dir():
-        raise ModelFilesError(f"{role} model: {path} is not a directory",
-                              hint="check the recipe's `path` (relative paths are relative to the recipe)")
-    names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
-    where = f"{role} model {source.path}"
-    files = select_files(names, lambda: json.loads((path / INDEX).read_text()), where)
+    files = select_files(LocalModelFiles(role, path, display=source.path))
     return {"repo": None, "revision": None, "commit": None, "path": source.path,
             "files": {n: FileRecord(_sha256(path / n), (path / n).stat().st_size).to_json() for n in files}}
 
