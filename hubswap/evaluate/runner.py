@@ -27,7 +27,7 @@ from hubswap.errors import EvaluationError
 from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation, open_backend
 from hubswap.evaluate.data import HUB_DATASET, is_local, load_language
 from hubswap.evaluate.prompts import FEWSHOT_SEED, Prompt, build_prompts
-from hubswap.evaluate.scoring import score_response
+from hubswap.evaluate.scoring import plain_number, score_response
 from hubswap.evaluate.stats import paired_comparison, wilson_interval
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,10 @@ def _cache_read(cache_dir: Path, key: str, lang: str, settings: dict, n: int):
 def _cache_write(cache_dir: Path, key: str, lang: str, settings: dict, rows) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     f = cache_dir / f"{_cache_id(key, lang, settings)}.json"
-    payload = {"key": key, "lang": lang, "rows": [{"prompt": p, **asdict(g)} for p, g in rows]}
+    payload = {"key": key, "lang": lang, "rows": [
+        {"prompt": p, "text": g.text, "finish_reason": g.finish_reason, "prompt_tokens": g.prompt_tokens,
+         "tokens": g.tokens} for p, g in rows
+    ]}
     tmp = f.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, f)
@@ -226,8 +229,8 @@ def _load_metric():
 
 
 def _canonical(value) -> str:
-    d = Decimal(str(value))
-    return str(d.quantize(Decimal(1))) if d == d.to_integral_value() else format(d.normalize(), "f")
+    """The gold answer written like the robust extraction (``18.0`` -> ``"18"``)."""
+    return plain_number(Decimal(str(value)))
 
 
 def _summary(records: list[Record], metric) -> dict:

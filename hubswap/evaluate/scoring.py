@@ -115,7 +115,7 @@ def score_response(text: str, lang: str, gold, *, mode: str = "native-cot") -> R
         correct=value is not None and _equal(value, gold),
         strict_answer=strict,
         flexible_answer=flexible,
-        answer=None if value is None else _plain(value),
+        answer=None if value is None else plain_number(value),
     )
 
 
@@ -177,8 +177,8 @@ def extract_answer(text: str, language: Language | str) -> Decimal | None:
     norm = normalize(text)
     for phrase in reversed(list(_phrase_regex(code).finditer(norm))):
         after = norm[phrase.end():]
-        m = _NUMBER.search(after[:64])
-        if m and "\n" not in after[:m.start()]:  # on the phrase's own line
+        m = _NUMBER.search(after)
+        if m and m.start() <= 64 and "\n" not in after[:m.start()]:  # soon after, on the phrase's line
             value = parse_number(m.group(0), code)
             if value is not None:
                 return value
@@ -197,7 +197,9 @@ def _equal(value: Decimal, gold) -> bool:
         return False
 
 
-def _plain(value: Decimal) -> str:
-    if value == value.to_integral_value():
-        return str(value.quantize(Decimal(1)))
-    return format(value.normalize(), "f")
+def plain_number(value: Decimal) -> str:
+    """``Decimal("18.00")`` -> ``"18"``, ``Decimal("3.50")`` -> ``"3.5"``, at any length."""
+    integral = value.to_integral_value()
+    if value == integral:
+        return format(integral, "f")
+    return format(value, "f").rstrip("0")

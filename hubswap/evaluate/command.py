@@ -1,0 +1,106 @@
+"""``hubswap eval``: MGSM on one model (and any models to compare it with), outside a build."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hubswap.errors import EvaluationError
+
+log = logging.getLogger(__name__)
+
+MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise EvaluationError(f"{what} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def resolve_model(spec: str, revision: str | None = None) -> Path:
+    """A local model folder as is, or a Hub repo downloaded (weights, config, tokenizer only)."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise EvaluationError(f"{p} has no config.json", hint="give a model folder or a Hub repo id")
+        return p.resolve()
+    if p.is_absolute() or spec.startswith((".", "~")):
+        raise EvaluationError(f"model folder {p} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(spec, revision=revision, allow_patterns=MODEL_FILES))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
+        raise EvaluationError(f"cannot download {spec}: {e}", hint="check the repo id, revision, token and network") from None
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from hubswap.evaluate import format_table, run_evaluation
+    from hubswap.recipe import EvalConfig
+
+    vllm_options = {k: _parse_value(v) for k, v in _pairs(args.vllm, "--vllm").items()}
+    try:
+        cfg = EvalConfig(
+            dataset=args.dataset, dataset_revision=args.dataset_revision, languages=args.languages,
+            prompt=args.prompt, num_fewshot=args.num_fewshot, max_new_tokens=args.max_new_tokens,
+            compare=[], backend=args.backend, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
+            vllm=vllm_options,
+        )
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
+                             for err in e.errors(include_url=False))
+        raise EvaluationError(f"bad evaluation settings: {problems}") from None
+    models = {args.name: resolve_model(args.model, args.revision)}
+    for name, spec in _pairs(args.compare, "--compare").items():
+        if name in models:
+            raise EvaluationError(f"--compare name {name!r} is used twice")
+        models[name] = resolve_model(spec)
+    out = Path(args.output)
+    results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit, progress=not args.no_progress)
+    (out / "eval_results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(format_table(results))
+    print(f"results: {out / 'eval_results.json'}; per-question records: {out}/<model>.<lang>.jsonl")
+    return 0
+
+
+def add_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("model", metavar="MODEL_DIR_OR_REPO", help="a model folder or a Hub repo id")
+    s.add_argument("--revision", help="revision of a Hub model (default main)")
+    s.add_argument("--name", default="model", help="the model's name in the results (default: model)")
+    s.add_argument("--compare", action="append", metavar="NAME=MODEL",
+                   help="also evaluate MODEL on the same questions and compare (repeatable)")
+    s.add_argument("--dataset", default="juletxara/mgsm", metavar="ID_OR_DIR",
+                   help="MGSM as a Hub dataset id or a local folder of its layout (default juletxara/mgsm)")
+    s.add_argument("--dataset-revision", default="main", metavar="REV")
+    s.add_argument("--languages", nargs="+", default=["en"], metavar="LANG",
+                   help="MGSM languages, the first one the target (default: en)")
+    s.add_argument("--prompt", default="native-cot", choices=["native-cot", "en-cot", "direct", "chat"])
+    s.add_argument("--num-fewshot", type=int, default=8, metavar="K")
+    s.add_argument("--max-new-tokens", type=int, default=512, metavar="N")
+    s.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
+    s.add_argument("--limit", type=int, default=0, metavar="N", help="first N questions per language (0: all 250)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=16, metavar="B", help="transformers backend batch size")
+    s.add_argument("--vllm", action="append", metavar="KEY=VALUE",
+                   help="an argument for vllm.LLM, e.g. --vllm tensor_parallel_size=2 (repeatable; JSON values)")
+    s.add_argument("-o", "--output", default="eval", metavar="DIR",
+                   help="where to write eval_results.json and the per-question jsonl (default: eval/)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
