@@ -151,8 +151,9 @@ def rank(verdicts: dict[str, list[bool]], configs: list[Config], select: list[in
         v = verdicts[name]
         return [v[i] for i in idx]
 
+    # Layers not purely from the task expert: bottom, top and both transitions.
     ordered = sorted(configs, key=lambda c: (-accuracy(pick(c.name, select)),
-                                             c.bottom + c.top + c.transition, c))
+                                             c.bottom + c.top + 2 * c.transition, c))
     best = ordered[0]
     best_v = pick(best.name, select)
     task_v, lang_v = pick("task", select), pick("language", select)
