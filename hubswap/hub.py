@@ -419,7 +419,7 @@ def _download_verified(model: HubModelFiles, name: str) -> Path:
         raise ModelFilesError(f"{model.role} model {model.display}: {name} is not among the locked files")
     for attempt in (1, 2):
         path = _fetch(model, name, force=attempt > 1)
-        digest = _sha256(path)
+        digest = _sha256(path, fresh=attempt > 1)
         if digest == record.sha256 and path.stat().st_size == record.size:
             return path
         _evict(path)
@@ -462,8 +462,15 @@ def _evict(path: Path) -> None:
             blob.unlink()
 
 
-def _sha256(path: Path) -> str:
-    from hubswap.hashing import file_sha256  # remembers digests of files that did not change
+def _sha256(path: Path, *, fresh: bool = False) -> str:
+    """sha256 of a file; remembered by (path, size, mtime, inode) unless ``fresh``."""
+    if fresh:  # a file just rewritten in place may reuse the inode within the mtime's resolution
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(8 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+    from hubswap.hashing import file_sha256
 
     return file_sha256(path)
 
@@ -685,6 +692,7 @@ def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | N
     if role == "read":
         raise HubError(f"your token is read-only: it cannot publish to {repo}",
                        hint="set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens)")
+    _check_gate(folder, force)
 
     local = _manifest(folder)
     mine = build_identity(lock, recipe_text)
@@ -769,6 +777,21 @@ def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | N
                        hint="run the push again; it replaces the mismatching files")
     log.info("published %s at commit %s, remote hashes verified", repo, commit[:12])
     return PublishResult(repo, commit, f"{api.endpoint}/{repo}", action)
+
+
+def _check_gate(folder: Path, force: bool) -> None:
+    """A build whose evaluation failed its gate is not published (unless forced)."""
+    results = folder / "hubswap" / "eval_results.json"
+    if not results.is_file():
+        log.warning("%s was not evaluated: publishing it without a gate", folder)
+        return
+    gate = json.loads(results.read_text(encoding="utf-8")).get("gate") or {}
+    if gate.get("passed") is False:
+        reasons = "; ".join(gate.get("reasons") or []) or "see hubswap/eval_results.json"
+        if not force:
+            raise PublishRefusedError(f"this build failed its gate ({reasons}); refusing to publish it",
+                                      hint="pass --force to publish it anyway")
+        log.warning("--force: publishing a build that failed its gate (%s)", reasons)
 
 
 def _differences(local: dict[str, _LocalFile], remote: dict) -> list[str]:

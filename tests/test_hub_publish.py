@@ -195,3 +195,20 @@ def test_a_locked_build_runs_offline_from_the_cache(published):
     assert len(hub.requests) == before  # not one request: commits, files and headers came from caches
     for p in (build / "model").glob("*.safetensors"):
         assert sha256_file(p) == sha256_file(work / "offline" / "model" / p.name)
+
+
+def test_a_build_that_failed_its_gate_is_not_published(published, tmp_path):
+    from hubswap.errors import PublishRefusedError
+    from hubswap.hub import publish
+
+    hub, build, _ = published
+
+    def failed(model: Path) -> None:
+        gate = {"passed": False, "reasons": ["merged 0.10 < task 0.20 + margin 0.00 on sw"]}
+        (model / "hubswap" / "eval_results.json").write_text(json.dumps({"gate": gate}))
+
+    with pytest.raises(PublishRefusedError) as e:
+        publish(_variant(build, tmp_path / "failed", failed), repo="org/gated-out", endpoint=hub.url, token=WRITE)
+    assert str(e.value) == ("this build failed its gate (merged 0.10 < task 0.20 + margin 0.00 on sw); "
+                            "refusing to publish it")
+    assert "org/gated-out" not in hub.repos
