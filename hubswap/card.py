@@ -197,7 +197,8 @@ def _eval_results(rec: BuildRecords) -> list:
         ("flexible_extract", "exact_match", "exact_match (lm-eval flexible-extract{})"),
     )
     out = []
-    merged = (rec.eval_results.get("models") or {}).get("merged") or {}
+    ref = rec.eval_results.get("reference_model") or "merged"
+    merged = (rec.eval_results.get("models") or {}).get(ref) or {}
     for lang, res in (merged.get("languages") or {}).items():
         for key, metric_type, name in scores:
             if res.get(key) is None:
@@ -205,7 +206,7 @@ def _eval_results(rec: BuildRecords) -> list:
             out.append(EvalResult(
                 task_type="text-generation",
                 task_name="Multilingual grade-school math (MGSM)",
-                dataset_type=settings.get("dataset") if hub_dataset else MGSM_REPO,
+                dataset_type=settings.get("dataset") if hub_dataset else settings.get("hub_dataset") or MGSM_REPO,
                 dataset_name=f"MGSM ({LANGUAGE_NAMES.get(lang, lang)})",
                 dataset_config=lang,
                 dataset_split="test",
@@ -429,47 +430,53 @@ def _p(p: Any) -> str:
     return ", p < 0.001" if p < 0.001 else f", p = {p:.3f}" if p < 0.1 else f", p = {p:.2f}"
 
 
+def _signed_ci(ci: Any) -> str:
+    if not ci or len(ci) != 2 or None in ci:
+        return ""
+    return f" [{_pts(ci[0])}, {_pts(ci[1])}]"
+
+
 def _evaluation(rec: BuildRecords) -> dict:
     ev = rec.eval_results or {}
     settings = ev.get("settings") or {}
     models = ev.get("models") or {}
     comparisons = ev.get("comparisons") or {}
+    ref = ev.get("reference_model") or "merged"
     others = [k for k in ("task", "language", "base") if k in models] + \
-             [k for k in models if k not in ("merged", "task", "language", "base")]
-    languages = list(settings.get("languages") or (models.get("merged") or {}).get("languages") or [])
+             [k for k in models if k not in (ref, "task", "language", "base")]
+    languages = list(settings.get("languages") or (models.get(ref) or {}).get("languages") or [])
     target = settings.get("target_language") or (languages[0] if languages else None)
 
+    def result(model: str, lang: str) -> dict:
+        return ((models.get(model) or {}).get("languages") or {}).get(lang) or {}
+
     def cell(model: str, lang: str) -> str:
-        res = ((models.get(model) or {}).get("languages") or {}).get(lang) or {}
+        res = result(model, lang)
         return f"{_pct(res.get('accuracy'))}{_ci(res.get('ci95'))}" if res else "–"
 
     def diff(other: str, lang: str) -> str:
         c = (comparisons.get(other) or {}).get(lang) or {}
         if not c:
             return "–"
-        return f"{_pts(c.get('diff'))}{_ci(c.get('ci95'))}{_p(c.get('mcnemar_p'))}"
+        return f"{_pts(c.get('diff'))}{_signed_ci(c.get('ci95'))}{_p(c.get('mcnemar_p'))}"
 
-    def n(lang: str) -> str:
-        res = ((models.get("merged") or {}).get("languages") or {}).get(lang) or {}
-        return str(res.get("n", "–"))
-
+    compared = [o for o in others if o in comparisons]
     table = {
         "header": ["Language", "n", "merged", *(ROLE_NAMES.get(o, o) for o in others),
-                   *(f"merged − {ROLE_NAMES.get(o, o)}" for o in others if o in comparisons)],
-        "rows": [[f"{LANGUAGE_NAMES.get(lang, lang)} (`{lang}`)" + (" ★" if lang == target else ""), n(lang),
-                  cell("merged", lang), *(cell(o, lang) for o in others),
-                  *(diff(o, lang) for o in others if o in comparisons)] for lang in languages],
+                   *(f"merged − {ROLE_NAMES.get(o, o)}" for o in compared)],
+        "rows": [[f"{LANGUAGE_NAMES.get(lang, lang)} (`{lang}`)" + (" ★" if lang == target else ""),
+                  str(result(ref, lang).get("n", "–")), cell(ref, lang), *(cell(o, lang) for o in others),
+                  *(diff(o, lang) for o in compared)] for lang in languages],
     }
     detail = []
-    for model in ["merged", *others]:
+    for model in [ref, *others]:
         for lang in languages:
-            res = ((models.get(model) or {}).get("languages") or {}).get(lang)
-            if res:
+            if res := result(model, lang):
                 detail.append([ROLE_NAMES.get(model, model), lang, _pct(res.get("strict_match")),
                                _pct(res.get("flexible_extract")), _pct(res.get("truncation_rate")),
                                _pct(res.get("no_answer_rate"))])
     sources = []
-    for model in ["merged", *others]:
+    for model in others:  # the merged model is this folder; where it sat on the build machine is noise
         m = models.get(model) or {}
         if m.get("source"):
             cached = " (scores reused from an earlier run with the same settings)" if m.get("cached") else ""
@@ -478,19 +485,28 @@ def _evaluation(rec: BuildRecords) -> dict:
     gate = ev.get("gate")
     verdict = None
     if gate is not None:
-        verdict = {
-            "passed": bool(gate.get("passed")),
-            "reasons": [str(x) for x in gate.get("reasons") or []],
-            "must_beat": [ROLE_NAMES.get(x, x) for x in gate.get("must_beat") or []],
-            "margin": _pts(gate.get("margin", 0.0)).lstrip("+"),
-            "min_accuracy": _pct(gate.get("min_accuracy", 0.0)),
-        }
+        passed = bool(gate.get("passed"))
+        must_beat = [ROLE_NAMES.get(x, x) for x in gate.get("must_beat") or []]
+        min_acc = float(gate.get("min_accuracy") or 0.0)
+        rule = []
+        if must_beat:
+            rule.append(f"beat the {' and the '.join(must_beat)} by at least "
+                        f"{_pts(gate.get('margin') or 0.0).lstrip('+')} points")
+        if min_acc or not must_beat:
+            rule.append(f"reach an accuracy of at least {_pct(min_acc)}%")
+        # A failed gate lists what failed; a passed one what it checked (older records: reasons).
+        lines = (gate.get("checks") or gate.get("reasons")) if passed else gate.get("reasons")
+        verdict = {"passed": passed, "rule": " and ".join(rule), "lines": [str(x) for x in lines or []]}
     limit = settings.get("limit") or 0
     hardware = ev.get("hardware") or {}
-    gpu = hardware.get("gpu")
-    count = hardware.get("gpu_count") or 0
-    device = f"{count} × {gpu}" if gpu and count > 1 else gpu or f"CPU ({hardware.get('cpu') or 'unknown'})"
+    gpu, count = hardware.get("gpu"), hardware.get("gpu_count") or 0
+    if gpu:
+        device = f"{count} × {gpu}" if count > 1 else gpu
+    else:
+        device = f"the CPU ({hardware.get('cpu') or 'unknown'})"
     dataset = settings.get("dataset") or MGSM_REPO
+    hub = _is_hub_id(dataset)
+    scores = settings.get("scores") or {}
     return {
         "table": table,
         "detail": detail,
@@ -498,8 +514,14 @@ def _evaluation(rec: BuildRecords) -> dict:
         "gate": verdict,
         "sources": sources,
         "dataset": dataset,
-        "dataset_link": f"{_HF}/datasets/{dataset}" if _is_hub_id(dataset) else None,
-        "dataset_revision": settings.get("dataset_revision"),
+        "dataset_link": f"{_HF}/datasets/{dataset}" if hub else None,
+        "hub_dataset": settings.get("hub_dataset") or MGSM_REPO,
+        "dataset_revision": settings.get("dataset_revision") if hub else None,
+        # A local copy has no Hub revision; the evaluation records a hash of each language's file.
+        "file_hashes": None if hub else ", ".join(
+            f"`{k}` {v}" for k, v in (settings.get("dataset_revisions") or {}).items()) or None,
+        "ci_method": scores.get("ci95"),
+        "diff_method": scores.get("comparison_ci95"),
         "prompt": settings.get("prompt"),
         "num_fewshot": settings.get("num_fewshot"),
         "max_new_tokens": settings.get("max_new_tokens"),
@@ -511,7 +533,6 @@ def _evaluation(rec: BuildRecords) -> dict:
         "device": device,
         "date": ev.get("created") or ev.get("date"),
         "platform": hardware.get("platform"),
-        "cpu": hardware.get("cpu"),
     }
 
 

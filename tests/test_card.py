@@ -91,8 +91,8 @@ def _lang(n: int, acc: float, lo: float, hi: float) -> dict:
             "flexible_extract": acc - 0.01, "truncation_rate": 0.004, "no_answer_rate": 0.012}
 
 
-def _eval_results(passed: bool = True) -> dict:
-    return {
+def _eval_results(passed: bool = True, local_dataset: bool = False) -> dict:
+    results = {
         "settings": {"dataset": "juletxara/mgsm", "dataset_revision": "b" * 40, "languages": ["sw", "en"],
                      "target_language": "sw", "prompt": "native-cot", "num_fewshot": 8,
                      "max_new_tokens": 512, "backend": "vllm", "limit": 0, "seed": 0,
@@ -125,6 +125,13 @@ def _eval_results(passed: bool = True) -> dict:
                             ["sw: merged 36.4% < task expert 39.6% + 0.0"],
                  "must_beat": ["task", "language"], "margin": 0.0, "min_accuracy": 0.0},
     }
+    if local_dataset:  # as the evaluation records a local copy of MGSM, and the CI methods it used
+        results["settings"].update(
+            dataset="/data/mgsm", dataset_revision=None, hub_dataset="juletxara/mgsm",
+            dataset_revisions={"sw": "sha256:f1a2ae4b146f0316", "en": "sha256:5e9abcb4d309f958"},
+            scores={"ci95": "Wilson score interval", "comparison_ci95": "Newcombe paired score interval"},
+        )
+    return results
 
 
 def make_build(root: Path, *, evaluated: bool = True, recipe: str = RECIPE, **eval_kw) -> Path:
@@ -213,13 +220,19 @@ def test_unevaluated_build_says_so_plainly(tmp_path):
     assert card.data.base_model_relation == "merge"
 
 
-def test_failed_gate_and_local_experts(tmp_path):
+def test_failed_gate_local_experts_and_local_dataset(tmp_path):
     from huggingface_hub import ModelCard
 
     recipe = RECIPE.replace('repo = "hubswap-test/tiny-swahili"', 'path = "../experts/sw"')
-    text = render_card(make_build(tmp_path / "build", recipe=recipe, passed=False))
-    assert "**Gate: failed**" in text and "sw: merged 36.4% < task expert 39.6% + 0.0" in text
-    assert ModelCard(text).data.base_model == ["hubswap-test/tiny-math"]
+    text = render_card(make_build(tmp_path / "build", recipe=recipe, passed=False, local_dataset=True))
+    assert "**Gate: failed**, so this build must not be published" in text
+    assert "- sw: merged 36.4% < task expert 39.6% + 0.0" in text
+    card = ModelCard(text)
+    assert card.data.base_model == ["hubswap-test/tiny-math"]
+    assert {(r.dataset_type, r.dataset_revision) for r in card.data.eval_results} == {("juletxara/mgsm", None)}
+    assert "a local copy of [juletxara/mgsm](https://huggingface.co/datasets/juletxara/mgsm) at `/data/mgsm`" in text
+    assert "(files `sw` sha256:f1a2ae4b146f0316, `en` sha256:5e9abcb4d309f958)" in text
+    assert "95% intervals (Wilson score interval)" in text and "(Newcombe paired score interval)" in text
 
 
 def test_card_never_contains_a_token(tmp_path):
