@@ -194,7 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("build", metavar="BUILD_DIR", help="a build folder, or its model/ folder")
     s.add_argument("--repo", metavar="ORG/NAME", help="publish here instead of [publish].repo")
     s.add_argument("--force", action="store_true",
-                   help="replace a repo holding another build or files not made by hubswap")
+                   help="publish anyway: over another build or files not made by hubswap, "
+                   "or a build that failed its gate")
     s.set_defaults(func=_cmd_push)
 
     s = sub.add_parser(

@@ -312,14 +312,13 @@ class HubModelFiles:
         def get() -> bytes:
             with http_stream_backoff("GET", url, headers=headers) as r:
                 hf_raise_for_status(r)
+                skip = start if r.status_code == 200 else 0  # Range ignored: the file from byte 0
                 out = bytearray()
-                for chunk in r.iter_bytes():  # a server that ignores Range is cut off here
+                for chunk in r.iter_bytes():  # stop reading as soon as the slice is in
                     out += chunk
-                    if len(out) >= want:
+                    if len(out) >= skip + want:
                         break
-                if r.status_code == 200:  # whole file from the start: keep the asked slice
-                    out = out[start:] if start else out
-                return bytes(out[:want])
+                return bytes(out[skip:skip + want])
 
         return _hub_call(get, f"the header of {name}", repo=self.repo, revision=self.revision,
                          endpoint=self.endpoint)

@@ -180,8 +180,9 @@ class HubServer:
     def fault(self, method: str, pattern: str, kind: str = "status", *, times: int | None = 1,
               status: int = 500) -> Fault:
         """Make matching requests fail: ``status`` (answer ``status``), ``drop`` (close the
-        connection halfway through the body) or ``corrupt`` (serve bytes that differ from the file's
-        sha256), ``times`` times (``None``: until :meth:`clear_faults`)."""
+        connection halfway through the body), ``corrupt`` (serve bytes that differ from the file's
+        sha256) or ``norange`` (ignore the Range header, like some proxies), ``times`` times
+        (``None``: until :meth:`clear_faults`)."""
         f = Fault(method.upper(), pattern, kind, times, status)
         with self._lock:
             self.faults.append(f)
@@ -433,7 +434,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.fault is not None and self.fault.kind == "corrupt" and data:
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
         status, body = 200, data
-        rng = self.headers.get("Range")
+        rng = None if self.fault is not None and self.fault.kind == "norange" else self.headers.get("Range")
         if rng and (m := re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())):
             start = int(m.group(1)) if m.group(1) else max(len(data) - int(m.group(2)), 0)
             end = int(m.group(2)) if m.group(1) and m.group(2) else len(data) - 1

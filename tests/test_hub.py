@@ -342,3 +342,15 @@ def test_a_locked_commit_removed_by_a_force_push(hub_env, tmp_path, tiny_llama):
         download_inputs(model)
     assert str(e.value) == f"commit {gone} no longer exists in org/forced"
     assert "`hubswap lock RECIPE`" in e.value.hint
+
+
+def test_header_reads_survive_a_server_that_ignores_range(hub_env, tmp_path, monkeypatch):
+    from hubswap.compat import parse_header
+
+    monkeypatch.setenv("HUBSWAP_CACHE", str(tmp_path / "hubswap-cache"))
+    files = _big_repo(hub_env, "org/norange", mb=12)
+    model = _resolve(hub_env, "org/norange")
+    hub_env.fault("GET", "/org/norange/resolve/*/model.safetensors", "norange", times=None)
+    header = model.safetensors_header("model.safetensors")
+    assert header == parse_header(files["model.safetensors"], where="local")
+    assert hub_env.count("GET", "/org/norange/resolve/*/model.safetensors") == 2
