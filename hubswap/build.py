@@ -304,7 +304,7 @@ def run_demo(output: Path, *, limit: int = 8, evaluate: bool = True, dataset: st
     experts = output / "experts"
     if not all((experts / r / "config.json").is_file() for r in ("base", "task", "language")):
         log.info("making tiny experts in %s", experts)
-        make_family(experts, arch="llama", seed=0)
+        make_family(experts, arch="llama", hidden=128, seed=0)  # head size 32: vLLM CPU kernels need >= 32
     recipe = write_demo_recipe(output / "recipe.toml", experts, dataset=dataset, need_dataset=evaluate)
     result = build(recipe, BuildOptions(output=output / "build", evaluate=evaluate, limit=limit))
     print(result.summary())

@@ -158,7 +158,7 @@ DEMO_RECIPE = """\
 schema_version = 1
 name = "tiny-llama-swahili-math"
 
-[models.base]                 # random tiny Llama (8 layers, hidden 64, vocab 512)
+[models.base]                 # random tiny Llama (8 layers, hidden 128, vocab 512)
 path = "{experts}/base"
 
 [models.task]                 # the base plus random changes: stands in for the math expert
