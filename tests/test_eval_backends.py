@@ -1,4 +1,5 @@
-"""The real vLLM engine in this process on a tiny fp32 Llama: greedy tokens equal transformers'."""
+"""The real vLLM engine in this process on a tiny fp32 Llama: greedy tokens equal transformers',
+the engine's memory is released on close, CPU defaults and recipe options reach vllm.LLM."""
 
 from __future__ import annotations
 
@@ -22,8 +23,14 @@ def prompts(mgsm_dir):
 
 @pytest.fixture(scope="module")
 def vllm_outputs(vllm_cpu, tiny_llama_vllm, prompts):
+    import psutil
+
     few, chat = prompts
-    with VllmBackend(tiny_llama_vllm["task"], seed=0) as engine:
+    rss = psutil.Process().memory_info
+    before = rss().rss
+    # a 1 GiB KV cache, so that releasing the engine's memory shows clearly in the RSS
+    with VllmBackend(tiny_llama_vllm["task"], seed=0, options={"kv_cache_memory_bytes": 1 << 30}) as engine:
+        held = rss().rss
         assert engine.engine_args["dtype"] == "float32"  # stored dtype, not vLLM's half-precision "auto"
         assert engine.engine_args["enforce_eager"] is True
         out = engine.generate(few, max_new_tokens=MAX_NEW, progress=False)
@@ -31,6 +38,8 @@ def vllm_outputs(vllm_cpu, tiny_llama_vllm, prompts):
         rendered = engine.render(chat[0])
         assert engine.generate(few[:3], max_new_tokens=MAX_NEW, progress=False) == out[:3]  # repeats exactly
     assert engine.llm is None
+    released = rss().rss
+    assert released - before < (held - before) / 2, (before >> 20, held >> 20, released >> 20)
     return out, out_chat, rendered
 
 

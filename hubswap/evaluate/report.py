@@ -15,7 +15,7 @@ def format_table(results: dict) -> str:
         f"MGSM ({results['settings']['prompt']}, {results['settings']['num_fewshot']}-shot, "
         f"backend {results['settings']['backend']}; accuracy % [95% CI])",
         f"{'model':<12} {'lang':<4} {'n':>4}  {'accuracy':>20}  {'strict':>6} {'flex':>6}  "
-        f"{'trunc':>5} {'noans':>5}  {'diff vs ' + (ref or 'merged'):>28}  {'McNemar p':>9}",
+        f"{'trunc':>5} {'noans':>5}  {(ref or 'merged') + ' - model [95% CI]':>28}  {'McNemar p':>9}",
     ]
     for name, model in results["models"].items():
         for lang in langs:
