@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from hubswap import __version__
 from hubswap.errors import HubswapError
 from hubswap.evaluate.stats import Paired, paired_comparison, wilson_interval
 from hubswap.layermap import layer_map
@@ -430,8 +431,12 @@ def sweep(
                               out_dtype=r.swap.dtype, max_shard_size=shard)
             merge(plan, folder, progress=progress)
             copy_side_files(dirs[r.swap.files_from], folder, r.swap.dtype)
-            verdicts.update(evaluate_verdicts({c.name: folder}, cfg, eval_dir, dataset=dataset,
-                                              limit=lim, progress=progress))
+            # A merge is a pure function of the experts and the [swap]: key its generations by
+            # them, so a sweep run again (or widened) generates only the new configurations.
+            key = hashlib.sha256(json.dumps([__version__, keys["task"], keys["language"],
+                                             c.swap(r.swap).model_dump()], sort_keys=True).encode()).hexdigest()
+            verdicts.update(evaluate_verdicts({c.name: folder}, cfg, eval_dir, dataset=dataset, limit=lim,
+                                              cache_keys={c.name: f"swap-{key}"}, progress=progress))
         finally:
             if not keep:
                 shutil.rmtree(folder, ignore_errors=True)

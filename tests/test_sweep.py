@@ -206,7 +206,8 @@ def test_sweep_end_to_end(sweep_recipe, tiny_llama, tmp_path, capsys, caplog):
     svg = ET.parse(out / "sweep.svg").getroot()
     assert svg.tag.endswith("svg")
 
-    # Without --keep the scratch models are removed; the experts' generations come from the cache.
+    # Without --keep the scratch models are removed; every generation comes from the cache, keyed by
+    # the experts. content and the [swap].
     out2 = tmp_path / "again"
     caplog.clear()
     caplog.set_level(logging.INFO)
@@ -215,4 +216,4 @@ def test_sweep_end_to_end(sweep_recipe, tiny_llama, tmp_path, capsys, caplog):
     assert not (out2 / "scratch").exists()
     assert (tmp_path / "best.toml").is_file()
     assert "evaluating task: all 1 languages from the cache" in caplog.text
-    assert "evaluating b1-u1-t0: 6 prompts" in caplog.text
+    assert "evaluating b1-u1-t0: all 1 languages from the cache" in caplog.text
