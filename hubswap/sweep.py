@@ -21,6 +21,7 @@ generations under ``eval/``, and next to the recipe a copy of it with the winnin
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -346,11 +347,15 @@ def render_svg(title: str, rows: list[Ranked], experts: dict[str, float]) -> str
 def write_recipe(loaded: LoadedRecipe, chosen: Config, dest: Path, note: list[str]) -> Path:
     """A copy of the recipe with the chosen ``[swap]`` sizes, comments and all else kept.
 
-    It is written beside the original so that relative model and dataset paths still resolve,
-    and validated before it is kept.
+    By default it is written beside the original so that relative model and dataset paths still
+    resolve; it is validated before it is kept.
     """
     lines = loaded.text.splitlines()
     where = key_lines(loaded.text)
+    if "swap.bottom" not in where or "swap.top" not in where:  # e.g. an inline table
+        raise HubswapError(f"cannot edit {loaded.path}'s [swap] in place",
+                           hint=f"set bottom = {chosen.bottom}, top = {chosen.top}, "
+                           f"transition = {chosen.transition} by hand")
     values = {"bottom": chosen.bottom, "top": chosen.top, "transition": chosen.transition}
     drop = {where[k] - 1 for k in ("swap.transition_bottom", "swap.transition_top") if k in where}
     for key, value in values.items():
@@ -359,7 +364,7 @@ def write_recipe(loaded: LoadedRecipe, chosen: Config, dest: Path, note: list[st
             lines[n - 1] = re.sub(r"^([^=]*=\s*)[^#]*?(\s*(#.*)?)$", rf"\g<1>{value}\g<2>", lines[n - 1])
     missing = [f"{k} = {v}" for k, v in values.items() if f"swap.{k}" not in where]
     if missing:
-        after = max(where[f"swap.{k}"] for k in ("bottom", "top") if f"swap.{k}" in where)
+        after = max(where["swap.bottom"], where["swap.top"])
         lines[after:after] = missing
         drop = {d + len(missing) if d >= after else d for d in drop}
     lines = [line for i, line in enumerate(lines) if i not in drop]
@@ -398,9 +403,20 @@ def sweep(
     cfg = r.eval.model_copy(update={"languages": [r.eval.target_language]})
     lang = cfg.target_language
 
+    lim = limit if limit is not None else (cfg.limit or None)
+    if holdout and lim is not None and lim < 2:
+        raise HubswapError(f"--limit {lim} cannot be split into a selection and a held-out half",
+                           hint="raise --limit, or pass --no-holdout")
+    dest = Path(recipe_out) if recipe_out else loaded.path.with_name(f"{loaded.path.stem}.sweep.toml")
+    if dest.resolve().parent != loaded.path.resolve().parent and _relative_paths(loaded):
+        log.warning("%s is not beside %s: its relative paths (%s) will resolve from %s", dest, loaded.path,
+                    ", ".join(_relative_paths(loaded)), dest.parent)
+
     # 1. Resolve, preflight and download once, exactly as the build does.
     inputs = resolve_inputs(loaded)
     pre = check_compatible(inputs)
+    for w in pre.warnings:
+        log.warning("preflight: %s", w)
     configs, skipped = grid(bottoms, tops, transitions, pre.num_layers)
     if not configs:
         raise HubswapError(f"no configuration of the grid fits in {pre.num_layers} layers",
@@ -411,7 +427,6 @@ def sweep(
     eval_dir = out / "eval"
     scratch = out / "scratch"
     eval_dir.mkdir(parents=True, exist_ok=True)
-    lim = limit if limit is not None else (cfg.limit or None)
     keys = {role: content_key(inputs[role], dirs[role]) for role in EXPERTS}
 
     # 2. Both experts once, on the same questions as every configuration.
@@ -457,7 +472,6 @@ def sweep(
     files["json"].write_text(json.dumps(result.to_json(), indent=2) + "\n")
     experts_sel = {e: accuracy([verdicts[e][i] for i in select]) for e in EXPERTS}
     files["svg"].write_text(render_svg(f"{r.name}: MGSM-{lang} accuracy over bottom x top", rows, experts_sel))
-    dest = Path(recipe_out) if recipe_out else loaded.path.with_name(f"{loaded.path.stem}.sweep.toml")
     c = result.chosen
     h = heldout
     note = [
@@ -468,7 +482,16 @@ def sweep(
         f"from {loaded.path.name}, only [swap] changed.",
     ]
     files["recipe"] = write_recipe(loaded, c, dest, note)
-    return SweepResult(**{**result.__dict__, "files": files})
+    return dataclasses.replace(result, files=files)
+
+
+def _relative_paths(loaded: LoadedRecipe) -> list[str]:
+    """The recipe's relative local paths (models and dataset), which resolve from its folder."""
+    r = loaded.recipe
+    paths = [s.path for s in r.models.roles().values() if s.path]
+    if Path(r.eval.dataset).expanduser().exists() or r.eval.dataset.startswith("."):
+        paths.append(r.eval.dataset)
+    return [p for p in paths if not Path(p).expanduser().is_absolute()]
 
 
 def content_key(model, folder: Path) -> str:
