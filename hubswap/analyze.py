@@ -17,14 +17,14 @@ import csv
 import json
 import logging
 import math
+import os
 from collections.abc import Iterable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from hubswap.compat import LocalModelFiles, Preflight, TensorInfo, check_compatible
-from hubswap.errors import HubswapError
+from hubswap.errors import HubswapError, ModelFilesError
 from hubswap.layermap import layer_index, layer_map
 from hubswap.recipe import LoadedRecipe, Swap, load_recipe
 
@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 EXPERTS = ("task", "language")
 KINDS = ("attention", "mlp", "norm", "other")
-# Largest slice of a tensor read at once (elements): a 128k x 4096 embedding is read in ~64 slices,
-# so memory stays near 2 x 8M float64 values whatever the model size.
-CHUNK_ELEMENTS = 8 * 1024 * 1024
+# Largest slice of a tensor read at once (elements): a 128k x 4096 embedding is read in 128 slices,
+# so memory stays near two slices of 4M float64 values (64 MB) whatever the model size.
+CHUNK_ELEMENTS = 4 * 1024 * 1024
 # A boundary layer whose smaller share is at least this fraction of the larger one was changed
 # comparably by both experts: blend it instead of cutting there.
 MIXED_RATIO = 0.5
@@ -140,11 +140,13 @@ def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorIn
                     num_layers: int) -> list[Change]:
     """Stream the base and both experts of ``dirs`` and return the table of changes.
 
-    ``tensors`` is the preflight's tensor table per role (names, shapes and files from the
-    safetensors headers), so the models are known to match before any weight is read.
+    ``tensors`` is the preflight's tensor table per role (names, shapes, dtypes and byte ranges
+    from the safetensors headers), so the models are known to match before any weight is read.
+    Tensors are read as flat slices of at most ``CHUNK_ELEMENTS`` with ``pread`` (no memory map
+    that would grow with the model), in float64 so that sums over billions of squares stay exact
+    enough.
     """
-    import torch
-    from safetensors import safe_open
+    import numpy as np
 
     experts = [r for r in EXPERTS if r in dirs]
     names = sorted(tensors["base"], key=lambda n: (layer_index(n) is None, layer_index(n) or 0, n))
@@ -152,34 +154,37 @@ def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorIn
     # its parameters (a big MLP weighs more than a norm vector, as it should).
     base_sq: dict[str, float] = {}
     diff_sq: dict[tuple[str, str], float] = {}
-    with ExitStack() as stack:
-        handles: dict[Path, object] = {}
+    fds: dict[Path, int] = {}
 
-        def read(role: str, name: str, start: int, stop: int):
-            """Rows [start, stop) of one tensor (all of it when it is small), as float64."""
-            info = tensors[role][name]
-            path = dirs[role] / info.file
-            if path not in handles:
-                handles[path] = stack.enter_context(safe_open(str(path), framework="pt"))
-            f = handles[path]
-            whole = not info.shape or (start == 0 and stop >= info.shape[0])
-            t = f.get_tensor(name) if whole else f.get_slice(name)[start:stop]
-            return t.to(torch.float64)
+    def read(role: str, name: str, start: int, count: int):
+        info = tensors[role][name]
+        path = dirs[role] / info.file
+        if path not in fds:
+            fds[path] = os.open(path, os.O_RDONLY)
+        return _decode(os.pread(fds[path], count * _SIZE[info.dtype], info.begin + start * _SIZE[info.dtype]),
+                       info, path, count)
 
+    try:
         for name in names:
-            shape = tensors["base"][name].shape
-            rows = shape[0] if shape else 1
-            step = max(1, CHUNK_ELEMENTS // max(math.prod(shape[1:]), 1)) if shape else 1
+            info = tensors["base"][name]
+            if info.dtype not in _SIZE:
+                raise ModelFilesError(f"{name}: dtype {info.dtype} cannot be analyzed (expected {', '.join(_SIZE)})")
+            numel = math.prod(info.shape)
             b_sq, d_sq = 0.0, dict.fromkeys(experts, 0.0)
-            for a in range(0, rows, step):
-                b = read("base", name, a, a + step)
-                b_sq += float(torch.sum(b * b))
+            for start in range(0, numel, CHUNK_ELEMENTS):
+                count = min(CHUNK_ELEMENTS, numel - start)
+                b = read("base", name, start, count)
+                b_sq += float(np.dot(b, b))
                 for role in experts:
-                    d_sq[role] += float(torch.sum((read(role, name, a, a + step) - b) ** 2))
-                del b
+                    d = read(role, name, start, count)
+                    np.subtract(d, b, out=d)
+                    d_sq[role] += float(np.dot(d, d))
             base_sq[name] = b_sq
             for role in experts:
                 diff_sq[name, role] = d_sq[role]
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
     def group(layer: int | None, kind: str, members: list[str]) -> Change:
         b = sum(base_sq[n] for n in members)
@@ -197,6 +202,24 @@ def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorIn
                 table.append(group(i, kind, of_kind))
     table += [group(None, n, [n]) for n in names if layer_index(n) is None]
     return table
+
+
+# safetensors dtypes -> (bytes per element, numpy dtype); BF16 is widened to float32 by hand below.
+_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
+          "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+_SIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _decode(buf: bytes, info: TensorInfo, path: Path, count: int):
+    """``count`` elements of ``info``'s dtype as float64 (numpy has no bfloat16: widen its bits)."""
+    import numpy as np
+
+    if len(buf) != count * _SIZE[info.dtype]:
+        raise ModelFilesError(f"{path}: truncated while reading tensor {info.name}")
+    x = np.frombuffer(buf, _NUMPY[info.dtype])
+    if info.dtype == "BF16":
+        x = (x.astype(np.uint32) << 16).view(np.float32)
+    return x.astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------------

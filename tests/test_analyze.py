@@ -187,3 +187,26 @@ def test_analyze_hub_repos_matches_local(regional, tmp_path):
     assert data["per_layer"]["task"] == local.per_layer("task")
     assert data["per_layer"]["language"] == local.per_layer("language")
     assert "suggested swap: bottom = 2, top = 2" in run.stdout
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_decode_reads_every_float_dtype_exactly(tmp_path, dtype):
+    import os
+
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from hubswap.analyze import _decode
+    from hubswap.compat import LocalModelFiles, tensor_table
+
+    t = (torch.randn(7, 5, generator=torch.Generator().manual_seed(0)) * 3).to(getattr(torch, dtype))
+    save_file({"w": t, "pad": torch.zeros(3)}, tmp_path / "model.safetensors")
+    info = tensor_table(LocalModelFiles("base", tmp_path))["w"]
+    fd = os.open(tmp_path / "model.safetensors", os.O_RDONLY)
+    try:
+        got = _decode(os.pread(fd, 12 * t.element_size(), info.begin + 10 * t.element_size()), info,
+                      tmp_path, 12)
+    finally:
+        os.close(fd)
+    assert np.array_equal(got, t.flatten()[10:22].double().numpy())
