@@ -354,3 +354,20 @@ def test_header_reads_survive_a_server_that_ignores_range(hub_env, tmp_path, mon
     header = model.safetensors_header("model.safetensors")
     assert header == parse_header(files["model.safetensors"], where="local")
     assert hub_env.count("GET", "/org/norange/resolve/*/model.safetensors") == 2
+
+
+def test_a_run_stopped_halfway_resumes_where_it_stopped(hub_env, tiny_llama):
+    from hubswap.errors import HubError
+    from hubswap.hub import download_inputs
+
+    hub_env.upload_folder("org/resume", tiny_llama["task"])
+    model = _resolve(hub_env, "org/resume")
+    hub_env.fault("GET", "/org/resume/resolve/*/model-00005-of-00008.safetensors", status=403, times=None)
+    with pytest.raises(HubError):
+        download_inputs(model)
+    hub_env.clear_faults()
+    hub_env.requests.clear()
+    folder = download_inputs(model)
+    fetched = sorted(p.rsplit("/", 1)[1] for m, p, _ in hub_env.requests if m == "GET" and p.endswith(".safetensors"))
+    assert fetched == [f"model-0000{i}-of-00008.safetensors" for i in range(5, 9)]
+    assert all((folder / n).is_file() for n in model.files())

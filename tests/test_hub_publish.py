@@ -212,3 +212,15 @@ def test_a_build_that_failed_its_gate_is_not_published(published, tmp_path):
     assert str(e.value) == ("this build failed its gate (merged 0.10 < task 0.20 + margin 0.00 on sw); "
                             "refusing to publish it")
     assert "org/gated-out" not in hub.repos
+
+
+def test_build_refuses_a_lock_that_no_longer_matches(published, tmp_path):
+    hub, _, work = published
+    shutil.copy(work / "merge.lock.json", tmp_path / "merge.lock.json")
+    (tmp_path / "merge.toml").write_text(recipe_text(task_rev="v2"))
+    r = run_cli("build", "merge.toml", "--no-eval", cwd=tmp_path, HF_ENDPOINT=hub.url)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "error: merge.lock.json no longer matches merge.toml: models.task is org/task@v2, the lock has org/task@main",
+        "hint: refresh it with `hubswap lock merge.toml`",
+    ]
