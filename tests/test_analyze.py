@@ -210,3 +210,32 @@ def test_decode_reads_every_float_dtype_exactly(tmp_path, dtype):
     finally:
         os.close(fd)
     assert np.array_equal(got, t.flatten()[10:22].double().numpy())
+
+
+def test_peak_memory_is_bounded_by_the_slice_not_the_model(tmp_path):
+    """Peak RSS of an analysis in a fresh process, against the same process analyzing nothing."""
+    import subprocess
+    import sys
+
+    from hubswap.demo import make_family
+
+    fam = make_family(tmp_path / "fam", num_layers=4, hidden=512, vocab_size=8192, max_shard_size="50MB")
+    _recipe(tmp_path / "fam")
+    inputs_mib = sum(f.stat().st_size for d in fam.values() for f in d.glob("*.safetensors")) / 2**20
+
+    def peak_mib(code: str) -> float:
+        wrapper = ("import resource, subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1]], "
+                   "check=True, stdout=subprocess.DEVNULL); "
+                   "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        out = subprocess.run([sys.executable, "-c", wrapper, code], capture_output=True, text=True, check=True)
+        return int(out.stdout) / 1024
+
+    setup = "import numpy, hubswap.analyze as a, hubswap.build; a.CHUNK_ELEMENTS = 1 << 18"
+    baseline = peak_mib(setup)
+    run = peak_mib(f"{setup}; a.analyze({str(tmp_path / 'fam' / 'recipe.toml')!r}, {str(tmp_path / 'out')!r})")
+    extra = run - baseline
+    print(f"inputs {inputs_mib:.0f} MiB, baseline {baseline:.0f} MiB, analyze {run:.0f} MiB, extra {extra:.0f} MiB")
+    assert (tmp_path / "out" / "changes.json").is_file()
+    # A few slice-sized float64 buffers (2 MiB each) and the reads behind them, far below the inputs.
+    assert extra < 40
+    assert extra < inputs_mib / 4
