@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import experts
@@ -243,7 +243,7 @@ class Run:
     load: tuple[float, float, float]
     rc: int
     started: str = ""
-    extra: dict = field(default_factory=dict)
+    others_busy: float = 0.0  # share of all CPUs others used in the 0.5 s before the run
 
 
 def _rss_poller(pid: int, stop: threading.Event, peaks: dict) -> None:
@@ -281,11 +281,36 @@ def clean(path: Path) -> None:
         path.unlink()
 
 
+def cpu_busy(seconds: float = 0.5) -> float:
+    """Fraction of all cores busy over ``seconds`` (other users' work while no contender runs)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    t0, i0 = sample()
+    time.sleep(seconds)
+    t1, i1 = sample()
+    return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
+QUIET = {"busy": 0.25, "max_wait_s": 15.0}  # set from --quiet / --max-wait
+
+
+def wait_for_quiet() -> float:
+    """Wait (up to ``max_wait_s``) until others use less than ``busy`` of the CPUs; return their share."""
+    deadline = time.monotonic() + QUIET["max_wait_s"]
+    while True:
+        busy = cpu_busy()
+        if busy < QUIET["busy"] or time.monotonic() > deadline:
+            return busy
+
+
 def measure(c: Contender, shape: str, rnd: int, logs: Path, keep: bool = False) -> Run:
     clean(c.output)
     if c.before is not None:
         c.before()
     os.sync()  # earlier runs' write-back must not land in this run's time
+    others = wait_for_quiet()
     logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / f"{c.slug}-{shape}-{rnd}.log"
     rss_file = logs / "maxrss.txt"
@@ -313,7 +338,7 @@ def measure(c: Contender, shape: str, rnd: int, logs: Path, keep: bool = False) 
     maxrss_kib = int(rss_file.read_text().split()[-1])
     gib = 1 << 30
     return Run(c.name, shape, rnd, wall, maxrss_kib * 1024 / gib, peaks["rss"] / gib,
-               peaks["anon"] / gib, tuple(round(x, 2) for x in load), rc, started)
+               peaks["anon"] / gib, tuple(round(x, 2) for x in load), rc, started, round(others, 2))
 
 
 def help_startup(n: int) -> list[float]:
@@ -323,6 +348,43 @@ def help_startup(n: int) -> list[float]:
         subprocess.run([str(VENV_BIN / "hubswap"), "--help"], check=True, capture_output=True, env=child_env())
         times.append(time.perf_counter() - t0)
     return times
+
+
+PHASES = [  # (label, file suffix, function): cumulative times picked from one cProfile run
+    ("whole command (main thread)", "hubswap/cli.py", "main"),
+    ("resolve inputs", "hubswap/build.py", "resolve_inputs"),
+    ("preflight (headers, configs, tokenizers)", "hubswap/compat.py", "check_compatible"),
+    ("merge (swap.merge)", "hubswap/swap.py", "merge"),
+    ("  raw byte copies (os.copy_file_range)", "~", "<built-in method posix.copy_file_range>"),
+    ("  blends (swap._compute)", "hubswap/swap.py", "_compute"),
+    ("side files (config, tokenizer)", "hubswap/swap.py", "copy_side_files"),
+    ("model card", "hubswap/build.py", "write_card"),
+]
+
+
+def profile_hubswap(c: Contender, logs: Path) -> list[tuple[str, float]]:
+    """Where ``hubswap build`` spends its time: one untimed run under cProfile, main thread only
+    (the input hashing runs in a second thread and is not in it)."""
+    import pstats
+
+    clean(c.output)
+    os.sync()
+    prof = logs / "hubswap.prof"
+    argv = [str(VENV_BIN / "python"), "-m", "cProfile", "-o", str(prof), "-m", "hubswap.cli", *c.argv[1:]]
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, env=child_env(), cwd=ROOT)
+    wall = time.perf_counter() - t0
+    clean(c.output)
+    stats = pstats.Stats(str(prof)).stats  # (file, line, function) -> (cc, nc, tottime, cumtime, callers)
+    rows = [("process wall time (with interpreter start-up)", wall)]
+    for label, suffix, func in PHASES:
+        ct = sum(v[3] for (f, _, fn), v in stats.items() if fn == func and f.endswith(suffix))
+        rows.append((label, ct))
+    top = dict(rows)
+    rows.insert(1, ("interpreter start-up, `import hubswap.cli`, cProfile", wall - top[PHASES[0][0]]))
+    rest = top[PHASES[0][0]] - sum(sec for label, sec in rows[3:] if not label.startswith(" "))
+    rows.append(("rest: imports of build's modules, recipe, lock, rename", rest))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------- verify
@@ -401,12 +463,13 @@ def render(results: dict) -> str:
         s = summarize(runs, name, main)
         if s is None:
             continue
-        ratio = s["median"] / floor["median"]
-        rows.append(f"| {name} | {s['median']:.2f} | {s['min']:.2f}–{s['max']:.2f} | {ratio:.2f}x | "
+        ratio, best = s["median"] / floor["median"], s["min"] / floor["min"]
+        rows.append(f"| {name} | {s['median']:.2f} | {s['min']:.2f}–{s['max']:.2f} | {ratio:.2f}x | {best:.2f}x | "
                     f"{s['maxrss']:.2f} | {s['anon']:.2f} | {s['n']} |")
     table = "\n".join([
-        "| contender | wall median (s) | min–max (s) | / floor | peak RSS (GiB) | peak heap (GiB) | runs |",
-        "|---|---:|---:|---:|---:|---:|---:|", *rows])
+        "| contender | wall median (s) | min–max (s) | / floor (medians) | / floor (minimums) | "
+        "peak RSS (GiB) | peak heap (GiB) | runs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|", *rows])
     scale_rows = []
     for shape in results["scale_shapes"]:
         for name in ("floor", "hubswap"):
@@ -419,10 +482,13 @@ def render(results: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|", *scale_rows])
     raw = "\n".join(
         f"| {r.started} | {r.shape} | {r.round} | {r.contender} | {r.wall_s:.2f} | {r.maxrss_gib:.2f} | "
-        f"{r.anon_gib:.2f} | {' '.join(f'{x:.2f}' for x in r.load)} |" for r in runs)
+        f"{r.anon_gib:.2f} | {' '.join(f'{x:.2f}' for x in r.load)} | {100 * r.others_busy:.0f}% |" for r in runs)
     m, v = results["machine"], results["versions"]
     hs = results["help_s"]
     checks = "\n".join(f"- {line}" for line in results["verdicts"])
+    prof = "\n".join(["| phase | seconds |", "|---|---:|",
+                      *(f"| {label.strip() if not label.startswith(' ') else '&nbsp;&nbsp;' + label.strip()} "
+                        f"| {sec:.2f} |" for label, sec in results["profile"])]) or "(not run)"
     verify = "\n".join(f"- {line}" for line in results["verification"])
     return f"""# Performance
 
@@ -448,13 +514,17 @@ transition 1, embeddings and final norm from the language expert. The floor read
   float32, `save_pretrained`.
 - **mergekit**: `mergekit-yaml` {v['mergekit']} with the config below, default options.
 - Wall time is the median of alternating rounds (the order rotates each round), min–max its
-  spread. Peak RSS is `ru_maxrss` from `wait4` (largest process of the tree; it counts the
+  spread; the ratios to the floor are given on medians and on minimums (the runs least disturbed
+  by other users). Peak RSS is `ru_maxrss` from `wait4` (largest process of the tree; it counts the
   file-backed pages of memory-mapped checkpoints); peak heap is the largest anonymous RSS summed
   over the process tree, sampled every 50 ms.
 - **Warm page cache.** A non-privileged user cannot drop the page cache: every run reads experts
   that earlier runs left in memory. Outputs are deleted and `sync`-ed between runs. Cold-cache
   times would add the disk's read time to every contender alike.
-- The machine is shared: the load average at the start of each run is in the raw table below.
+- The machine is shared with other engineers' test suites. Before each run the benchmark waits
+  (up to {results['quiet']['max_wait_s']:.0f} s) until other processes use less than
+  {100 * results['quiet']['busy']:.0f}% of the CPUs; the load average and the others' CPU share
+  at the start of each run are in the raw table below. Spreads are wide when others were busy.
 
 ## Targets
 
@@ -462,6 +532,13 @@ transition 1, embeddings and final norm from the language expert. The floor read
 
 `hubswap --help` start-up: median {statistics.median(hs):.2f} s (min {min(hs):.2f}, max {max(hs):.2f},
 {len(hs)} runs).
+
+## Where hubswap's time goes
+
+One extra, untimed `hubswap build` under cProfile (main thread; the sha256 of the inputs runs in a
+second thread and, with the hash cache warm, returns at once):
+
+{prof}
 
 ## Peak memory does not grow with the number of layers
 
@@ -491,8 +568,8 @@ with torch {v['mergekit_torch']}, transformers {v['mergekit_transformers']} in i
 
 ## Raw runs
 
-| start | shape | round | contender | wall (s) | peak RSS (GiB) | peak heap (GiB) | load 1/5/15 min |
-|---|---|---:|---|---:|---:|---:|---|
+| start | shape | round | contender | wall (s) | peak RSS (GiB) | peak heap (GiB) | load 1/5/15 min | others' CPU |
+|---|---|---:|---|---:|---:|---:|---|---:|
 {raw}
 
 Reproduce: `make bench` (first run makes the experts, about {2 * results['expert_gb']:.0f} GB, and the
@@ -510,16 +587,16 @@ def verdicts(runs: list[Run], main: str, scale_shapes: list[str], help_s: list[f
         return "met" if ok else "**missed**"
 
     if floor and hub:
-        r = hub["median"] / floor["median"]
-        out.append(f"hubswap / floor = {r:.2f}x (target <= {TARGETS['floor_ratio']}x): "
-                   f"{mark(r <= TARGETS['floor_ratio'])}")
+        r, best = hub["median"] / floor["median"], hub["min"] / floor["min"]
+        out.append(f"hubswap / floor = {r:.2f}x on medians, {best:.2f}x on minimums "
+                   f"(target <= {TARGETS['floor_ratio']}x): {mark(r <= TARGETS['floor_ratio'])}")
         out.append(f"hubswap peak RSS {hub['maxrss']:.2f} GiB (target < {TARGETS['rss_gib']} GiB): "
                    f"{mark(hub['maxrss'] < TARGETS['rss_gib'])}")
     first = summarize(runs, "hubswap 1st", main)
     if floor and first:
-        r = first["median"] / floor["median"]
-        out.append(f"hubswap first build (inputs hashed) / floor = {r:.2f}x: "
-                   f"{mark(r <= TARGETS['floor_ratio'])}")
+        r, best = first["median"] / floor["median"], first["min"] / floor["min"]
+        out.append(f"hubswap first build (inputs hashed) / floor = {r:.2f}x on medians, {best:.2f}x on "
+                   f"minimums: {mark(r <= TARGETS['floor_ratio'])}")
     if hub and naive:
         r = naive["median"] / hub["median"]
         out.append(f"naive / hubswap = {r:.1f}x faster (target >= {TARGETS['naive_speedup']}x): "
@@ -551,12 +628,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-verify", action="store_true", help="skip the output comparison")
     p.add_argument("--no-scale", action="store_true", help="skip the 16/32-layer shapes")
     p.add_argument("--no-doc", action="store_true", help="print the table, do not write docs/PERFORMANCE.md")
+    p.add_argument("--quiet", type=float, default=0.25, metavar="FRACTION",
+                   help="before each run, wait until other processes use less than this share of the "
+                        "CPUs (default 0.25) ...")
+    p.add_argument("--max-wait", type=float, default=15.0, metavar="S", help="... for at most S seconds (default 15)")
     args = p.parse_args(argv)
+    QUIET.update(busy=args.quiet, max_wait_s=args.max_wait)
     which = {w.strip() for w in args.only.split(",")}
 
     # 1. inputs
     free = shutil.disk_usage(CACHE.parent).free / 1e9
-    log(f"disk free {free:.0f} GB; load {os.getloadavg()}")
+    log(f"disk free {free:.0f} GB; load {os.getloadavg()}; {dt.datetime.now():%H:%M:%S}")
     if free < 15:
         raise SystemExit("need about 15 GB free under bench/.cache (experts, outputs)")
     pair = experts.ensure_pair(experts.LLAMA_1B, CACHE, log)
@@ -606,7 +688,14 @@ def main(argv: list[str] | None = None) -> int:
             r = measure(c, experts.LLAMA_1B.name, rnd, logs)
             runs.append(r)
             log(f"round {rnd} {c.name:9s} {r.wall_s:7.2f} s  rss {r.maxrss_gib:5.2f} GiB  "
-                f"heap {r.anon_gib:5.2f} GiB  load {r.load}")
+                f"heap {r.anon_gib:5.2f} GiB  load {r.load}  others {100 * r.others_busy:.0f}%")
+
+    profile = []
+    hub = next((c for c in cs if c.name == "hubswap"), None)
+    if hub is not None:
+        profile = profile_hubswap(hub, logs)
+        for label, sec in profile:
+            log(f"profile {label:48s} {sec:6.2f} s")
 
     # 4. scale: only the number of layers changes
     scale_shapes = []
@@ -620,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = measure(c, shape.name, rnd, logs)
                     runs.append(r)
                     log(f"{shape.name} round {rnd} {c.name:9s} {r.wall_s:7.2f} s  rss {r.maxrss_gib:5.2f} GiB  "
-                        f"heap {r.anon_gib:5.2f} GiB  load {r.load}")
+                        f"heap {r.anon_gib:5.2f} GiB  load {r.load}  others {100 * r.others_busy:.0f}%")
 
     help_s = help_startup(7) if "hubswap" in which else [float("nan")]
 
@@ -631,7 +720,8 @@ def main(argv: list[str] | None = None) -> int:
         "expert_gb": experts.LLAMA_1B.num_bytes() / 1e9, "floor_read_gb": read_b / 1e9,
         "floor_written_gb": written_b / 1e9, "machine": machine(), "versions": versions,
         "help_s": help_s, "verification": verification or ["not run (--no-verify)"],
-        "mergekit_config": mergekit_config(pair), "runs": [asdict(r) for r in runs],
+        "mergekit_config": mergekit_config(pair), "runs": [asdict(r) for r in runs], "quiet": dict(QUIET),
+        "profile": profile,
     }
     results["verdicts"] = verdicts(runs, experts.LLAMA_1B.name, scale_shapes, help_s)
     (CACHE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
