@@ -22,7 +22,23 @@ def prompts(mgsm_dir):
 
 
 @pytest.fixture(scope="module")
-def vllm_outputs(vllm_cpu, tiny_llama_vllm, prompts):
+def hf_outputs(tiny_llama_vllm, prompts):
+    """The transformers reference, made before any engine of this module starts."""
+    import torch
+
+    few, chat = prompts
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on a busy two-core machine make this 10x slower
+    try:
+        with TransformersBackend(tiny_llama_vllm["task"], batch_size=8) as hf:
+            return (hf.generate(few, max_new_tokens=MAX_NEW, progress=False),
+                    hf.generate(chat, max_new_tokens=MAX_NEW, progress=False), hf.render(chat[0]))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vllm_outputs(vllm_cpu, tiny_llama_vllm, prompts, hf_outputs):
     import psutil
 
     few, chat = prompts
@@ -43,13 +59,10 @@ def vllm_outputs(vllm_cpu, tiny_llama_vllm, prompts):
     return out, out_chat, rendered
 
 
-def test_vllm_greedy_equals_transformers(tiny_llama_vllm, prompts, vllm_outputs):
-    few, chat = prompts
+def test_vllm_greedy_equals_transformers(vllm_outputs, hf_outputs):
     out, out_chat, rendered = vllm_outputs
-    with TransformersBackend(tiny_llama_vllm["task"], batch_size=8) as hf:
-        ref = hf.generate(few, max_new_tokens=MAX_NEW, progress=False)
-        ref_chat = hf.generate(chat, max_new_tokens=MAX_NEW, progress=False)
-        assert hf.render(chat[0]) == rendered
+    ref, ref_chat, ref_rendered = hf_outputs
+    assert ref_rendered == rendered
     assert [g.token_ids for g in out] == [g.token_ids for g in ref]
     assert [g.token_ids for g in out_chat] == [g.token_ids for g in ref_chat]
     assert [g.prompt_tokens for g in out] == [g.prompt_tokens for g in ref]

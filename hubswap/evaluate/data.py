@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from hubswap.errors import EvaluationError
@@ -58,6 +60,23 @@ def local_revision(root: Path, lang: str) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
+@lru_cache(maxsize=8)
+def resolve_hub_revision(repo: str, revision: str) -> str:
+    """The commit SHA of a Hub dataset revision, so results (and the cache) name exact data.
+
+    Offline or without access, the revision stays as given and ``load_dataset`` decides.
+    """
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(repo, revision=revision).sha or revision
+    except Exception as e:  # offline, gated, unknown: loading will say what is wrong
+        log.debug("cannot resolve %s@%s to a commit: %s", repo, revision, e)
+        return revision
+
+
 def load_language(dataset: str | Path, lang: str, *, revision: str = "main") -> LanguageData:
     """The test questions and the 8 exemplars of one MGSM language."""
     local = is_local(dataset)
@@ -70,7 +89,8 @@ def load_language(dataset: str | Path, lang: str, *, revision: str = "main") -> 
             )
         source, kwargs, rev = str(root), {}, local_revision(root, lang)
     else:
-        source, kwargs, rev = str(dataset), {"revision": revision}, revision
+        rev = resolve_hub_revision(str(dataset), revision)
+        source, kwargs = str(dataset), {"revision": rev}
     try:
         import datasets
     except ImportError:
