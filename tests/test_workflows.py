@@ -184,6 +184,7 @@ def test_build_model_keeps_the_gpu_and_the_token_apart():
     assert wf["permissions"] == {}
     jobs = wf["jobs"]
     assert jobs["build"]["runs-on"] == ["self-hosted", "linux", "x64", "gpu"]
+    assert jobs["build"]["environment"] == "gpu-build"  # its read token is an environment secret
     assert jobs["build"]["strategy"]["matrix"] == "${{ fromJSON(needs.setup.outputs.matrix) }}"
     assert "matrix.name" in jobs["build"]["concurrency"]["group"]
     build_runs = " ".join(s.get("run", "") for s in jobs["build"]["steps"])
