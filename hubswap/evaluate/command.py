@@ -12,9 +12,6 @@ from hubswap.errors import EvaluationError
 
 log = logging.getLogger(__name__)
 
-MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
-
-
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -32,8 +29,10 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def resolve_model(spec: str, revision: str | None = None) -> Path:
-    """A local model folder as is, or a Hub repo downloaded (weights, config, tokenizer only)."""
+def resolve_model(spec: str, revision: str | None = None, *, endpoint: str | None = None) -> Path:
+    """A local model folder as is, or a Hub repo resolved to a commit and downloaded the way a
+    build downloads its inputs (safetensors, configs, tokenizer; every file checked against its
+    sha256)."""
     p = Path(spec).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():
@@ -41,13 +40,15 @@ def resolve_model(spec: str, revision: str | None = None) -> Path:
         return p.resolve()
     if p.is_absolute() or spec.startswith((".", "~")):
         raise EvaluationError(f"model folder {p} does not exist")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from hubswap.hub import download_inputs
+    from hubswap.hub import resolve_model as resolve_hub_model
+    from hubswap.recipe import ModelSource
 
     try:
-        return Path(snapshot_download(spec, revision=revision, allow_patterns=MODEL_FILES))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
-        raise EvaluationError(f"cannot download {spec}: {e}", hint="check the repo id, revision, token and network") from None
+        source = ModelSource(repo=spec, revision=revision)
+    except ValueError as e:
+        raise EvaluationError(f"{spec!r} is neither a model folder nor a Hub repo id: {e}") from None
+    return download_inputs(resolve_hub_model("model", source, endpoint=endpoint))
 
 
 def eval_command(args: argparse.Namespace) -> int:
