@@ -394,6 +394,22 @@ def resolve_hub_inputs(loaded: LoadedRecipe, roles: dict[str, ModelSource] | Non
     return out
 
 
+def read_remote_config(source: ModelSource, *, endpoint: str | None = None,
+                       token: str | bool | None = None) -> dict:
+    """config.json of a Hub model at its revision, for ``hubswap plan`` (one small download)."""
+    from huggingface_hub import hf_hub_download
+
+    assert source.repo is not None
+    path = _hub_call(
+        lambda: hf_hub_download(source.repo, "config.json", revision=source.ref, endpoint=endpoint, token=token),
+        "config.json", repo=source.repo, revision=source.ref, endpoint=endpoint,
+    )
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ModelFilesError(f"{source.display()}: config.json is not valid JSON ({e})") from None
+
+
 # -- downloads ----------------------------------------------------------------------------------
 
 

@@ -371,3 +371,11 @@ def test_a_run_stopped_halfway_resumes_where_it_stopped(hub_env, tiny_llama):
     fetched = sorted(p.rsplit("/", 1)[1] for m, p, _ in hub_env.requests if m == "GET" and p.endswith(".safetensors"))
     assert fetched == [f"model-0000{i}-of-00008.safetensors" for i in range(5, 9)]
     assert all((folder / n).is_file() for n in model.files())
+
+
+def test_cli_plan_reads_the_layer_count_of_a_hub_model(hub_env, tmp_path):
+    recipe = write_recipe(tmp_path, recipe_text())
+    r = run_cli("plan", str(recipe), env={"HF_ENDPOINT": hub_env.url}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "tiny-hub-merge: 8 layers" in r.stdout and "LL~TTT~L" in r.stdout
+    assert hub_env.count("GET", "*.safetensors") == 0
