@@ -87,14 +87,18 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
     # 4. Swap, into a staging folder renamed into place when complete.
     model_dir = build_dir / "model"
     with _staging(build_dir) as stage:
-        with ThreadPoolExecutor(max_workers=1) as pool:  # hash inputs while the merge streams
+        with ThreadPoolExecutor(max_workers=1) as pool:  # hash inputs and outputs while the merge streams
             hashes = pool.submit(_hash_inputs, dirs, inputs, pre, recipe.swap.files_from)
             plan = plan_merge(lmap, pre.tensors, dirs, out_dtype=recipe.swap.dtype, max_shard_size=max_shard)
-            merge(plan, stage, progress=opts.progress)
-            copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
+            out_hashes = {}
+            merge(plan, stage, progress=opts.progress,
+                  on_shard=lambda p: out_hashes.__setitem__(p.name, pool.submit(_file_entry, p)))
+            for name in ["model.safetensors.index.json", *copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)]:
+                out_hashes[name] = pool.submit(_file_entry, stage / name)
             (stage / "hubswap").mkdir()
             (stage / "hubswap" / "recipe.toml").write_text(loaded.text, encoding="utf-8")
-            lock = make_lock(loaded, inputs, hashes.result(), lmap, plan.shard_names())
+            outputs = {name: f.result() for name, f in sorted(out_hashes.items())}
+            lock = make_lock(loaded, inputs, hashes.result(), lmap, outputs)
         _write_json(stage / "hubswap" / "lock.json", lock)
         write_card(stage)
         _replace_dir(stage, model_dir)
@@ -173,12 +177,16 @@ def _hash_inputs(dirs: dict[str, Path], inputs: dict[str, ModelFiles], pre, file
             if p is not None and role not in dirs:
                 p = p / f
             if p is not None and p.is_file():
-                entries[f] = {"sha256": file_sha256(p), "size": p.stat().st_size}
+                entries[f] = _file_entry(p)
         out[role] = entries
     return out
 
 
-def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, shards: list[str]) -> dict:
+def _file_entry(path: Path) -> dict:
+    return {"sha256": file_sha256(path), "size": path.stat().st_size}
+
+
+def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, outputs: dict[str, dict]) -> dict:
     from importlib.metadata import version
 
     models = {}
@@ -198,7 +206,8 @@ def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, shards: list
         "recipe": {"path": str(loaded.path), "name": loaded.recipe.name, "sha256": _sha256_text(loaded.text)},
         "models": models,
         "layer_map": lmap.to_json(),
-        "output": {"dtype": loaded.recipe.swap.dtype, "num_layers": lmap.num_layers, "shards": shards},
+        "output": {"dtype": loaded.recipe.swap.dtype, "num_layers": lmap.num_layers,
+                   "shards": sorted(f for f in outputs if f.endswith(".safetensors")), "files": outputs},
         "versions": {"hubswap": __version__,
                      **{p: version(p) for p in ("torch", "transformers", "safetensors", "huggingface_hub")}},
     }

@@ -260,8 +260,11 @@ def write_shard(path: Path, tensors: tuple[OutTensor, ...], files: _Files, progr
         os.close(fd)
 
 
-def merge(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[str, str]:
-    """Write the plan's shards and the index into ``out_dir`` (which must exist). Returns weight_map."""
+def merge(plan: MergePlan, out_dir: Path, *, progress: bool = True, on_shard=None) -> dict[str, str]:
+    """Write the plan's shards and the index into ``out_dir`` (which must exist). Returns weight_map.
+
+    ``on_shard(path)`` is called as each shard is complete (the build hashes it meanwhile).
+    """
     from tqdm.auto import tqdm
 
     names = plan.shard_names()
@@ -272,6 +275,8 @@ def merge(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[str,
         for shard_name, tensors in zip(names, plan.shards, strict=True):
             write_shard(out_dir / shard_name, tensors, files, bar)
             weight_map.update({t.name: shard_name for t in tensors})
+            if on_shard is not None:
+                on_shard(out_dir / shard_name)
     finally:
         files.close()
         bar.close()
