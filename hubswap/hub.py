@@ -456,7 +456,12 @@ def download_inputs(model: HubModelFiles, files_from: bool = True) -> Path:
     connection resumes from the bytes already received (huggingface_hub sends a Range request);
     files completed by an earlier, interrupted run are taken from the cache. ``files_from`` is
     accepted for symmetry with local folders: side files are small and evaluation needs them.
+
+    The merge copies byte ranges found in the headers that preflight read remotely, so each
+    downloaded shard's header must be the one preflight saw.
     """
+    from hubswap.compat import read_header_file
+
     names = model.files()
     total = sum(r.size for r in model.records.values())
     log.info("%s: fetching %d files (%s) of %s", model.role, len(names), _human(total), model.display)
@@ -464,6 +469,15 @@ def download_inputs(model: HubModelFiles, files_from: bool = True) -> Path:
     for name in sorted(names, key=lambda n: (is_weight(n), n)):
         path = _download_verified(model, name)
         folder = path.parents[len(Path(name).parts) - 1]
+        seen = model._headers.get(name)
+        if seen is not None and read_header_file(path) != seen:
+            with contextlib.suppress(OSError):
+                (_header_cache() / f"{model.records[name].sha256}.bin").unlink()
+            raise HubError(
+                f"{model.role} model {model.display}: the header of {name} read before the download "
+                "differs from the downloaded file's",
+                hint="run again; if it persists, the server or a proxy answers ranged requests wrongly",
+            )
     assert folder is not None
     return folder
 

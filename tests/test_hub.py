@@ -379,3 +379,17 @@ def test_cli_plan_reads_the_layer_count_of_a_hub_model(hub_env, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "tiny-hub-merge: 8 layers" in r.stdout and "LL~TTT~L" in r.stdout
     assert hub_env.count("GET", "*.safetensors") == 0
+
+
+def test_a_shard_whose_header_differs_from_the_one_preflight_read_is_refused(hub_env, tmp_path, monkeypatch):
+    from hubswap.errors import HubError
+    from hubswap.hub import download_inputs
+
+    monkeypatch.setenv("HUBSWAP_CACHE", str(tmp_path / "hubswap-cache"))
+    _big_repo(hub_env, "org/twofaced", mb=1)
+    model = _resolve(hub_env, "org/twofaced")
+    header = model.safetensors_header("model.safetensors")
+    header["w"] = {**header["w"], "data_offsets": [0, 4]}  # what a server answering ranges wrongly would give
+    model._headers["model.safetensors"] = header
+    with pytest.raises(HubError, match="the header of model.safetensors read before the download differs"):
+        download_inputs(model)
