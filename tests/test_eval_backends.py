@@ -97,3 +97,12 @@ def test_unsupported_head_size_is_a_user_error(tiny_llama):
     with pytest.raises(EvaluationError, match="head size 16") as e:
         VllmBackend(tiny_llama["task"])
     assert "transformers" in e.value.hint
+
+
+def test_missing_engine_is_a_user_error(tiny_llama_vllm, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` meets when it is not installed
+    with pytest.raises(EvaluationError, match="vLLM engine is not installed") as e:
+        VllmBackend(tiny_llama_vllm["task"])
+    assert "transformers" in e.value.hint

@@ -162,3 +162,12 @@ def test_eval_model_from_the_hub(tiny_llama_vllm, tmp_path):
         assert (folder / "tokenizer.json").exists()
         with pytest.raises(HubError):
             resolve_model("org/missing", endpoint=hub.url)
+
+
+def test_prompt_longer_than_the_engine_is_a_user_error(vllm_cpu, tiny_llama_vllm, mgsm_dir, tmp_path, capsys):
+    rc = main(["eval", str(tiny_llama_vllm["task"]), "--dataset", str(mgsm_dir), "--languages", "sw",
+               "--num-fewshot", "2", "--limit", "1", "--vllm", "max_model_len=128", "--output", str(tmp_path),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 7
+    assert "does not fit the engine" in err and "max_model_len (now 128)" in err

@@ -173,14 +173,23 @@ class VllmBackend:
         if not prompts:
             return []
         params = [self._params(p, max_new_tokens) for p in prompts]
-        if prompts[0].messages is not None:
-            if not getattr(self._tokenizer, "chat_template", None):
-                raise EvaluationError(
-                    f"{self.engine_args['model']} has no chat template", hint='use a completion prompt mode such as "native-cot"'
-                )
-            outputs = self.llm.chat([list(p.messages or ()) for p in prompts], params, use_tqdm=progress)
-        else:
-            outputs = self.llm.generate([p.text or "" for p in prompts], params, use_tqdm=progress)
+        if prompts[0].messages is not None and not getattr(self._tokenizer, "chat_template", None):
+            raise EvaluationError(
+                f"{self.engine_args['model']} has no chat template", hint='use a completion prompt mode such as "native-cot"'
+            )
+        try:
+            if prompts[0].messages is not None:
+                outputs = self.llm.chat([list(p.messages or ()) for p in prompts], params, use_tqdm=progress)
+            else:
+                outputs = self.llm.generate([p.text or "" for p in prompts], params, use_tqdm=progress)
+        except Exception as e:  # vLLM's request validation, e.g. a prompt longer than max_model_len
+            if not (isinstance(e, _vllm_client_error()) or "maximum model length" in str(e)):
+                raise
+            raise EvaluationError(
+                f"a prompt does not fit the engine: {e}",
+                hint=f"raise [eval.vllm] max_model_len (now {self.engine_args.get('max_model_len')}) "
+                "or lower num_fewshot",
+            ) from None
         result = []
         for out in outputs:
             o = out.outputs[0]
@@ -296,6 +305,15 @@ class TransformersBackend:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _vllm_client_error() -> tuple[type, ...]:
+    """vLLM's "the request is invalid" exception class (a prompt too long, ...), if it has one."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:
+        return ()
+    return (VLLMClientError,)
 
 
 def _as_list(value) -> list[int]:
