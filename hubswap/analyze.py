@@ -292,13 +292,19 @@ def suggest(task: list[float], language: list[float]) -> Suggestion:
     else:
         r_top = (f"top = 0: no top layer holds clearly more of the language expert's change than of the "
                  f"task expert's (layer {n - 1}: task {pct(pt, n - 1, n)}, language {pct(pl, n - 1, n)})")
-    edges = sorted({b, b + max(tb - 1, 0), n - u - 1 - max(tu - 1, 0), n - u - 1})
-    shares = "; ".join(f"layer {i}: task {pct(pt, i, i + 1)}, language {pct(pl, i, i + 1)}" for i in edges)
-    if tb == tu == 0:
-        r_trans = f"transition = 0: no boundary layer was changed substantially by both experts ({shares})"
+    def shares(layers: list[int]) -> str:
+        return "; ".join(f"layer {i}: task {pct(pt, i, i + 1)}, language {pct(pl, i, i + 1)}" for i in layers)
+
+    # The first and last middle layers when a side is cut, the blended layers when it is not.
+    cut = [i for i, t in ((b, tb), (n - u - 1, tu)) if t == 0]
+    blended = [*range(b, b + tb), *range(n - u - tu, n - u)]
+    if not blended:
+        r_trans = f"transition = 0: no boundary layer was changed substantially by both experts ({shares(cut)})"
     else:
         label = f"transition = {tb}" if tb == tu else f"transition_bottom = {tb}, transition_top = {tu}"
-        r_trans = f"{label}: both experts changed the boundary layers comparably ({shares}), so blend there"
+        r_trans = f"{label}: both experts changed the boundary layers comparably ({shares(blended)}), so blend them"
+        if cut:
+            r_trans += f"; the other boundary is clear-cut ({shares(cut)})"
     return Suggestion(b, u, tb, tu, (r_bottom, r_top, r_trans))
 
 
