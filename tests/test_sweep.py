@@ -217,3 +217,20 @@ def test_sweep_end_to_end(sweep_recipe, tiny_llama, tmp_path, capsys, caplog):
     assert (tmp_path / "best.toml").is_file()
     assert "evaluating task: all 1 languages from the cache" in caplog.text
     assert "evaluating b1-u1-t0: all 1 languages from the cache" in caplog.text
+
+
+def test_summary_says_how_the_choice_was_made():
+    from hubswap.sweep import SweepResult
+
+    configs = [Config(1, 1, 0), Config(2, 1, 0)]
+    verdicts = {"task": [True, False] * 5, "language": [False] * 10,
+                "b1-u1-t0": [True] * 10, "b2-u1-t0": [False, True] * 5}
+    select, heldout = split_halves(10, seed=0)
+    rows, held = rank(verdicts, configs, select, heldout)
+    text = SweepResult("x", "sw", 8, rows, held, 10, 5, True, 0).summary()
+    assert "selected on a fixed half of the questions (5); scored on the other, held-out half (5" in text
+    assert "chosen: bottom = 1, top = 1, transition = 0" in text
+
+    rows, held = rank(verdicts, configs, list(range(10)), list(range(10)))
+    text = SweepResult("x", "sw", 8, rows, held, 10, 10, False, 0).summary()
+    assert "WARNING: selected and scored on the same 10 questions (--no-holdout)" in text
