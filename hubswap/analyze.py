@@ -137,7 +137,7 @@ class Analysis:
 
 
 def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorInfo]],
-                    num_layers: int) -> list[Change]:
+                    num_layers: int, *, progress: bool = False) -> list[Change]:
     """Stream the base and both experts of ``dirs`` and return the table of changes.
 
     ``tensors`` is the preflight's tensor table per role (names, shapes, dtypes and byte ranges
@@ -147,6 +147,7 @@ def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorIn
     enough.
     """
     import numpy as np
+    from tqdm.auto import tqdm
 
     experts = [r for r in EXPERTS if r in dirs]
     names = sorted(tensors["base"], key=lambda n: (layer_index(n) is None, layer_index(n) or 0, n))
@@ -164,6 +165,8 @@ def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorIn
         return _decode(os.pread(fds[path], count * _SIZE[info.dtype], info.begin + start * _SIZE[info.dtype]),
                        info, path, count)
 
+    total = sum(tensors[r][n].end - tensors[r][n].begin for r in ("base", *experts) for n in names)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="analyzing", disable=not progress)
     try:
         for name in names:
             info = tensors["base"][name]
@@ -182,7 +185,9 @@ def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorIn
             base_sq[name] = b_sq
             for role in experts:
                 diff_sq[name, role] = d_sq[role]
+            bar.update(sum(tensors[r][name].end - tensors[r][name].begin for r in ("base", *experts)))
     finally:
+        bar.close()
         for fd in fds.values():
             os.close(fd)
 
@@ -421,7 +426,8 @@ def fetch_models(loaded: LoadedRecipe) -> tuple[dict[str, Path], Preflight]:
     return dirs, pre
 
 
-def analyze(recipe: str | Path | LoadedRecipe, output: str | Path | None = None) -> Analysis:
+def analyze(recipe: str | Path | LoadedRecipe, output: str | Path | None = None, *,
+            progress: bool = True) -> Analysis:
     """Measure where each expert changed the base, write the table and figure, suggest a swap."""
     loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
     r = loaded.recipe
@@ -434,7 +440,7 @@ def analyze(recipe: str | Path | LoadedRecipe, output: str | Path | None = None)
     dirs, pre = fetch_models(loaded)
     num_layers = pre.num_layers
     log.info("measuring the change of each expert from the base %s", r.models.base.display())
-    rows = measure_changes(dirs, pre.tensors, num_layers)
+    rows = measure_changes(dirs, pre.tensors, num_layers, progress=progress)
     task = [x.task for x in rows if x.kind == "all"]
     lang = [x.language for x in rows if x.kind == "all"]
     s = suggest(task, lang)
