@@ -82,6 +82,9 @@ def test_second_run_uses_the_cache(first_run, mgsm_dir):
     assert again["models"]["task"]["cached"] and again["models"]["language"]["cached"]
     assert not again["models"]["merged"]["cached"]  # no key: always evaluated
     assert again["models"]["task"]["engine"] is None  # no engine was started for it
+    table = format_table(again).splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["merged", "merged", "task", "task", "language", "language"]
+    assert "task (cached)     sw      2" in table[4]
     for name in models:
         first = (root / "eval" / f"{name}.sw.jsonl").read_text().splitlines()[:2]
         assert (root / "eval2" / f"{name}.sw.jsonl").read_text().splitlines() == first

@@ -11,10 +11,12 @@ def format_table(results: dict) -> str:
     """Per model and language: accuracy with its interval, lm-eval scores, and the paired diff."""
     langs = results["settings"]["languages"]
     ref = results.get("reference_model")
+    tags = {name: name + (" (cached)" if model.get("cached") else "") for name, model in results["models"].items()}
+    w = max([5, *map(len, tags.values())])
     lines = [
         f"MGSM ({results['settings']['prompt']}, {results['settings']['num_fewshot']}-shot, "
         f"backend {results['settings']['backend']}; accuracy % [95% CI])",
-        f"{'model':<12} {'lang':<4} {'n':>4}  {'accuracy':>20}  {'strict':>6} {'flex':>6}  "
+        f"{'model':<{w}} {'lang':<4} {'n':>4}  {'accuracy':>20}  {'strict':>6} {'flex':>6}  "
         f"{'trunc':>5} {'noans':>5}  {(ref or 'merged') + ' - model [95% CI]':>28}  {'McNemar p':>9}",
     ]
     for name, model in results["models"].items():
@@ -28,9 +30,8 @@ def format_table(results: dict) -> str:
                 p = f"{cmp_['mcnemar_p']:.3g}"
             else:
                 diff, p = "", ""
-            tag = name + (" (cached)" if model.get("cached") else "")
             lines.append(
-                f"{tag:<12} {lang:<4} {s['n']:>4}  {acc:>20}  {_pct(s['strict_match']):>6} "
+                f"{tags[name]:<{w}} {lang:<4} {s['n']:>4}  {acc:>20}  {_pct(s['strict_match']):>6} "
                 f"{_pct(s['flexible_extract']):>6}  {_pct(s['truncation_rate']):>5} {_pct(s['no_answer_rate']):>5}"
                 f"  {diff:>28}  {p:>9}"
             )
