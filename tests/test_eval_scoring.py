@@ -84,6 +84,13 @@ def test_degenerate_outputs():
     assert score_response("1,2,3,4,5", "en", 5).answer == "12345"
 
 
+def test_direct_answers_come_first():
+    got = score_response(" 18\n\nSwali la 2: 7", "sw", 18, mode="direct")
+    assert got.correct and got.answer == "18"
+    assert not got.flexible_extract  # lm-eval's flexible-extract takes the last number
+    assert score_response(" 7 then 18", "sw", 18).answer == "18"  # cot: the last one
+
+
 def test_gold_as_float_and_unknown_language():
     assert score_response("The answer is 2.5", "en", 2.5).correct
     assert score_response("The answer is 18", "en", 18.0).correct

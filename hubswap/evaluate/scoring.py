@@ -12,7 +12,8 @@ The robust headline score reads what a person would: digits of any script (Benga
 Thai, full-width), thousands separators (``1,000``, ``1.000`` in German or Spanish, ``1 000`` with
 a space, no-break or thin space), decimal commas (``3,5``), currency signs, and compares numbers,
 so ``18.00`` == 18. It takes the number after the *last* answer phrase of the language (or the
-English one), else the last number of the response; a response without any number has no answer.
+English one), else the last number of the response (the first one for ``direct``, whose answer
+comes at once); a response without any number has no answer.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def score_response(text: str, lang: str, gold, *, mode: str = "native-cot") -> R
     pattern = strict_pattern(language, mode)
     strict = text.strip() if pattern is None else regex_filter(text, pattern)
     flexible = regex_filter(text, FLEXIBLE_REGEX, group_select=-1)
-    value = extract_answer(text, language)
+    value = extract_answer(text, language, first=mode == "direct")
     return ResponseScore(
         strict_match=lm_eval_exact_match(strict, ref),
         flexible_extract=lm_eval_exact_match(flexible, ref),
@@ -171,8 +172,9 @@ def _phrase_regex(lang: str) -> re.Pattern:
     return re.compile("|".join(re.escape(normalize(p)) for p in phrases), re.IGNORECASE)
 
 
-def extract_answer(text: str, language: Language | str) -> Decimal | None:
-    """The robust answer: the number after the last answer phrase, else the last number."""
+def extract_answer(text: str, language: Language | str, *, first: bool = False) -> Decimal | None:
+    """The robust answer: the number after the last answer phrase, else the last number (the
+    first one with ``first``: a direct answer comes at once, anything after it is chatter)."""
     code = language if isinstance(language, str) else language.code
     norm = normalize(text)
     for phrase in reversed(list(_phrase_regex(code).finditer(norm))):
@@ -183,7 +185,7 @@ def extract_answer(text: str, language: Language | str) -> Decimal | None:
             if value is not None:
                 return value
     found = _numbers(norm)
-    for m in reversed(found):
+    for m in (found if first else reversed(found)):
         value = parse_number(m.group(0), code)
         if value is not None:
             return value
