@@ -88,10 +88,15 @@ def test_second_run_uses_the_cache(first_run, mgsm_dir):
     for name in models:
         first = (root / "eval" / f"{name}.sw.jsonl").read_text().splitlines()[:2]
         assert (root / "eval2" / f"{name}.sw.jsonl").read_text().splitlines() == first
-    # another setting, another cache entry: the expert is evaluated again
-    changed = run_evaluation({"task": models["task"]}, _cfg(max_new_tokens=8, languages=["sw"]), root / "eval3",
+    # another setting, another cache entry: the expert is evaluated again (here in chat mode)
+    changed = run_evaluation({"task": models["task"]}, _cfg(prompt="chat", languages=["sw"]), root / "eval3",
                              dataset=mgsm_dir, cache_keys=keys, cache_dir=root / "cache", progress=False)
     assert not changed["models"]["task"]["cached"]
+    assert changed["settings"]["num_fewshot"] == 0
+    rows = [json.loads(line) for line in (root / "eval3" / "task.sw.jsonl").read_text().splitlines()]
+    assert len(rows) == LIMIT
+    assert all(r["prompt"].startswith("<s><|user|>\n") and r["prompt"].endswith("<|assistant|>\n") for r in rows)
+    assert all('"Jibu ni N."' in r["prompt"] for r in rows)
 
 
 def _results(merged: float, task: float, language: float) -> dict:
