@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:  # one line per HTTP request drowns the progress bars
         logging.getLogger("httpx2").setLevel(logging.WARNING)
+        # vLLM logs every engine step at INFO and CPU tuning advice as warnings; -v shows them.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
         return args.func(args) or 0
     except HubswapError as e:
