@@ -239,24 +239,38 @@ def _compute(t: OutTensor, files: _Files, dst_fd: int, dst_off: int) -> None:
 
 
 def write_shard(path: Path, tensors: tuple[OutTensor, ...], files: _Files, progress=None) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     header = _header_bytes(tensors)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    # Blends and casts run in a second thread (numpy releases the GIL) while this one has the kernel
+    # copy the raw tensors: on a free core their CPU work hides behind the copies. Every tensor has
+    # its own offset, so the two threads never write the same bytes.
+    pool = ThreadPoolExecutor(max_workers=1)
     try:
         os.write(fd, header)
         offset = len(header)
+        computed = []
         for t in tensors:
+            for s in t.sources:
+                files.fd(s.path)  # opened by this thread, so the worker never changes the table
             if t.raw_copy:
                 s = t.sources[0]
                 if s.info.end - s.info.begin != t.nbytes:
                     raise OSError(f"{s.path}: tensor {t.name} has {s.info.end - s.info.begin} bytes, expected {t.nbytes}")
                 _copy_range(files.fd(s.path), s.info.begin, fd, offset, t.nbytes)
+                if progress is not None:
+                    progress.update(t.nbytes)
             else:
-                _compute(t, files, fd, offset)
+                computed.append((t, pool.submit(_compute, t, files, fd, offset)))
             offset += t.nbytes
+        for t, done in computed:
+            done.result()
             if progress is not None:
                 progress.update(t.nbytes)
         os.ftruncate(fd, offset)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # the worker is done with fd before it closes
         os.close(fd)
 
 
