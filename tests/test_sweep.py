@@ -234,3 +234,39 @@ def test_summary_says_how_the_choice_was_made():
     rows, held = rank(verdicts, configs, list(range(10)), list(range(10)))
     text = SweepResult("x", "sw", 8, rows, held, 10, 10, False, 0).summary()
     assert "WARNING: selected and scored on the same 10 questions (--no-holdout)" in text
+
+
+def test_sweep_of_hub_experts_downloads_each_file_once(tiny_llama, mgsm_dir, tmp_path):
+    """Experts on a real HTTP Hub: every weight file is fetched whole exactly once for the sweep."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+    from collections import Counter
+
+    from hub_server import HubServer
+
+    text = (SWEEP_RECIPE.format(root="unused", mgsm=mgsm_dir)
+            .replace('path = "unused/base"', 'repo = "org/base"')
+            .replace('path = "unused/task"', 'repo = "org/task"')
+            .replace('path = "unused/language"', 'repo = "org/language"')
+            .replace("limit = 6", "limit = 2"))
+    recipe = tmp_path / "hub.toml"
+    recipe.write_text(text)
+    with HubServer() as hub:
+        for role, path in tiny_llama.items():
+            hub.upload_folder(f"org/{role}", path, message=f"tiny {role}")
+        run = subprocess.run(
+            [sys.executable, "-m", "hubswap.cli", "sweep", str(recipe), "--bottom", "1..2", "--top", "1",
+             "-o", str(tmp_path / "out")],
+            env={**os.environ, "HF_ENDPOINT": hub.url}, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )
+        assert run.returncode == 0, run.stderr
+        whole = Counter(p for m, p, rng in hub.requests if m == "GET" and p.endswith(".safetensors") and rng is None)
+    shards = {f"/org/{role}/resolve/{p.name}" for role in ("task", "language")
+              for p in tiny_llama[role].glob("*.safetensors")}
+    # /org/task/resolve/<commit>/model-...: the experts' shards once each, none of the base's.
+    assert {re.sub(r"/resolve/[^/]+/", "/resolve/", p) for p in whole} == shards
+    assert set(whole.values()) == {1}
+    assert json.loads((tmp_path / "out" / "sweep.json").read_text())["questions"] == 2
