@@ -356,7 +356,6 @@ PHASES = [  # (label, file suffix, function): cumulative times picked from one c
     ("preflight (headers, configs, tokenizers)", "hubswap/compat.py", "check_compatible"),
     ("merge (swap.merge)", "hubswap/swap.py", "merge"),
     ("  raw byte copies (os.copy_file_range)", "~", "<built-in method posix.copy_file_range>"),
-    ("  blends (swap._compute)", "hubswap/swap.py", "_compute"),
     ("side files (config, tokenizer)", "hubswap/swap.py", "copy_side_files"),
     ("model card", "hubswap/build.py", "write_card"),
 ]
@@ -380,6 +379,13 @@ def profile_hubswap(c: Contender, logs: Path) -> list[tuple[str, float]]:
     for label, suffix, func in PHASES:
         ct = sum(v[3] for (f, _, fn), v in stats.items() if fn == func and f.endswith(suffix))
         rows.append((label, ct))
+    def waits(caller: str) -> float:  # main-thread time blocked on another thread's result
+        return sum(ct for (f, _, fn), v in stats.items() if fn == "result" and f.endswith("concurrent/futures/_base.py")
+                   for (cf, _, _), (_, _, _, ct) in v[4].items() if cf.endswith(caller))
+
+    merge_at = next(i for i, (label, _) in enumerate(rows) if label.startswith("merge"))
+    rows.insert(merge_at + 2, ("  waiting for blends (computed in a second thread)", waits("hubswap/swap.py")))
+    rows.append(("waiting for the sha256 thread (inputs, output shards)", waits("hubswap/build.py")))
     top = dict(rows)
     rows.insert(1, ("interpreter start-up, `import hubswap.cli`, cProfile", wall - top[PHASES[0][0]]))
     rest = top[PHASES[0][0]] - sum(sec for label, sec in rows[3:] if not label.startswith(" "))
@@ -535,8 +541,8 @@ transition 1, embeddings and final norm from the language expert. The floor read
 
 ## Where hubswap's time goes
 
-One extra, untimed `hubswap build` under cProfile (main thread; the sha256 of the inputs runs in a
-second thread and, with the hash cache warm, returns at once):
+One extra, untimed `hubswap build` under cProfile, main thread. The sha256 of the inputs (cached
+here) and of the output shards runs in a second thread; the main thread's wait for it is a row.
 
 {prof}
 
