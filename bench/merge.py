@@ -45,6 +45,7 @@ MERGEKIT_VENV = CACHE / "mergekit-venv"
 MERGEKIT_REQ = "mergekit==0.1.5"
 TORCH_REQ = "torch==2.13.0"
 DOC = ROOT / "docs" / "PERFORMANCE.md"
+ANALYSIS = ROOT / "bench" / "ANALYSIS.md"
 HASH_CACHE = CACHE / "hubswap-cache"  # hubswap's sha256 cache (HUBSWAP_CACHE) for these runs
 
 TARGETS = {"floor_ratio": 1.3, "rss_gib": 1.5, "naive_speedup": 3.0, "help_s": 1.0}
@@ -492,6 +493,8 @@ def render(results: dict) -> str:
     m, v = results["machine"], results["versions"]
     hs = results["help_s"]
     checks = "\n".join(f"- {line}" for line in results["verdicts"])
+    # Reading the numbers takes a person: bench/ANALYSIS.md (hand-written, dated) is included as is.
+    analysis = ANALYSIS.read_text() + "\n" if ANALYSIS.exists() else ""
     prof = "\n".join(["| phase | seconds |", "|---|---:|",
                       *(f"| {label.strip() if not label.startswith(' ') else '&nbsp;&nbsp;' + label.strip()} "
                         f"| {sec:.2f} |" for label, sec in results["profile"])]) or "(not run)"
@@ -546,6 +549,7 @@ here) and of the output shards runs in a second thread; the main thread's wait f
 
 {prof}
 
+{analysis}
 ## Peak memory does not grow with the number of layers
 
 Two shapes that differ only in their number of layers (hidden 1024, intermediate 4096, vocab
@@ -710,6 +714,8 @@ def main(argv: list[str] | None = None) -> int:
             spair = experts.ensure_pair(shape, CACHE, log)
             scs = [c for c in contenders(spair, CACHE / "out-scale", None, {"floor", "hubswap"})]
             scale_shapes.append(shape.name)
+            for c in scs:  # untimed: fills the page cache and hubswap's hash cache, as for the main shape
+                measure(c, shape.name, 0, logs)
             for rnd in range(1, args.scale_rounds + 1):
                 for c in scs if rnd % 2 else scs[::-1]:
                     r = measure(c, shape.name, rnd, logs)
