@@ -516,17 +516,17 @@ transition 1, embeddings and final norm from the language expert. The floor read
 - **cp -r**: `cp -r` of one expert folder, for reference.
 - **hubswap**: `hubswap build bench.toml --no-eval --no-push --output DIR`, the whole command:
   start-up, recipe, preflight, swap, side files, lock, model card. The lock records the sha256 of
-  every input file; hubswap caches those by (path, size, mtime, inode), so a rebuild does not
-  hash again. **hubswap 1st** is the same command with that cache emptied before each run: a
-  first build, hashing 5 GB of inputs in a thread beside the merge.
+  every input and output file; hubswap caches hashes by (device, inode, size, mtime), so a
+  rebuild hashes only its new output. **hubswap 1st** is the same command with that cache
+  emptied before each run: a first build, hashing the 4.9 GB of inputs as well.
 - **naive**: `bench/naive_merge.py`, `from_pretrained` both experts, blend the state dict in
   float32, `save_pretrained`.
 - **mergekit**: `mergekit-yaml` {v['mergekit']} with the config below, default options.
 - Wall time is the median of alternating rounds (the order rotates each round), min–max its
   spread; the ratios to the floor are given on medians and on minimums (the runs least disturbed
-  by other users). Peak RSS is `ru_maxrss` from `wait4` (largest process of the tree; it counts the
-  file-backed pages of memory-mapped checkpoints); peak heap is the largest anonymous RSS summed
-  over the process tree, sampled every 50 ms.
+  by other users). Peak RSS is the contender's `ru_maxrss` as GNU `time` reports it (the largest
+  process of the tree; it counts the file-backed pages of memory-mapped checkpoints); peak heap is
+  the largest anonymous RSS summed over the process tree, sampled every 50 ms.
 - **Warm page cache.** A non-privileged user cannot drop the page cache: every run reads experts
   that earlier runs left in memory. Outputs are deleted and `sync`-ed between runs. Cold-cache
   times would add the disk's read time to every contender alike.
