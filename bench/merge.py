@@ -7,10 +7,12 @@ Story of one run:
                 (bench/experts.py) and the mergekit venv (its own torch, never this one's);
   2. verify     run hubswap, mergekit and the naive script once each and compare their outputs
                 with hubswap's, tensor by tensor, byte for byte, before anything is timed;
-  3. measure    alternate the contenders over several rounds, each run a fresh process tree:
-                wall time, peak RSS (``wait4``), the load average when it started;
+  3. measure    alternate the contenders over several rounds, each run a fresh process tree
+                started once other users leave the CPUs quiet (or after a bounded wait): wall
+                time, peak RSS (GNU ``time``), the load when it started; then one untimed
+                ``hubswap build`` under cProfile, to say where its time goes;
   4. scale      hubswap on two shapes that differ only in their number of layers (16 and 32);
-  5. report     print one table and write docs/PERFORMANCE.md.
+  5. report     print one table and write docs/PERFORMANCE.md (with bench/ANALYSIS.md).
 
 Caches are warm: a non-privileged user cannot drop the page cache, so every contender reads
 experts that the previous runs left in memory (the report says so). Outputs are deleted and
@@ -183,12 +185,20 @@ class Contender:
     argv: list[str]
     output: Path  # removed before and after each run
     model_dir: Path | None = None  # where the merged model lands, for verification
-    note: str = ""
     before: Callable[[], None] | None = None  # untimed set-up before each run
 
     @property
     def slug(self) -> str:
         return "".join(ch for ch in self.name if ch.isalnum() or ch in "-_")
+
+
+def naive_args(pair: Path) -> list[str]:
+    from hubswap.recipe import load_recipe
+
+    swap = load_recipe(pair / "recipe.toml").recipe.swap
+    if swap.tb != swap.tu or swap.non_layer != "language":
+        raise SystemExit("bench/naive_merge.py takes one transition size and non-layer tensors from the language expert")
+    return ["--bottom", str(swap.bottom), "--top", str(swap.top), "--transition", str(swap.tb)]
 
 
 def contenders(pair: Path, out_root: Path, mergekit_exe: Path | None, which: set[str]) -> list[Contender]:
@@ -201,24 +211,21 @@ def contenders(pair: Path, out_root: Path, mergekit_exe: Path | None, which: set
     build = [str(VENV_BIN / "hubswap"), "build", str(pair / "recipe.toml"), "--no-eval", "--no-push", "--output"]
     all_ = [
         Contender("floor", [py, "-S", str(ROOT / "bench" / "floor.py"), str(plan_file), str(out["floor"])],
-                  out["floor"], note="copy_file_range of the needed bytes"),
-        Contender("cp -r", ["cp", "-r", str(pair / "language"), str(out["cp"])], out["cp"],
-                  note="one expert folder, for reference"),
-        Contender("hubswap", [*build, str(out["hubswap"])], out["hubswap"], out["hubswap"] / "model",
-                  note="rebuild: input hashes cached"),
+                  out["floor"]),
+        Contender("cp -r", ["cp", "-r", str(pair / "language"), str(out["cp"])], out["cp"]),
+        Contender("hubswap", [*build, str(out["hubswap"])], out["hubswap"], out["hubswap"] / "model"),
         Contender("hubswap 1st", [*build, str(out["hubswap-1st"])], out["hubswap-1st"],
-                  out["hubswap-1st"] / "model", note="first build: sha256 of every input file",
+                  out["hubswap-1st"] / "model",
                   before=lambda: clean(HASH_CACHE)),
         Contender("naive", [py, str(ROOT / "bench" / "naive_merge.py"), str(pair / "task"),
-                            str(pair / "language"), str(out["naive"]), "--bottom", "5", "--top", "2",
-                            "--transition", "1"],
-                  out["naive"], out["naive"], note="from_pretrained x2, state dict, save_pretrained"),
+                            str(pair / "language"), str(out["naive"]), *naive_args(pair)],
+                  out["naive"], out["naive"]),
     ]
     if mergekit_exe is not None:
         cfg = out_root / "mergekit.yml"
         cfg.write_text(mergekit_config(pair))
         all_.append(Contender("mergekit", [str(mergekit_exe), str(cfg), str(out["mergekit"])],
-                              out["mergekit"], out["mergekit"], note="mergekit-yaml, linear slices"))
+                              out["mergekit"], out["mergekit"]))
     return [c for c in all_ if c.name in which]
 
 
@@ -364,7 +371,7 @@ PHASES = [  # (label, file suffix, function): cumulative times picked from one c
 
 def profile_hubswap(c: Contender, logs: Path) -> list[tuple[str, float]]:
     """Where ``hubswap build`` spends its time: one untimed run under cProfile, main thread only
-    (the input hashing runs in a second thread and is not in it)."""
+    (blends and sha256 run in other threads: what shows is the main thread waiting for them)."""
     import pstats
 
     clean(c.output)
@@ -380,6 +387,7 @@ def profile_hubswap(c: Contender, logs: Path) -> list[tuple[str, float]]:
     for label, suffix, func in PHASES:
         ct = sum(v[3] for (f, _, fn), v in stats.items() if fn == func and f.endswith(suffix))
         rows.append((label, ct))
+
     def waits(caller: str) -> float:  # main-thread time blocked on another thread's result
         return sum(ct for (f, _, fn), v in stats.items() if fn == "result" and f.endswith("concurrent/futures/_base.py")
                    for (cf, _, _), (_, _, _, ct) in v[4].items() if cf.endswith(caller))
