@@ -247,16 +247,18 @@ def test_sweep_of_hub_experts_downloads_each_file_once(tiny_llama, mgsm_dir, tmp
 
     from hub_server import HubServer
 
+    # A namespace of its own: blobs another test cached under the same repo id would hide requests.
+    org = "sweep-once"
     text = (SWEEP_RECIPE.format(root="unused", mgsm=mgsm_dir)
-            .replace('path = "unused/base"', 'repo = "org/base"')
-            .replace('path = "unused/task"', 'repo = "org/task"')
-            .replace('path = "unused/language"', 'repo = "org/language"')
+            .replace('path = "unused/base"', f'repo = "{org}/base"')
+            .replace('path = "unused/task"', f'repo = "{org}/task"')
+            .replace('path = "unused/language"', f'repo = "{org}/language"')
             .replace("limit = 6", "limit = 2"))
     recipe = tmp_path / "hub.toml"
     recipe.write_text(text)
     with HubServer() as hub:
         for role, path in tiny_llama.items():
-            hub.upload_folder(f"org/{role}", path, message=f"tiny {role}")
+            hub.upload_folder(f"{org}/{role}", path, message=f"tiny {role}")
         run = subprocess.run(
             [sys.executable, "-m", "hubswap.cli", "sweep", str(recipe), "--bottom", "1..2", "--top", "1",
              "-o", str(tmp_path / "out")],
@@ -264,7 +266,7 @@ def test_sweep_of_hub_experts_downloads_each_file_once(tiny_llama, mgsm_dir, tmp
         )
         assert run.returncode == 0, run.stderr
         whole = Counter(p for m, p, rng in hub.requests if m == "GET" and p.endswith(".safetensors") and rng is None)
-    shards = {f"/org/{role}/resolve/{p.name}" for role in ("task", "language")
+    shards = {f"/{org}/{role}/resolve/{p.name}" for role in ("task", "language")
               for p in tiny_llama[role].glob("*.safetensors")}
     # /org/task/resolve/<commit>/model-...: the experts' shards once each, none of the base's.
     assert {re.sub(r"/resolve/[^/]+/", "/resolve/", p) for p in whole} == shards
