@@ -394,7 +394,7 @@ def profile_hubswap(c: Contender, logs: Path) -> list[tuple[str, float]]:
 
     merge_at = next(i for i, (label, _) in enumerate(rows) if label.startswith("merge"))
     rows.insert(merge_at + 2, ("  waiting for blends (computed in a second thread)", waits("hubswap/swap.py")))
-    rows.append(("waiting for the sha256 thread (inputs, output shards)", waits("hubswap/build.py")))
+    rows.append(("waiting for the sha256 workers (inputs)", waits("hubswap/build.py")))
     top = dict(rows)
     rows.insert(1, ("interpreter start-up, `import hubswap.cli`, cProfile", wall - top[PHASES[0][0]]))
     rest = top[PHASES[0][0]] - sum(sec for label, sec in rows[3:] if not label.startswith(" "))
@@ -524,9 +524,9 @@ transition 1, embeddings and final norm from the language expert. The floor read
 - **cp -r**: `cp -r` of one expert folder, for reference.
 - **hubswap**: `hubswap build bench.toml --no-eval --no-push --output DIR`, the whole command:
   start-up, recipe, preflight, swap, side files, lock, model card. The lock records the sha256 of
-  every input and output file; hubswap caches hashes by (device, inode, size, mtime), so a
-  rebuild hashes only its new output. **hubswap 1st** is the same command with that cache
-  emptied before each run: a first build, hashing the 4.9 GB of inputs as well.
+  every input file; hubswap caches hashes by (device, inode, size, mtime), so a rebuild reads
+  them from the cache. **hubswap 1st** is the same command with that cache emptied before each
+  run: a first build, hashing the 4.9 GB of inputs as well.
 - **naive**: `bench/naive_merge.py`, `from_pretrained` both experts, blend the state dict in
   float32, `save_pretrained`.
 - **mergekit**: `mergekit-yaml` {v['mergekit']} with the config below, default options.
@@ -553,7 +553,7 @@ transition 1, embeddings and final norm from the language expert. The floor read
 ## Where hubswap's time goes
 
 One extra, untimed `hubswap build` under cProfile, main thread. The sha256 of the inputs (cached
-here) and of the output shards runs in a second thread; the main thread's wait for it is a row.
+here) runs in worker threads; the main thread's wait for them is a row.
 
 {prof}
 
