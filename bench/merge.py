@@ -289,28 +289,45 @@ def clean(path: Path) -> None:
         path.unlink()
 
 
-def cpu_busy(seconds: float = 0.5) -> float:
-    """Fraction of all cores busy over ``seconds`` (other users' work while no contender runs)."""
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+def _disk() -> str | None:
+    """The block device under bench/.cache, as /proc/diskstats names it (e.g. ``vda``)."""
+    dev = os.stat(CACHE).st_dev
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        f = line.split()
+        if (int(f[0]), int(f[1])) == (os.major(dev), os.minor(dev)):
+            return f[2]
+    return None
 
-    t0, i0 = sample()
+
+def busy(seconds: float = 0.5) -> tuple[float, float]:
+    """(share of all CPUs, share of time the disk was busy) over ``seconds``: other users' work,
+    and the write-back or discards of earlier runs, measured while no contender runs."""
+    disk = _disk()
+
+    def sample() -> tuple[int, int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        io_ms = next((int(ln.split()[12]) for ln in Path("/proc/diskstats").read_text().splitlines()
+                      if ln.split()[2] == disk), 0)
+        return sum(fields), fields[3] + fields[4], io_ms  # total, idle + iowait, ms the disk was busy
+
+    (t0, i0, d0), s0 = sample(), time.monotonic()
     time.sleep(seconds)
-    t1, i1 = sample()
-    return 1 - (i1 - i0) / max(1, t1 - t0)
+    (t1, i1, d1), s1 = sample(), time.monotonic()
+    return 1 - (i1 - i0) / max(1, t1 - t0), (d1 - d0) / 1000 / (s1 - s0)
 
 
 QUIET = {"busy": 0.25, "max_wait_s": 15.0}  # set from --quiet / --max-wait
 
 
 def wait_for_quiet() -> float:
-    """Wait (up to ``max_wait_s``) until others use less than ``busy`` of the CPUs; return their share."""
+    """Wait (up to ``max_wait_s``) until others use less than ``busy`` of the CPUs and the disk is
+    idle (earlier runs' deleted outputs are discarded and written back asynchronously); return the
+    others' CPU share."""
     deadline = time.monotonic() + QUIET["max_wait_s"]
     while True:
-        busy = cpu_busy()
-        if busy < QUIET["busy"] or time.monotonic() > deadline:
-            return busy
+        cpu, disk = busy()
+        if (cpu < QUIET["busy"] and disk < 0.05) or time.monotonic() > deadline:
+            return cpu
 
 
 def measure(c: Contender, shape: str, rnd: int, logs: Path, keep: bool = False) -> Run:
@@ -540,7 +557,8 @@ transition 1, embeddings and final norm from the language expert. The floor read
   times would add the disk's read time to every contender alike.
 - The machine is shared with other engineers' test suites. Before each run the benchmark waits
   (up to {results['quiet']['max_wait_s']:.0f} s) until other processes use less than
-  {100 * results['quiet']['busy']:.0f}% of the CPUs; the load average and the others' CPU share
+  {100 * results['quiet']['busy']:.0f}% of the CPUs and the disk is idle (the discards and
+  write-back of earlier runs' outputs would otherwise land in the next run); the load average and the others' CPU share
   at the start of each run are in the raw table below. Spreads are wide when others were busy.
 
 ## Targets
