@@ -68,7 +68,7 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
     loaded = load_recipe(recipe_path)
     recipe = loaded.recipe
     build_dir = (opts.output or Path("builds") / recipe.name).resolve()
-    max_shard = _shard_size(loaded, opts.max_shard_size)
+    max_shard = _shard_size(opts.max_shard_size)
 
     # 1. Resolve every model to something pinned (a commit SHA or a local folder).
     inputs = resolve_inputs(loaded)
@@ -278,7 +278,7 @@ def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _shard_size(loaded: LoadedRecipe, size: str | int) -> int:
+def _shard_size(size: str | int) -> int:
     try:
         return parse_size(size)
     except ValueError as e:
