@@ -81,8 +81,9 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
     lmap = layer_map(recipe.swap, pre.num_layers)
     log.info("preflight ok: %d layers, %d tensors; stack %s", pre.num_layers, len(pre.tensors["task"]), lmap.picture())
 
-    # 3. Download only what the swap needs (a no-op for local folders).
-    dirs = fetch_inputs(loaded, inputs)
+    # 3. Download only what the swap (and the comparison) needs: a no-op for local folders.
+    compared = [r for r in recipe.eval.compare if r not in ("task", "language")] if opts.evaluate else []
+    dirs = fetch_inputs(loaded, inputs, ["task", "language", *compared])
 
     # 4. Swap, into a staging folder renamed into place when complete.
     model_dir = build_dir / "model"
@@ -142,10 +143,12 @@ def resolve_inputs(loaded: LoadedRecipe) -> dict[str, ModelFiles]:
     return {r: inputs[r] for r in loaded.recipe.models.roles()}
 
 
-def fetch_inputs(loaded: LoadedRecipe, inputs: dict[str, ModelFiles]) -> dict[str, Path]:
-    """Local folders of the task and language experts (downloading Hub repos' needed files)."""
+def fetch_inputs(loaded: LoadedRecipe, inputs: dict[str, ModelFiles],
+                 roles: tuple[str, ...] | list[str] = ("task", "language")) -> dict[str, Path]:
+    """Local folders of ``roles`` (the experts, and the base when it is evaluated), downloading
+    Hub repos' needed files."""
     dirs = {}
-    for role in ("task", "language"):
+    for role in roles:
         m = inputs[role]
         if isinstance(m, LocalModelFiles):
             dirs[role] = m.path
@@ -156,12 +159,14 @@ def fetch_inputs(loaded: LoadedRecipe, inputs: dict[str, ModelFiles]) -> dict[st
     return dirs
 
 
-def _used_files(role: str, m: ModelFiles, pre, files_from: str) -> list[str]:
+def _used_files(role: str, m: ModelFiles, pre, files_from: str, fetched: bool) -> list[str]:
+    """The files of ``role`` the build reads: configs always, tokenizer files of ``files_from``,
+    and weights of the models it merges or evaluates (``fetched``)."""
     present = set(m.files())
     small = [f for f in ("config.json", INDEX) if f in present]
-    if role == files_from:
+    if role == files_from or (fetched and role not in ("task", "language")):
         small = [f for f in SIDE_FILES if f in present] + ([INDEX] if INDEX in present else [])
-    weights = sorted({t.file for t in pre.tensors[role].values()}) if role in ("task", "language") else []
+    weights = sorted({t.file for t in pre.tensors[role].values()}) if fetched else []
     return sorted(set(small + weights))
 
 
@@ -176,7 +181,7 @@ def _hash_inputs(pool, dirs: dict[str, Path], inputs: dict[str, ModelFiles], pre
         records = getattr(m, "records", {})
         folder = dirs.get(role, getattr(m, "path", None))
         entries = {}
-        for f in _used_files(role, m, pre, files_from):
+        for f in _used_files(role, m, pre, files_from, fetched=role in dirs):
             if f in records:
                 entries[f] = _done(records[f].to_json())
             elif folder is not None and (folder / f).is_file():

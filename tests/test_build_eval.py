@@ -1,0 +1,64 @@
+"""`hubswap build` with evaluation, end to end: merge, MGSM on the real vLLM engine for the merged
+model and every compared model (the base included), the gate, the card, and the cache."""
+
+from __future__ import annotations
+
+import json
+
+from hubswap.cli import main
+from tests.helpers import local_recipe
+
+EVAL = """
+[eval]
+dataset = "{mgsm}"
+languages = ["sw"]
+prompt = "direct"
+num_fewshot = 0
+max_new_tokens = 8
+compare = ["task", "language", "base"]
+backend = "vllm"
+limit = 3
+
+[eval.vllm]
+max_model_len = 1024
+
+[gate]
+must_beat = ["task"]
+min_accuracy = 0.5
+
+[publish]
+repo = "org/never-pushed"
+"""
+
+
+def test_failing_gate_stops_the_build_after_writing_every_result(vllm_cpu, tiny_llama_vllm, mgsm_dir, tmp_path, capsys):
+    recipe = local_recipe(tmp_path / "r.toml", tiny_llama_vllm, extra=EVAL.format(mgsm=mgsm_dir))
+    out = tmp_path / "build"
+
+    # --push: a failed gate must stop before publishing (a publish attempt here would be exit 4).
+    assert main(["build", str(recipe), "--push", "-o", str(out)]) == 6
+    err = capsys.readouterr().err
+    error = [line for line in err.splitlines() if line.startswith(("error:", "hint:"))]
+    assert len(error) == 2 and error[0].startswith("error: gate failed: "), error
+    assert "0.000" in error[0] and "0.500" in error[0], error  # the numbers
+    assert "nothing was published" in error[1]
+
+    model = out / "model"
+    results = json.loads((model / "hubswap" / "eval_results.json").read_text())
+    assert list(results["models"]) == ["merged", "task", "language", "base"]
+    for name, entry in results["models"].items():
+        assert entry["languages"]["sw"]["n"] == 3, name
+        rows = (out / "eval" / f"{name}.sw.jsonl").read_text().splitlines()
+        assert len(rows) == 3 and all("generation" in json.loads(r) for r in rows), name
+    assert set(results["comparisons"]) == {"task", "language", "base"}
+    assert results["gate"]["passed"] is False
+    card = (model / "README.md").read_text()
+    assert "Gate: failed" in card or "gate failed" in card.lower()
+    lock = json.loads((model / "hubswap" / "lock.json").read_text())
+    assert any(f.endswith(".safetensors") for f in lock["models"]["base"]["files"])  # evaluated, so hashed
+
+    # A second build evaluates only the new merge: the compared models come from the cache.
+    assert main(["build", str(recipe), "-o", str(out)]) == 6
+    again = json.loads((model / "hubswap" / "eval_results.json").read_text())
+    assert [again["models"][m]["cached"] for m in ("merged", "task", "language", "base")] == [False, True, True, True]
+    assert again["models"]["task"]["languages"] == results["models"]["task"]["languages"]
