@@ -48,15 +48,20 @@ private = true
 """
 
 
+def seed(server: HubServer, family: dict[str, Path]) -> HubServer:
+    """The users every Hub test knows, and a tiny family as org/base, org/task, org/language."""
+    server.add_user("alice", WRITE, role="write", orgs=("org",))
+    server.add_user("alice", READ, role="read", orgs=("org",))
+    server.add_user("bob", "hf_test_bob_token", role="write")
+    for role, path in family.items():
+        server.upload_folder(f"org/{role}", path, message=f"tiny {role}")
+    return server
+
+
 @pytest.fixture(scope="module")
 def hub(tiny_llama):
     with HubServer() as server:
-        server.add_user("alice", WRITE, role="write", orgs=("org",))
-        server.add_user("alice", READ, role="read", orgs=("org",))
-        server.add_user("bob", "hf_test_bob_token", role="write")
-        for role, path in tiny_llama.items():
-            server.upload_folder(f"org/{role}", path, message=f"tiny {role}")
-        yield server
+        yield seed(server, tiny_llama)
 
 
 @pytest.fixture

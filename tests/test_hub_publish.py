@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from hub_server import HubServer
-from test_hub import READ, WRITE, recipe_text
+from test_hub import READ, WRITE, recipe_text, seed
 
 
 def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -27,11 +27,7 @@ def published(tiny_llama, tmp_path_factory):
     """A real build of a Hub recipe pushed with `hubswap build --push`: (hub, build dir, work dir)."""
     work = tmp_path_factory.mktemp("publish")
     with HubServer() as hub:
-        hub.add_user("alice", WRITE, role="write", orgs=("org",))
-        hub.add_user("alice", READ, role="read", orgs=("org",))
-        hub.add_user("bob", "hf_test_bob_token", role="write")
-        for role, path in tiny_llama.items():
-            hub.upload_folder(f"org/{role}", path, message=f"tiny {role}")
+        seed(hub, tiny_llama)
         (work / "merge.toml").write_text(recipe_text())
         lock = run_cli("lock", "merge.toml", cwd=work, HF_ENDPOINT=hub.url)
         assert lock.returncode == 0, lock.stderr
