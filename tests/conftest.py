@@ -22,8 +22,14 @@ os.environ.pop("HF_TOKEN", None)
 
 @pytest.fixture(scope="session")
 def mgsm_dir() -> Path:
-    if not (MGSM / "sw" / "test.jsonl").exists():
-        pytest.fail(f"MGSM copy not found at {MGSM} (expected ../shared/mgsm beside the repo)")
+    """MGSM as ``datasets.load_dataset(folder, lang)`` reads it, in the layout of juletxara/mgsm."""
+    from hubswap.errors import HubswapError
+    from hubswap.evaluate.data import load_language
+
+    try:
+        load_language(MGSM, "sw")
+    except HubswapError as e:
+        pytest.fail(f"no MGSM copy at {MGSM} ({e}): make one with `python scripts/mgsm.py fetch {MGSM}`")
     return MGSM
 
 

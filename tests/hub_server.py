@@ -249,19 +249,23 @@ class _HubHTTPError(Exception):
 
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
+# Datasets live beside models under the key ``datasets/<id>`` (``HubServer.commit_files(
+# "datasets/juletxara/mgsm", ...)``) and are served under /api/datasets/... and /datasets/....
+_KIND = r"(?P<kind>models|datasets)"
 _ROUTES = [
     ("GET", re.compile(r"^/api/whoami-v2$"), "whoami"),
     ("POST", re.compile(r"^/api/repos/create$"), "create_repo"),
     ("POST", re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
-    ("GET", re.compile(rf"^/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"), "tree"),
-    ("GET", re.compile(rf"^/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?$"), "model_info"),
+    ("GET", re.compile(rf"^/api/{_KIND}/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"), "tree"),
+    ("POST", re.compile(rf"^/api/{_KIND}/{_REPO}/paths-info/(?P<rev>[^/]+)$"), "paths_info"),
+    ("GET", re.compile(rf"^/api/{_KIND}/{_REPO}(?:/revision/(?P<rev>[^/]+))?$"), "model_info"),
     ("POST", re.compile(rf"^/api/models/{_REPO}/preupload/(?P<rev>[^/]+)$"), "preupload"),
     ("POST", re.compile(rf"^/api/models/{_REPO}/commit/(?P<rev>[^/]+)$"), "commit"),
     ("POST", re.compile(rf"^/{_REPO}\.git/info/lfs/objects/batch$"), "lfs_batch"),
     ("PUT", re.compile(r"^/_lfs/(?P<oid>[0-9a-f]{64})$"), "lfs_put"),
     ("POST", re.compile(r"^/_lfs/verify$"), "lfs_verify"),
-    ("GET", re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
-    ("HEAD", re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
+    ("GET", re.compile(rf"^/(?:(?P<kind>datasets)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
+    ("HEAD", re.compile(rf"^/(?:(?P<kind>datasets)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
 ]
 
 
@@ -300,6 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
         for m, rx, name in _ROUTES:
             if m == method and (match := rx.match(path)):
                 params = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
+                if params.pop("kind", "models") == "datasets":
+                    params["repo"] = "datasets/" + params["repo"]
                 try:
                     return getattr(self, f"_{name}")(**params)
                 except _HubHTTPError as e:
@@ -385,6 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
                     s["lfs"] = {"size": e.size, "sha256": e.lfs_sha256,
                                 "pointerSize": len(lfs_pointer(e.lfs_sha256, e.size))}
             siblings.append(s)
+        repo = repo.removeprefix("datasets/")
         self._send_json({
             "_id": hashlib.sha1(repo.encode()).hexdigest()[:24], "id": repo, "modelId": repo,
             "author": repo.split("/")[0], "sha": commit.sha, "lastModified": commit.date,
@@ -419,6 +426,26 @@ class _Handler(BaseHTTPRequestHandler):
         folders = [{"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d}
                    for d in sorted(dirs)]
         self._send_json(folders + out)
+
+    def _paths_info(self, repo: str, rev: str) -> None:
+        """``HfApi.get_paths_info`` (what ``HfFileSystem`` and so ``datasets`` use): the entries of
+        the given paths, folders included, unknown paths left out."""
+        commit = self._commit_of(self._repo(repo), rev)
+        form = parse_qs(self.body.decode()) if self.body and not self.body.startswith(b"{") else {}
+        paths = form.get("paths") or (json.loads(self.body).get("paths", []) if self.body.startswith(b"{") else [])
+        out = []
+        for p in paths:
+            p = p.strip("/")
+            if (e := commit.files.get(p)) is not None:
+                item = {"type": "file", "oid": e.git_oid, "size": e.size, "path": p}
+                if e.lfs_sha256:
+                    item["lfs"] = {"oid": e.lfs_sha256, "size": e.size,
+                                   "pointerSize": len(lfs_pointer(e.lfs_sha256, e.size))}
+                out.append(item)
+            elif any(f.startswith(p + "/") for f in commit.files):
+                out.append({"type": "directory", "oid": hashlib.sha1(p.encode()).hexdigest(), "size": 0,
+                            "path": p})
+        self._send_json(out)
 
     def _resolve(self, repo: str, rev: str, path: str) -> None:
         r = self._repo(repo, files=True)

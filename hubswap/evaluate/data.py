@@ -4,13 +4,20 @@ A local folder (``<lang>/test.jsonl``, ``<lang>/train.jsonl`` and a README decla
 like ``../shared/mgsm``) is loaded with the same ``datasets.load_dataset(path, lang)`` call as the
 Hub id, so both paths run the same code. For a local folder the "revision" recorded is a content
 hash of the files read, so cached results notice an edited copy.
+
+``juletxara/mgsm`` was published as a loading script (``mgsm.py`` over TSV files), which
+``datasets`` 4 and later refuse to run. When a Hub revision holds a script, the data is read from
+the Hub's own parquet conversion of it (``refs/convert/parquet``: ``<lang>/<split>/*.parquet``) and
+that branch's commit is what the results record. Every exemplar must start with the language's
+cues: lm-eval (and hubswap's prompts) cut them off by length, so a mirror that dropped them would
+silently garble every prompt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +27,7 @@ from hubswap.errors import EvaluationError
 log = logging.getLogger(__name__)
 
 HUB_DATASET = "juletxara/mgsm"
+PARQUET_REVISION = "refs/convert/parquet"
 
 
 @dataclass(frozen=True)
@@ -61,24 +69,35 @@ def local_revision(root: Path, lang: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def resolve_hub_revision(repo: str, revision: str) -> str:
-    """The commit SHA of a Hub dataset revision, so results (and the cache) name exact data.
+def resolve_hub_revision(repo: str, revision: str) -> tuple[str, bool]:
+    """``(commit SHA, holds a loading script)`` of a Hub dataset revision, so results (and the
+    cache) name exact data.
 
     Offline or without access, the revision stays as given and ``load_dataset`` decides.
     """
-    if re.fullmatch(r"[0-9a-f]{40}", revision):
-        return revision
     try:
         from huggingface_hub import HfApi
 
-        return HfApi().dataset_info(repo, revision=revision).sha or revision
+        info = HfApi().dataset_info(repo, revision=revision)
     except Exception as e:  # offline, gated, unknown: loading will say what is wrong
         log.debug("cannot resolve %s@%s to a commit: %s", repo, revision, e)
-        return revision
+        return revision, False
+    script = f"{repo.split('/')[-1]}.py"
+    return info.sha or revision, any(s.rfilename == script for s in info.siblings or ())
 
 
 def load_language(dataset: str | Path, lang: str, *, revision: str = "main") -> LanguageData:
     """The test questions and the 8 exemplars of one MGSM language."""
+    ds, source, rev = load_splits(dataset, lang, revision=revision)
+    test = tuple(Question(i, r["question"], r["answer_number"]) for i, r in enumerate(ds["test"]))
+    train = tuple(Exemplar(r["question"], r["answer"], r["answer_number"]) for r in ds["train"])
+    check_exemplars(lang, train, source)
+    log.debug("MGSM %s: %d test questions, %d exemplars from %s", lang, len(test), len(train), source)
+    return LanguageData(lang, test, train, rev)
+
+
+def load_splits(dataset: str | Path, lang: str, *, revision: str = "main"):
+    """``(DatasetDict with test and train, source, revision)`` of one language, local or Hub."""
     local = is_local(dataset)
     if local:
         root = Path(dataset).expanduser().resolve()
@@ -89,26 +108,58 @@ def load_language(dataset: str | Path, lang: str, *, revision: str = "main") -> 
             )
         source, kwargs, rev = str(root), {}, local_revision(root, lang)
     else:
-        rev = resolve_hub_revision(str(dataset), revision)
-        source, kwargs = str(dataset), {"revision": rev}
+        source = str(dataset)
+        rev, script = resolve_hub_revision(source, revision)
+        kwargs = {"revision": rev}
+        if script:  # read the Hub's parquet conversion of the same dataset instead
+            rev, _ = resolve_hub_revision(source, PARQUET_REVISION)
+            log.info("%s@%s is a loading-script dataset; reading its parquet conversion %s@%s",
+                     source, revision, PARQUET_REVISION, rev[:12])
+            kwargs = {"data_dir": lang, "revision": rev}
+    datasets = _datasets()
+    try:
+        ds = datasets.load_dataset(source, None if "data_dir" in kwargs else lang, **kwargs)
+    except Exception as e:  # datasets raises many types (FileNotFound, ConnectionError, ValueError)
+        raise _load_error(lang, source, e) from None
+    for split in ("test", "train"):
+        if split not in ds:
+            raise EvaluationError(f"MGSM {lang!r} from {source} has no {split!r} split")
+    return ds, source, rev
+
+
+def _datasets():
     try:
         import datasets
     except ImportError:
         raise EvaluationError(
             "the 'datasets' library is not installed", hint='pip install "hubswap[eval]"'
         ) from None
-    try:
-        ds = datasets.load_dataset(source, lang, **kwargs)
-    except Exception as e:  # datasets raises many types (FileNotFound, ConnectionError, ValueError)
-        hint = "check the dataset id, revision and HF_HUB_OFFLINE; or point [eval].dataset to a local copy"
-        if "scripts are no longer supported" in str(e):
-            hint = ("this datasets version cannot run loading scripts: use revision "
-                    "'refs/convert/parquet' of the Hub dataset, or a local copy")
-        raise EvaluationError(f"cannot load MGSM {lang!r} from {source}: {e}", hint=hint) from None
-    for split in ("test", "train"):
-        if split not in ds:
-            raise EvaluationError(f"MGSM {lang!r} from {source} has no {split!r} split")
-    test = tuple(Question(i, r["question"], r["answer_number"]) for i, r in enumerate(ds["test"]))
-    train = tuple(Exemplar(r["question"], r["answer"], r["answer_number"]) for r in ds["train"])
-    log.debug("MGSM %s: %d test questions, %d exemplars from %s", lang, len(test), len(train), source)
-    return LanguageData(lang, test, train, rev)
+    return datasets
+
+
+def _load_error(lang: str, source: str, e: Exception) -> EvaluationError:
+    hint = "check the dataset id, revision and HF_HUB_OFFLINE; or point [eval].dataset to a local copy"
+    if "scripts are no longer supported" in str(e):
+        hint = "this datasets version cannot run loading scripts: use a local copy in the layout of juletxara/mgsm"
+    reason = str(e) if len(str(e)) < 300 else str(e)[:300] + " ..."  # datasets lists every extension it knows
+    return EvaluationError(f"cannot load MGSM {lang!r} from {source}: {reason}", hint=hint)
+
+
+def check_exemplars(lang: str, train: tuple[Exemplar, ...], source: str) -> None:
+    """Refuse exemplars without the language's question and step-by-step cues (see the module doc)."""
+    from hubswap.evaluate.languages import LANGUAGES
+
+    def squash(text: str) -> str:  # the data writes some cues with full-width colons or a space more
+        return "".join(unicodedata.normalize("NFKC", text).split())
+
+    spec = LANGUAGES.get(lang)
+    if spec is None:
+        return
+    for i, ex in enumerate(train):
+        for field, cue, text in (("question", spec.question, ex.question), ("answer", spec.cot_answer, ex.answer)):
+            if not squash(text[: len(cue) + 8]).startswith(squash(cue)):
+                raise EvaluationError(
+                    f"MGSM {lang!r} from {source}: exemplar {i} {field} does not start with {cue!r} "
+                    f"(it starts {text[:40]!r})",
+                    hint="the exemplars must keep MGSM's cue prefixes; use the juletxara/mgsm data unchanged",
+                )
