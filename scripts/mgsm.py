@@ -17,36 +17,23 @@ would garble every few-shot prompt without an error.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from hubswap.errors import HubswapError
-from hubswap.evaluate.data import HUB_DATASET, load_language, load_splits
+from hubswap.evaluate.data import HUB_DATASET, load_language, load_splits, write_local
 from hubswap.evaluate.languages import LANGUAGES
 
 TEST_QUESTIONS, EXEMPLARS = 250, 8
 
 
 def fetch(dest: Path, dataset: str, revision: str, langs: list[str]) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    configs = []
+    splits = {}
     for lang in langs:
         ds, source, rev = load_splits(dataset, lang, revision=revision)
-        (dest / lang).mkdir(exist_ok=True)
-        for split in ("test", "train"):
-            rows = ds[split].to_list()
-            tmp = dest / lang / f".{split}.jsonl.tmp"
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-            tmp.replace(dest / lang / f"{split}.jsonl")
-        configs.append(
-            f"- config_name: {lang}\n  data_files:\n"
-            f"  - split: train\n    path: {lang}/train.jsonl\n  - split: test\n    path: {lang}/test.jsonl\n"
-        )
+        splits[lang] = {split: ds[split].to_list() for split in ("train", "test")}
         print(f"{lang}: {len(ds['test'])} test, {len(ds['train'])} train from {source}@{rev}")
-    (dest / "README.md").write_text(
-        f"---\npretty_name: MGSM (copy of {dataset})\nconfigs:\n{''.join(configs)}---\n"
-        f"Copied from the Hub dataset `{dataset}` by hubswap's scripts/mgsm.py.\n", encoding="utf-8")
+    write_local(dest, splits, title=f"MGSM (copy of {dataset} by hubswap's scripts/mgsm.py)")
 
 
 def check(folder: Path, langs: list[str]) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from hub_server import HubServer
 
 from hubswap.errors import EvaluationError
-from hubswap.evaluate.data import PARQUET_REVISION, load_language
+from hubswap.evaluate.data import PARQUET_REVISION, load_language, write_local
 
 REPO = Path(__file__).resolve().parent.parent
 LANGS = ("sw", "en")
@@ -89,9 +88,7 @@ def test_a_dataset_converted_to_parquet_on_main_loads_directly(mgsm_hub, mgsm_di
 
 def _copy(mgsm_dir: Path, dest: Path) -> Path:
     """The Swahili part of the shared copy."""
-    shutil.copytree(mgsm_dir / "sw", dest / "sw")
-    (dest / "README.md").write_text("---\nconfigs:\n- config_name: sw\n  data_files:\n  - split: train\n"
-                                    "    path: sw/train.jsonl\n  - split: test\n    path: sw/test.jsonl\n---\n")
+    write_local(dest, {"sw": {s: _rows(mgsm_dir, "sw", s) for s in ("train", "test")}}, title="copy")
     return dest
 
 

@@ -16,6 +16,7 @@ silently garble every prompt.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import unicodedata
 from dataclasses import dataclass
@@ -163,3 +164,21 @@ def check_exemplars(lang: str, train: tuple[Exemplar, ...], source: str) -> None
                     f"(it starts {text[:40]!r})",
                     hint="the exemplars must keep MGSM's cue prefixes; use the juletxara/mgsm data unchanged",
                 )
+
+
+def write_local(dest: Path, splits: dict[str, dict[str, list[dict]]], *, title: str) -> None:
+    """Write ``{lang: {"test": rows, "train": rows}}`` into ``dest`` in the layout of
+    juletxara/mgsm, with a README declaring one config per language (what ``load_language`` reads
+    back). Files already there for other languages are kept out of the README: it lists ``splits``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    configs = []
+    for lang, parts in splits.items():
+        (dest / lang).mkdir(exist_ok=True)
+        for split, rows in parts.items():
+            tmp = dest / lang / f".{split}.jsonl.tmp"
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+            tmp.replace(dest / lang / f"{split}.jsonl")
+        configs.append(f"- config_name: {lang}\n  data_files:\n" + "".join(
+            f"  - split: {split}\n    path: {lang}/{split}.jsonl\n" for split in parts))
+    (dest / "README.md").write_text(f"---\npretty_name: {title}\nconfigs:\n{''.join(configs)}---\n",
+                                    encoding="utf-8")
