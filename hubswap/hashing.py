@@ -1,4 +1,4 @@
-"""sha256 of files, with a cache keyed by (device, inode, size, mtime) like git's index.
+"""sha256 of files, with a cache keyed by (device, inode, size, mtime, ctime) like git's index.
 
 Hashing multi-GB inputs costs seconds per build; a file that has not changed since it was last
 hashed is not read again. The digest itself comes from huggingface_hub's ``sha_fileobj``, the
@@ -32,7 +32,9 @@ def _cache_file() -> Path:
 def _key(path: Path) -> str:
     st = path.stat()
     # No path in the key: a build's files keep their hashes when its staging folder is renamed.
-    return f"{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
+    # ctime too: an edit that puts the old mtime back (os.utime, `touch -d`, rsync -t) still moves
+    # ctime, which no user call can set.
+    return f"{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
 
 
 def file_sha256(path: str | Path) -> str:
