@@ -23,14 +23,24 @@ def test_layer_map_matches_the_paper_setup():
 
 
 def test_plan_reads_layers_from_the_task_config(tiny_llama, tmp_path, capsys):
+    """Only config.json is read (the folders hold nothing else), and it is the task expert's: here
+    it says 12 layers and the language expert's says 8."""
+    import json
+
     from tests.helpers import local_recipe
 
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama, bottom=2, top=1, transition=2)
+    family = {}
+    for role, layers in (("task", 12), ("language", 8)):
+        cfg = json.loads((tiny_llama[role] / "config.json").read_text())
+        (tmp_path / role).mkdir()
+        (tmp_path / role / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": layers}))
+        family[role] = tmp_path / role
+    recipe = local_recipe(tmp_path / "r.toml", family, bottom=2, top=1, transition=2)
     assert main(["plan", str(recipe)]) == 0
     out = capsys.readouterr().out
-    assert "tiny-swap: 8 layers" in out
+    assert "tiny-swap: 12 layers" in out
     assert "    2  transition-bottom  blend             2/3      1/3" in out
-    assert out.rstrip().endswith("LL~~T~~L")
+    assert out.rstrip().endswith("LL~~TTTTT~~L")
 
 
 def test_shipped_demo_recipe_is_the_embedded_one():
