@@ -222,8 +222,8 @@ def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, outputs: dic
         "layer_map": lmap.to_json(),
         "output": {"dtype": loaded.recipe.swap.dtype, "num_layers": lmap.num_layers,
                    "shards": sorted(f for f in outputs if f.endswith(".safetensors")), "files": outputs},
-        "versions": {"hubswap": __version__,
-                     **{p: version(p) for p in ("torch", "transformers", "safetensors", "huggingface_hub")}},
+        # What the merge ran on: core dependencies only (the merge never imports torch or transformers).
+        "versions": {"hubswap": __version__, **{p: version(p) for p in ("numpy", "safetensors", "huggingface_hub")}},
     }
 
 

@@ -3,8 +3,9 @@
 Everything the card says is read from the model folder's ``hubswap/`` records (``recipe.toml``,
 ``lock.json`` and, once evaluated, ``eval_results.json``), so ``hubswap card BUILD`` renders the
 same card from the same build, and a card never claims more than the build recorded. The Jinja2
-template lives in ``model_cards/``; rendering goes through ``huggingface_hub.ModelCard`` and makes
-no network call (the Hub's YAML validation endpoint is not used).
+template is package data (``hubswap/templates/``); rendering goes through
+``huggingface_hub.ModelCard`` and makes no network call (the Hub's YAML validation endpoint is not
+used).
 """
 
 from __future__ import annotations
@@ -28,13 +29,8 @@ CARD_FILE = "README.md"
 PICTURE_FILE = "hubswap/layer_map.svg"
 RECORDS_DIR = "hubswap"
 
-# model_cards/ is the source of truth; hubswap/templates is a symlink to it so that a wheel ships
-# the template inside the package (setuptools copies the files it points to).
-_TEMPLATE_NAME = "model_card.md.j2"
-_TEMPLATE_DIRS = (
-    Path(__file__).resolve().parent.parent / "model_cards",
-    Path(__file__).resolve().parent / "templates",
-)
+# Package data, so an installed wheel renders the same card as a checkout.
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
 
 MGSM_REPO = "juletxara/mgsm"
 MGSM_QUESTIONS = 250
@@ -106,7 +102,7 @@ def render_card(model_dir: str | Path) -> str:
     from huggingface_hub import ModelCard
 
     rec = read_records(model_dir)
-    card = ModelCard.from_template(card_data(rec), template_path=str(_template_path()), **_context(rec))
+    card = ModelCard.from_template(card_data(rec), template_path=str(TEMPLATE), **_context(rec))
     text = str(card).rstrip("\n") + "\n"
     return _TOKEN.sub("hf_***", text)
 
@@ -144,13 +140,6 @@ def _atomic_write(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _template_path() -> Path:
-    for d in _TEMPLATE_DIRS:
-        if (d / _TEMPLATE_NAME).is_file():
-            return d / _TEMPLATE_NAME
-    raise FileNotFoundError(f"model card template {_TEMPLATE_NAME} not found in {list(map(str, _TEMPLATE_DIRS))}")
 
 
 # --- the YAML header -----------------------------------------------------------------------------

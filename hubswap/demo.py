@@ -106,8 +106,17 @@ def make_family(
     Each expert is the base plus ``N(0, s^2)`` noise where ``s`` is the expert's change profile at
     that layer (default: a uniform 0.05), so analysis can find where each one changed the base.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, GenerationConfig
+    except ImportError as e:  # the core install has neither
+        from hubswap.errors import HubswapError
+
+        raise HubswapError(
+            f"the demo makes its tiny experts with torch and transformers, which are not installed ({e})",
+            hint='pip install "hubswap[demo]" (evaluating them needs "hubswap[eval]" and an engine too: '
+            "see scripts/install.sh)",
+        ) from None
 
     root = Path(root)
     cfg = tiny_config(arch, num_layers=num_layers, vocab_size=vocab_size, hidden=hidden)

