@@ -9,7 +9,7 @@ parts of the Hub API that downloads and uploads use (see docs ENVIRONMENT.md):
     HEAD /{repo}/resolve/{rev}/{path}                   X-Repo-Commit, ETag, Content-Length
     GET  /{repo}/resolve/{rev}/{path}                   the bytes; ``Range: bytes=a-b`` answers 206
     POST /api/repos/create                              409 (with ``url``) when it exists
-    POST /api/validate-yaml
+    POST /api/validate-yaml                             400 with ``errors`` when ``yaml_errors`` is set
     POST /api/models/{repo}/preupload/{rev}             uploadMode, shouldIgnore, oid
     POST /{repo}.git/info/lfs/objects/batch             LFS batch API ("basic" transfer)
     PUT  /_lfs/{oid}  POST /_lfs/verify                 the upload target of the batch answer
@@ -18,7 +18,9 @@ parts of the Hub API that downloads and uploads use (see docs ENVIRONMENT.md):
 Errors carry ``X-Error-Code`` (RepoNotFound, GatedRepo, RevisionNotFound, EntryNotFound) like the
 Hub. Tokens are ``Authorization: Bearer`` strings registered with :meth:`HubServer.add_user`.
 :meth:`HubServer.fault` injects failures: an HTTP status, a connection dropped mid-body, or bytes
-that do not match the file's sha256. Every request is recorded in :attr:`HubServer.requests`.
+that do not match the file's sha256; :meth:`HubServer.before` runs another client's action (say,
+a commit) just before a request is answered, and a commit whose ``parentCommit`` is no longer the
+branch head is answered 412, as on the Hub. Every request is recorded in :attr:`HubServer.requests`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -91,9 +94,10 @@ class Repo:
 class Fault:
     method: str
     pattern: str  # fnmatch on the URL path
-    kind: str  # "status" | "drop" | "corrupt"
+    kind: str  # "status" | "drop" | "corrupt" | "norange" | "before"
     times: int | None  # None: forever
     status: int = 500
+    action: Callable[[], object] | None = None  # "before": run first, then answer as usual
 
 
 class HubServer:
@@ -104,6 +108,7 @@ class HubServer:
         self.lfs: dict[str, bytes] = {}
         self.users: dict[str, tuple[str, str, tuple[str, ...]]] = {}  # token -> (user, role, orgs)
         self.faults: list[Fault] = []
+        self.yaml_errors: list[str] = []  # what POST /api/validate-yaml answers 400 with, if any
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self._lock = threading.RLock()
         self._clock = 0
@@ -184,6 +189,14 @@ class HubServer:
         sha256) or ``norange`` (ignore the Range header, like some proxies), ``times`` times
         (``None``: until :meth:`clear_faults`)."""
         f = Fault(method.upper(), pattern, kind, times, status)
+        with self._lock:
+            self.faults.append(f)
+        return f
+
+    def before(self, method: str, pattern: str, action: Callable[[], object], *, times: int | None = 1) -> Fault:
+        """Run ``action`` (e.g. another client's commit) when a matching request arrives, then
+        answer that request as usual: a race between a client's read and its write."""
+        f = Fault(method.upper(), pattern, "before", times, action=action)
         with self._lock:
             self.faults.append(f)
         return f
@@ -300,6 +313,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.hub._take_fault(method, unquote(path))
         if fault is not None and fault.kind == "status":
             return self._send_json({"error": f"injected HTTP {fault.status}"}, fault.status)
+        if fault is not None and fault.kind == "before":
+            fault.action()
         self.fault = fault
         for m, rx, name in _ROUTES:
             if m == method and (match := rx.match(path)):
@@ -503,6 +518,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json({"url": url, "name": repo_id, "id": repo_id})
 
     def _validate_yaml(self) -> None:
+        if self.hub.yaml_errors:  # as the Hub answers metadata it rejects
+            return self._send_json({"errors": [{"message": m} for m in self.hub.yaml_errors], "warnings": []}, 400)
         self._send_json({"errors": [], "warnings": []})
 
     def _preupload(self, repo: str, rev: str) -> None:

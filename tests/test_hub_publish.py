@@ -225,3 +225,26 @@ def test_build_refuses_a_lock_that_no_longer_matches(published, tmp_path):
         "error: merge.lock.json no longer matches merge.toml: models.task is org/task@v2, the lock has org/task@main",
         "hint: refresh it with `hubswap lock merge.toml`",
     ]
+
+
+def test_a_commit_that_lands_while_publishing_is_a_clear_error_and_a_rerun_succeeds(published, tmp_path):
+    hub, build, work = published
+    first = run_cli("push", str(build), "--repo", "org/race", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN=WRITE)
+    assert first.returncode == 0, first.stderr
+    card = _variant(build, tmp_path / "card", lambda m: (m / "README.md").write_text(
+        (m / "README.md").read_text() + "\nRe-evaluated.\n"))
+    # Someone else commits after hubswap read the repo and before its commit: the Hub answers 412.
+    hub.before("POST", "/api/models/org/race/preupload/*",
+               lambda: hub.commit_files("org/race", {"notes.md": b"pushed by a colleague meanwhile"}))
+    race = run_cli("push", str(card), "--repo", "org/race", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN=WRITE)
+    assert race.returncode == 5, race.stderr
+    assert race.stderr.splitlines() == [
+        "error: org/race changed while publishing (someone else pushed to it)",
+        "hint: run the push again: it re-checks what the repo holds",
+    ]
+    assert hub.head("org/race").title == "update"  # the colleague's commit, nothing of ours on top
+    rerun = run_cli("push", str(card), "--repo", "org/race", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN=WRITE)
+    assert rerun.returncode == 0, rerun.stderr
+    assert hub.read("org/race", "README.md").endswith(b"Re-evaluated.\n")
+    assert hub.read("org/race", "notes.md") == b"pushed by a colleague meanwhile"  # kept
+
