@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
 MGSM = (REPO.parent / "shared" / "mgsm").resolve()
@@ -18,6 +19,12 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ.setdefault("VLLM_CACHE_ROOT", str(_TMP / "vllm"))
 os.environ.pop("HF_TOKEN", None)
+
+# Property-based tests: reproducible by default (the same examples every run, no database written
+# into the checkout, no deadline on a busy machine); HYPOTHESIS_PROFILE=explore searches further.
+settings.register_profile("hubswap", max_examples=300, derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", database=None, deadline=None, max_examples=5000, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "hubswap"))
 
 
 @pytest.fixture(scope="session")

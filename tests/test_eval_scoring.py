@@ -96,3 +96,41 @@ def test_gold_as_float_and_unknown_language():
     assert score_response("The answer is 18", "en", 18.0).correct
     with pytest.raises(EvaluationError):
         score_response("1", "xx", 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "answer", "correct", "lm_eval"),
+    [
+        ("Jibu ni -18.", "-18", False, True),    # lm-eval drops punctuation: "-18" -> "18"
+        ("Jibu ni −18.", "-18", False, False),   # the minus sign; lm-eval's patterns want "-"
+        ("Jibu ni -$18.", "-18", False, False),
+        ("Jibu ni 1.8.", "1.8", False, True),    # lm-eval: "1.8" -> "18"
+        ("Jibu ni 1,8.", "1.8", False, True),
+        ("Jibu ni 18.00.", "18", True, False),
+        ("Jibu ni 18,0.", "18", True, False),
+        ("Jibu ni ১৮.", "18", True, False),
+        ("Jibu ni 18 - 0 = 18.", "18", True, True),
+    ],
+)
+def test_signs_and_decimals_are_values(text, answer, correct, lm_eval):
+    """The robust verdict compares numbers; strict-match keeps lm-eval's verdict, quirks included."""
+    got = score_response(text, "sw", 18)
+    assert (got.answer, got.correct, got.strict_match) == (answer, correct, lm_eval)
+
+
+def test_the_evaluate_metric_is_score_response():
+    import evaluate
+
+    from hubswap.evaluate.runner import METRIC_PATH
+
+    metric = evaluate.load(str(METRIC_PATH))
+    texts = [c["text"] for c in CASES if c["lang"] == "sw"] + ["Jibu ni -18.", "Jibu ni 1.8.", "Jibu ni 18,00"]
+    golds = [str(c["gold"]) for c in CASES if c["lang"] == "sw"] + ["18", "18", "18"]
+    for mode in ("native-cot", "direct"):
+        got = metric.compute(predictions=texts, references=golds, lang="sw", mode=mode)
+        want = [score_response(t, "sw", g, mode=mode) for t, g in zip(texts, golds, strict=True)]
+        assert got["scores"] == [w.to_json() for w in want]
+        assert got["correct"] == sum(w.correct for w in want) and got["accuracy"] == got["correct"] / len(texts)
+        assert got["strict_match"] == sum(w.strict_match for w in want) / len(texts)
+        assert got["flexible_extract"] == sum(w.flexible_extract for w in want) / len(texts)
+    assert metric.compute(predictions=[], references=[], lang="sw")["accuracy"] == 0.0

@@ -5,9 +5,11 @@
 1. load each language's questions and exemplars, and render the prompts once for all models;
 2. per model: reuse cached generations where its content key and the settings match, otherwise
    start one engine, send every uncached prompt in one call, close the engine;
-3. score every generation three ways, write ``<eval_dir>/<model>.<lang>.jsonl``;
-4. aggregate per language (the `evaluate` metric module), compare each model with the merged one
-   on the same questions, and return the ``eval_results.json`` content.
+3. score every generation three ways with the `evaluate` metric module (``metrics/mgsm.py``, which
+   calls ``scoring.score_response``, the one implementation of every verdict), write
+   ``<eval_dir>/<model>.<lang>.jsonl``;
+4. summarize per language, compare each model with the merged one on the same questions, and
+   return the ``eval_results.json`` content.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import logging
 import os
 import platform
 from dataclasses import asdict, dataclass
-from decimal import Decimal
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,12 @@ from hubswap.errors import EvaluationError
 from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation, open_backend
 from hubswap.evaluate.data import HUB_DATASET, is_local, load_language
 from hubswap.evaluate.prompts import FEWSHOT_SEED, Prompt, build_prompts
-from hubswap.evaluate.scoring import plain_number, score_response
 from hubswap.evaluate.stats import paired_comparison, wilson_interval
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-METRIC_PATH = Path(__file__).parent / "metrics" / "mgsm_exact_match.py"
+METRIC_PATH = Path(__file__).parent / "metrics" / "mgsm.py"
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,12 @@ def run_evaluation(
         langs_out = {}
         verdicts[name] = {}
         for lang in cfg.languages:
-            records = [_record(name, p, g, r, cfg.prompt) for p, (r, g) in zip(prompts[lang], rows[lang], strict=True)]
+            scored = metric.compute(predictions=[g.text for _, g in rows[lang]],
+                                    references=[str(p.gold) for p in prompts[lang]], lang=lang, mode=cfg.prompt)
+            records = [_record(name, p, g, r, s) for p, (r, g), s
+                       in zip(prompts[lang], rows[lang], scored["scores"], strict=True)]
             _write_jsonl(eval_dir / f"{name}.{lang}.jsonl", records)
-            langs_out[lang] = _summary(records, metric)
+            langs_out[lang] = _summary(records, scored)
             verdicts[name][lang] = [r.correct for r in records]
         out_models[name] = {
             "source": str(path),
@@ -202,13 +205,14 @@ def _cache_write(cache_dir: Path, key: str, lang: str, settings: dict, rows) -> 
 # --- scoring and records ------------------------------------------------------------------
 
 
-def _record(model: str, prompt: Prompt, gen: Generation, rendered: str, mode: str) -> Record:
-    s = score_response(gen.text, prompt.lang, prompt.gold, mode=mode)
+def _record(model: str, prompt: Prompt, gen: Generation, rendered: str, s: dict) -> Record:
+    """One question's record; ``s`` is its ``ResponseScore`` as the metric returns it."""
     return Record(
         model=model, lang=prompt.lang, index=prompt.index, gold=prompt.gold, prompt=rendered,
         generation=gen.text, finish_reason=gen.finish_reason, prompt_tokens=gen.prompt_tokens,
-        generated_tokens=gen.tokens, strict_answer=s.strict_answer, flexible_answer=s.flexible_answer,
-        answer=s.answer, strict_match=s.strict_match, flexible_extract=s.flexible_extract, correct=s.correct,
+        generated_tokens=gen.tokens, strict_answer=s["strict_answer"], flexible_answer=s["flexible_answer"],
+        answer=s["answer"], strict_match=s["strict_match"], flexible_extract=s["flexible_extract"],
+        correct=s["correct"],
     )
 
 
@@ -228,28 +232,18 @@ def _load_metric():
     return evaluate.load(str(METRIC_PATH))
 
 
-def _canonical(value) -> str:
-    """The gold answer written like the robust extraction (``18.0`` -> ``"18"``)."""
-    return plain_number(Decimal(str(value)))
-
-
-def _summary(records: list[Record], metric) -> dict:
+def _summary(records: list[Record], scored: dict) -> dict:
+    """Per-language summary: the metric's scores, the interval and the generation rates."""
     n = len(records)
-    gold = [str(r.gold) for r in records]
-    strict = metric.compute(predictions=[r.strict_answer for r in records], references=gold)
-    flexible = metric.compute(predictions=[r.flexible_answer for r in records], references=gold)
-    robust = metric.compute(predictions=[r.answer or "" for r in records], references=[_canonical(r.gold) for r in records])
-    k = sum(robust["scores"])
-    if robust["scores"] != [int(r.correct) for r in records]:  # the metric and score_response agree by construction
-        raise AssertionError("robust verdicts disagree between the metric and score_response")
+    k = scored["correct"]
     lo, hi = wilson_interval(k, n)
     return {
         "n": n,
         "correct": k,
-        "accuracy": robust["exact_match"] if n else 0.0,
+        "accuracy": scored["accuracy"],
         "ci95": [lo, hi],
-        "strict_match": strict["exact_match"] if n else 0.0,
-        "flexible_extract": flexible["exact_match"] if n else 0.0,
+        "strict_match": scored["strict_match"],
+        "flexible_extract": scored["flexible_extract"],
         "truncation_rate": sum(r.finish_reason == "length" for r in records) / n if n else 0.0,
         "no_answer_rate": sum(r.answer is None for r in records) / n if n else 0.0,
         "mean_generated_tokens": sum(r.generated_tokens for r in records) / n if n else 0.0,

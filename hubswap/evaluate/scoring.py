@@ -1,5 +1,10 @@
 """Three verdicts from one generation: lm-eval strict-match, lm-eval flexible-extract, robust.
 
+This module is the only place any verdict is computed: ``score_response`` for one response; the
+`evaluate` metric (``metrics/mgsm.py``), which the runner uses for every model and
+language, calls it for each question and only averages. No verdict depends on anything else, so
+two scores of one response can never disagree, and no input (any text, any gold) raises.
+
 ``strict-match`` and ``flexible-extract`` reproduce lm-evaluation-harness 0.4.13's filters and its
 ``exact_match`` (ignore_case, ignore_punctuation) on ``str(answer_number)``:
 
@@ -8,12 +13,31 @@
 * direct: lm-eval's first filter there is ``remove_whitespace``, the whole stripped response;
 * flexible-extract: ``(-?[$0-9.,]{2,})|(-?[0-9]+)``, the last match.
 
-The robust headline score reads what a person would: digits of any script (Bengali, Telugu,
-Thai, full-width), thousands separators (``1,000``, ``1.000`` in German or Spanish, ``1 000`` with
-a space, no-break or thin space), decimal commas (``3,5``), currency signs, and compares numbers,
-so ``18.00`` == 18. It takes the number after the *last* answer phrase of the language (or the
-English one), else the last number of the response (the first one for ``direct``, whose answer
-comes at once); a response without any number has no answer.
+They keep lm-eval's quirks, so they stay comparable with published numbers: punctuation is removed
+before comparing, so ``-18`` and ``1.8`` both match a gold 18 there.
+
+The robust headline score (``correct``) compares *numbers*, read the way a person reads them:
+
+* digits of any script (Bengali, Telugu, Thai, Devanagari, full-width, ...);
+* a sign: ``-18``, ``−18`` (minus sign), ``－18`` (full width) and ``-$18`` are minus 18, wrong for
+  gold 18; a dash with a space after it (``Ответ — 18``) is punctuation, not a sign;
+* currency signs and words around the number are ignored: ``$18``, ``18 €``, ``18.00 ドル``;
+* decimals are values: ``18.00``, ``18,0`` and ``18,00`` equal 18; ``1.8`` and ``1,8`` are 1.8,
+  wrong for gold 18;
+* thousands: groups of three digits after ``,``, a space (also no-break and thin spaces) or an
+  apostrophe (``1,000``, ``1 000``, ``1'000``); ``.`` groups thousands only in German and Spanish
+  (``1.000`` is 1000 there, 1 elsewhere), the MGSM languages that write ``.`` between thousands;
+* the decimal separator is the last of two different ones (``1,234.5``, ``1.234,5``); a single
+  ``,`` or ``.`` is decimal unless it is followed by exactly three digits and preceded by one to
+  three digits that are not all zeros, where it groups thousands as above. So ``3,5``, ``2,50``,
+  ``0,125`` and ``1234,567`` are decimals in every language, while a value with exactly three
+  decimals and an integer part of 1-999 must be written with ``.`` and outside German and
+  Spanish: ``1,125`` is read 1125 everywhere. MGSM's answers are whole numbers, and models write
+  ``1,500`` for 1500 in every language far more often than three-decimal amounts.
+
+It takes the number after the *last* answer phrase of the language (or the English one), else the
+last number of the response (the first one for ``direct``, whose answer comes at once); a response
+without any number has no answer and is wrong.
 """
 
 from __future__ import annotations
@@ -37,11 +61,15 @@ _PUNCT = str.maketrans("", "", string.punctuation)
 # Languages whose thousands separator is ".", so "1.500" means 1500 there.
 _DOT_THOUSANDS = {"de", "es"}
 _SPACES = "\u0020\u00a0\u202f\u2009"
+_CURRENCY = "$€£¥₹₩₦"
+# A number: an optional sign (a hyphen right before the digits or a currency sign), an optional
+# currency sign, and either space-grouped thousands or digits joined by separators.
 _NUMBER = re.compile(
-    r"(?<![\d.,])(-(?=\d))?"
-    r"(\d{1,3}(?:[" + _SPACES + r"]\d{3})+(?:[.,]\d+)?(?![\d])"  # 1 000 / 1 000,5
-    r"|\d+(?:[.,'’]\d+)*)"                                         # 1,000.5 / 18.00 / 3,5
+    r"(?<![\d.,])(?P<sign>-(?=[" + _CURRENCY + r"]?\d))?[" + _CURRENCY + r"]?"
+    r"(?P<num>\d{1,3}(?:[" + _SPACES + r"]\d{3})+(?:[.,]\d+)?(?![\d])"  # 1 000 / 1 000,5
+    r"|\d+(?:[.,'’]\d+)*)"                                               # 1,000.5 / 18.00 / 3,5
 )
+_PLAIN = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _FOLD = {"，": ",", "．": ".", "－": "-", "−": "-", "＄": "$", "：": ":", "\u3000": " "}
 
 
@@ -134,10 +162,13 @@ def normalize(text: str) -> str:
 
 
 def parse_number(token: str, lang: str = "en") -> Decimal | None:
-    """A number token as written in ``lang`` (separators, decimal comma) to a ``Decimal``."""
+    """A number token as written in ``lang`` (separators, decimal comma) to a ``Decimal``.
+
+    The rules are the module docstring's; None when the token holds no number.
+    """
     s = normalize(token).strip()
     negative = s.startswith("-")
-    s = s.lstrip("-").strip()
+    s = s.lstrip("-").strip().strip(_CURRENCY).strip()
     for sp in _SPACES + "'’":
         s = s.replace(sp, "")
     if "." in s and "," in s:
@@ -145,18 +176,17 @@ def parse_number(token: str, lang: str = "en") -> Decimal | None:
         s = s.replace("," if decimal_sep == "." else ".", "").replace(decimal_sep, ".")
     elif s.count(",") > 1 or s.count(".") > 1:
         s = s.replace(",", "").replace(".", "")
-    elif "," in s:
-        head, tail = s.split(",")
-        # "1,000" is a thousands separator; "3,5" or "2,50" a decimal comma.
-        s = head + tail if len(tail) == 3 and head not in ("", "0") else head + "." + tail
-    elif "." in s:
-        head, tail = s.split(".")
-        if len(tail) == 3 and head not in ("", "0") and lang in _DOT_THOUSANDS:
+    elif "," in s or "." in s:
+        sep = "," if "," in s else "."
+        head, tail = s.split(sep)
+        groups_thousands = sep == "," or lang in _DOT_THOUSANDS
+        if groups_thousands and len(tail) == 3 and 1 <= len(head) <= 3 and head.strip("0"):
             s = head + tail
-    try:
-        value = Decimal(s)
-    except InvalidOperation:
+        else:
+            s = head + "." + tail
+    if not _PLAIN.fullmatch(s):  # Decimal() would also take "NaN", "Infinity", "1_000"
         return None
+    value = Decimal(s)
     return -value if negative else value
 
 
