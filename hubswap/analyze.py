@@ -150,7 +150,8 @@ def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorIn
     from tqdm.auto import tqdm
 
     experts = [r for r in EXPERTS if r in dirs]
-    names = sorted(tensors["base"], key=lambda n: (layer_index(n) is None, layer_index(n) or 0, n))
+    # A tensor some expert lacks (preflight named it) has no change to measure.
+    names = sorted((n for n in tensors["base"] if all(n in tensors[r] for r in experts)), key=lambda n: (layer_index(n) is None, layer_index(n) or 0, n))
     # Sums of squares per tensor; groups add them up, so a group's change is the norm over all
     # its parameters (a big MLP weighs more than a norm vector, as it should).
     base_sq: dict[str, float] = {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubswap import __version__
-from hubswap.compat import INDEX, SIDE_FILES, LocalModelFiles, ModelFiles, check_compatible
+from hubswap.compat import INDEX, SIDE_FILES, LocalModelFiles, ModelFiles, check_compatible, check_layer_map
 from hubswap.errors import GateFailedError, HubswapError
 from hubswap.hashing import cache_root, file_sha256
 from hubswap.layermap import LayerMap, layer_map
@@ -79,6 +79,7 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
         log.warning("preflight: %s", w)
     loaded.check_layers(pre.num_layers)
     lmap = layer_map(recipe.swap, pre.num_layers)
+    check_layer_map(pre, lmap)
     log.info("preflight ok: %d layers, %d tensors; stack %s", pre.num_layers, len(pre.tensors["task"]), lmap.picture())
 
     # 3. Download only what the swap (and the comparison) needs: a no-op for local folders.

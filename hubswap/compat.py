@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -25,15 +26,17 @@ TOKENIZER_FILES = (
 )
 # Files taken from the `files_from` expert besides the weights.
 SIDE_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES)
-# Config keys that fix the shapes and the computation of a transformer stack.
+# Config keys that fix the shapes and the computation of a transformer stack, compared after
+# ``resolved_config`` has filled in defaults and renames ("rope" is theta and scaling together).
 STRUCTURAL_KEYS = (
     "model_type", "architectures", "num_hidden_layers", "hidden_size", "intermediate_size",
     "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings",
-    "hidden_act", "rope_theta", "rms_norm_eps", "attention_bias", "mlp_bias", "max_position_embeddings",
+    "hidden_act", "rope", "rms_norm_eps", "attention_bias", "mlp_bias", "max_position_embeddings",
 )
 # Keys whose difference is reported but tolerated (fine-tunes legitimately change them).
-SOFT_KEYS = ("rope_theta", "rms_norm_eps", "max_position_embeddings", "rope_scaling")
+SOFT_KEYS = ("rope", "rms_norm_eps", "max_position_embeddings")
 _MAX_HEADER = 100 << 20
+log = logging.getLogger(__name__)
 
 
 class ModelFiles(Protocol):
@@ -153,20 +156,101 @@ def tensor_table(model: ModelFiles) -> dict[str, TensorInfo]:
     return table
 
 
+def index_disagreement(model: ModelFiles, table: dict[str, TensorInfo]) -> str | None:
+    """A warning naming both sides when the safetensors index disagrees with the shards' headers.
+
+    The headers are what the merge reads; an index can go stale when shards are re-uploaded
+    without it (a repo first saved with ``score.weight`` and later given an ``lm_head.weight``).
+    """
+    if INDEX not in model.files():
+        return None
+    weight_map = (read_json(model, INDEX) or {}).get("weight_map") or {}
+    index_only = sorted(n for n in weight_map if n not in table)
+    header_only = sorted(n for n in table if n not in weight_map)
+    moved = sorted(n for n in weight_map if n in table and weight_map[n] != table[n].file)
+    if not (index_only or header_only or moved):
+        return None
+    parts = []
+    if index_only:
+        parts.append(f"the index lists {_some(index_only)}, which no shard header holds")
+    if header_only:
+        parts.append(f"the shard headers hold {_some(header_only)}, which the index does not list")
+    if moved:
+        parts.append(f"the index puts {_some(moved)} in another shard than the header does")
+    return (f"{model.role} model {model.display}: {INDEX} disagrees with the shards' headers ("
+            + "; ".join(parts) + "); the headers are used")
+
+
+def _merges(model_section: dict) -> list[list[str]] | None:
+    """BPE merges in one spelling: tokenizers >= 0.20 saves ``["a", "b"]``, older ones ``"a b"``."""
+    merges = model_section.get("merges")
+    if not isinstance(merges, list):
+        return merges
+    return [m.split(" ", 1) if isinstance(m, str) else list(m) for m in merges]
+
+
 def vocabulary_fingerprint(model: ModelFiles) -> tuple[str, dict[str, int]] | None:
-    """(sha256, token->id) of the tokenizer's vocabulary, or ``None`` when it has no tokenizer files."""
+    """(sha256, token->id) of the tokenizer's vocabulary, or ``None`` when it has no tokenizer files.
+
+    The fingerprint covers the tokens, their ids and the BPE merges (in one spelling), so the same
+    tokenizer saved by two versions of ``tokenizers`` has the same fingerprint.
+    """
     tok = read_json(model, "tokenizer.json")
     if tok is not None:
         vocab = dict((tok.get("model") or {}).get("vocab") or {})
         for t in tok.get("added_tokens") or []:
             vocab.setdefault(t["content"], t["id"])
-        blob = json.dumps([sorted(vocab.items()), (tok.get("model") or {}).get("merges")], sort_keys=True)
+        blob = json.dumps([sorted(vocab.items()), _merges(tok.get("model") or {})], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest(), vocab
     raw = model.read_text("vocab.json")
     if raw is not None:
         vocab = json.loads(raw)
         return hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest(), vocab
     return None
+
+
+def resolved_config(cfg: dict) -> dict:
+    """What a config.json means, for comparing two of them: defaults and renames resolved.
+
+    The architecture's transformers config class fills in what the file leaves out (``head_dim``
+    None means ``hidden_size // num_attention_heads``) and reads both spellings of a key
+    (transformers v4's ``rope_theta``/``rope_scaling`` and ``torch_dtype``, v5's
+    ``rope_parameters`` and ``dtype``). Rope comes out as one ``rope`` dict (theta included) and
+    the dtype as ``dtype``. A model type transformers does not know is compared as written.
+    """
+    out = dict(cfg)
+    cls = _config_class(cfg.get("model_type"))
+    if cls is not None:
+        try:
+            out = cls.from_dict(dict(cfg)).to_dict()
+        except Exception as e:  # a config transformers cannot read: compare it as written
+            log.debug("config of model_type %r not resolved by transformers: %s", cfg.get("model_type"), e)
+    rope = out.pop("rope_parameters", None)
+    scaling, theta = out.pop("rope_scaling", None), out.pop("rope_theta", None)
+    if not isinstance(rope, dict):  # transformers v4 (or an unknown model type)
+        rope = dict(scaling or {}) if isinstance(scaling, dict) else {}
+        if theta is not None:
+            rope["rope_theta"] = theta
+    if "type" in rope and "rope_type" not in rope:  # the oldest spelling of rope_type
+        rope["rope_type"] = rope.pop("type")
+    if rope.get("rope_type") == "default" and set(rope) <= {"rope_type", "rope_theta"}:
+        rope.pop("rope_type")
+    out["rope"] = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                   for k, v in sorted(rope.items())} or None
+    dtype = out.pop("torch_dtype", None) or out.get("dtype")
+    out["dtype"] = str(dtype).removeprefix("torch.") if dtype is not None else None
+    return out
+
+
+def _config_class(model_type):
+    """transformers' config class for ``model_type``, or None (unknown type, or no transformers)."""
+    if not isinstance(model_type, str):
+        return None
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    except ImportError:
+        return None
+    return CONFIG_MAPPING[model_type] if model_type in CONFIG_MAPPING else None
 
 
 @dataclass(frozen=True)
@@ -177,6 +261,9 @@ class Preflight:
     tensors: dict[str, dict[str, TensorInfo]]  # role -> name -> info
     configs: dict[str, dict]
     warnings: tuple[str, ...] = ()
+    only_in: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """role -> tensors that this model has and the task expert lacks, or (for ``task``) that the
+    task expert has and the language expert lacks; see ``check_layer_map``."""
 
 
 def check_compatible(models: dict[str, ModelFiles]) -> Preflight:
@@ -194,8 +281,9 @@ def check_compatible(models: dict[str, ModelFiles]) -> Preflight:
     if problems:
         raise IncompatibleModelsError(problems)
 
-    ref = configs[ref_role]
-    for role, cfg in configs.items():
+    meaning = {role: resolved_config(cfg) for role, cfg in configs.items()}
+    ref = meaning[ref_role]
+    for role, cfg in meaning.items():
         if role == ref_role:
             continue
         who = f"{role} ({models[role].display}) vs task ({models[ref_role].display})"
@@ -205,17 +293,26 @@ def check_compatible(models: dict[str, ModelFiles]) -> Preflight:
                 (warnings if key in SOFT_KEYS else problems).append(f"{who}: config.json {key}: {b!r} != {a!r}")
 
     tensors = {role: tensor_table(m) for role, m in models.items()}
+    warnings += [w for role, m in models.items() if (w := index_disagreement(m, tensors[role]))]
     ref_t = tensors[ref_role]
+    only_in: dict[str, tuple[str, ...]] = {}
     for role, table in tensors.items():
         if role == ref_role:
             continue
         who = f"{role} ({models[role].display}) vs task"
         missing = [n for n in ref_t if n not in table]
         extra = [n for n in table if n not in ref_t]
-        if missing:
-            problems.append(f"{who}: {len(missing)} tensor(s) missing: {_some(missing)}")
+        if role == "language" and missing:
+            only_in[ref_role] = tuple(missing)
         if extra:
-            problems.append(f"{who}: {len(extra)} extra tensor(s): {_some(extra)}")
+            only_in[role] = tuple(extra)
+        # Whether a tensor one expert lacks matters depends on the layer map (check_layer_map);
+        # the base is never merged.
+        if missing:
+            warnings.append(f"{who}: {len(missing)} tensor(s) only the task expert has: {_some(missing)}")
+        if extra:
+            kept = " (not part of the merged model, which has the task expert's tensors)" if role == "language" else ""
+            warnings.append(f"{who}: {len(extra)} tensor(s) only the {role} model has: {_some(extra)}{kept}")
         for name, info in ref_t.items():
             other = table.get(name)
             if other is not None and other.shape != info.shape:
@@ -235,7 +332,21 @@ def check_compatible(models: dict[str, ModelFiles]) -> Preflight:
     layers = ref.get("num_hidden_layers")
     if not isinstance(layers, int) or layers <= 0:
         raise IncompatibleModelsError([f"task ({models[ref_role].display}): config.json has no num_hidden_layers"])
-    return Preflight(layers, tensors, configs, tuple(warnings))
+    return Preflight(layers, tensors, configs, tuple(warnings), only_in)
+
+
+def check_layer_map(pre: Preflight, lmap) -> None:
+    """Refuse a merge whose layer map needs a tensor from an expert that does not have it.
+
+    The merged model has the task expert's tensors. One the language expert lacks is fine while
+    the map takes it wholly from the task expert, and a refusal when the map takes or blends it
+    from the language expert.
+    """
+    needed = [n for n in pre.only_in.get("task", ()) if lmap.for_tensor(n).weight != 0]
+    if needed:
+        raise IncompatibleModelsError([
+            f"language expert lacks {len(needed)} tensor(s) that the layer map takes from it: {_some(needed)}"
+        ])
 
 
 def _some(names: list[str], k: int = 3) -> str:

@@ -108,7 +108,12 @@ def plan_merge(
         dtype = ref.dtype if out_dtype == "auto" else safetensors_dtype(out_dtype)
         if ref.dtype not in _TORCH:  # integer buffers (rare) follow the map but are never blended
             dtype = ref.dtype
-        lang, task = tensors["language"][name], tensors["task"][name]
+        lang, task = tensors["language"].get(name), tensors["task"].get(name)
+        if (lang is None and src.weight != 0) or (task is None and src.weight != 1):
+            from hubswap.errors import IncompatibleModelsError
+
+            lacking = "language" if lang is None else "task"
+            raise IncompatibleModelsError([f"{lacking} expert lacks tensor {name}, which the layer map takes from it"])
         if src.weight == 1:
             sources = (Source(dirs["language"] / lang.file, lang, 1.0),)
         elif src.weight == 0:

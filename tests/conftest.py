@@ -78,3 +78,12 @@ def tiny_llama_vllm(tmp_path_factory) -> dict[str, Path]:
     from hubswap.demo import make_family
 
     return make_family(tmp_path_factory.mktemp("tiny_llama_vllm"), arch="llama", hidden=128, seed=3)
+
+
+@pytest.fixture(scope="session")
+def standins(tmp_path_factory) -> dict[str, Path]:
+    """base/task/language: tiny stand-ins for the repos of recipes/llama-swahili-math.toml, with
+    their real tensor names and metadata traits (see tests/standins.py)."""
+    from tests.standins import make_standins
+
+    return make_standins(tmp_path_factory.mktemp("standins"))

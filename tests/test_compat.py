@@ -62,7 +62,7 @@ def odd_models(tmp_path_factory, tiny_llama):
 
 
 @pytest.mark.parametrize("kind,words", [
-    ("layers", ["config.json num_hidden_layers: 6 != 8", "tensor(s) missing: model.layers.6."]),
+    ("layers", ["config.json num_hidden_layers: 6 != 8"]),
     ("shapes", ["config.json hidden_size: 32 != 64", "tensor model.embed_tokens.weight has shape [512, 32] != [512, 64]"]),
     ("vocab_size", ["config.json vocab_size: 640 != 512", "tensor lm_head.weight has shape [640, 64] != [512, 64]",
                     "tokenizer vocabulary differs"]),

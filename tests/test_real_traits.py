@@ -1,0 +1,125 @@
+"""What the flagship recipe's real repos bring, one trait per test (issue 12).
+
+The stand-ins of tests/standins.py carry every trait at once; each test here also makes the
+trait's counterpart (a real difference) and checks that it is still refused or reported.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hubswap.compat import LocalModelFiles, check_compatible, check_layer_map, resolved_config
+from hubswap.errors import IncompatibleModelsError
+from hubswap.layermap import layer_map
+from hubswap.recipe import Swap
+from tests.test_compat import headers_only
+
+
+def models(**paths: Path) -> dict:
+    return {role: LocalModelFiles(role, p) for role, p in paths.items()}
+
+
+@pytest.fixture(scope="module")
+def heads(standins, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("heads")
+    return {r: headers_only(p, root / r) for r, p in standins.items()}
+
+
+def variant(src: Path, dst: Path, *, config=None, tokenizer=None) -> Path:
+    """A copy of a (headers-only) model folder with its config or tokenizer.json edited in place."""
+    shutil.copytree(src, dst)
+    for name, edit in (("config.json", config), ("tokenizer.json", tokenizer)):
+        if edit is not None:
+            data = json.loads((dst / name).read_text())
+            edit(data)
+            (dst / name).write_text(json.dumps(data))
+    return dst
+
+
+def test_standins_pass_preflight_with_only_the_stale_index_reported(heads):
+    cfgs = {r: json.loads((p / "config.json").read_text()) for r, p in heads.items()}
+    # The traits are there: head_dim on one side only, v4 next to v5 spellings, fp32 next to bf16.
+    assert "head_dim" in cfgs["language"] and "head_dim" not in cfgs["task"]
+    assert "rope_parameters" in cfgs["language"] and "rope_scaling" in cfgs["task"]
+    assert (cfgs["language"]["dtype"], cfgs["task"]["torch_dtype"]) == ("float32", "bfloat16")
+    merges = {r: json.loads((p / "tokenizer.json").read_text())["model"]["merges"][0] for r, p in heads.items()}
+    assert isinstance(merges["language"], str) and isinstance(merges["task"], list)
+
+    pre = check_compatible(models(**heads))
+    assert pre.num_layers == 32 and len(pre.tensors["language"]) == len(pre.tensors["task"]) == 291
+    assert len(pre.warnings) == 1, pre.warnings
+    assert "score.weight" in pre.warnings[0] and "lm_head.weight" in pre.warnings[0]
+    assert pre.warnings[0].startswith("language model") and "the headers are used" in pre.warnings[0]
+
+
+def test_config_meaning_resolves_head_dim_rope_and_dtype_spellings(heads):
+    lang, task = (resolved_config(json.loads((heads[r] / "config.json").read_text())) for r in ("language", "task"))
+    assert lang["head_dim"] == task["head_dim"] == 32
+    assert lang["rope"] == task["rope"] and lang["rope"]["rope_theta"] == 500000.0
+    assert (lang["dtype"], task["dtype"]) == ("float32", "bfloat16")
+
+
+def test_a_real_head_dim_difference_is_still_refused(heads, tmp_path):
+    odd = variant(heads["language"], tmp_path / "odd", config=lambda c: c.update(head_dim=16))
+    with pytest.raises(IncompatibleModelsError, match=r"config.json head_dim: 16 != 32"):
+        check_compatible(models(task=heads["task"], language=odd))
+
+
+def test_a_real_rope_scaling_difference_is_a_warning_naming_both_values(heads, tmp_path):
+    odd = variant(heads["language"], tmp_path / "odd",
+                  config=lambda c: c["rope_parameters"].update(factor=32.0, rope_theta=1e6))
+    pre = check_compatible(models(task=heads["task"], language=odd))
+    rope = [w for w in pre.warnings if "config.json rope:" in w]
+    assert len(rope) == 1, pre.warnings
+    assert "'factor': 32.0" in rope[0] and "'factor': 8.0" in rope[0] and "1000000.0" in rope[0], rope[0]
+
+
+def test_merges_spelling_is_not_a_vocabulary_difference_but_other_merges_are(heads, tmp_path):
+    # Same tokens and merges, the language side in "a b" and the task side in ["a", "b"]: passes.
+    check_compatible(models(task=heads["task"], language=heads["language"]))
+
+    def reorder(t):
+        m = t["model"]["merges"]
+        m[0], m[1] = m[1], m[0]
+
+    odd = variant(heads["language"], tmp_path / "odd", tokenizer=reorder)
+    with pytest.raises(IncompatibleModelsError, match="same tokens, different merges"):
+        check_compatible(models(task=heads["task"], language=odd))
+
+
+def _with_tensor(src: Path, dst: Path, name: str, shape=(2, 64)) -> Path:
+    """A copy of a full model folder whose last shard also holds ``name`` (and the index lists it)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    last = sorted(set(index["weight_map"].values()))[-1]
+    state = load_file(str(dst / last))
+    state[name] = torch.zeros(shape, dtype=next(iter(state.values())).dtype)
+    save_file(state, str(dst / last), metadata={"format": "pt"})
+    index["weight_map"][name] = last
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index))
+    return dst
+
+
+def test_a_tensor_only_one_expert_has_is_named_and_refused_only_when_the_map_needs_it(standins, tmp_path):
+    swap = Swap(bottom=5, top=2, transition=1, non_layer="language")
+    # The language expert has score.weight (its classification head): named, never merged.
+    lang = _with_tensor(standins["language"], tmp_path / "lang", "score.weight")
+    pre = check_compatible(models(task=standins["task"], language=lang))
+    assert any("only the language model has: score.weight" in w for w in pre.warnings), pre.warnings
+    check_layer_map(pre, layer_map(swap, pre.num_layers))
+
+    # The task expert has it: harmless while non-layer tensors come from the task expert ...
+    task = _with_tensor(standins["task"], tmp_path / "task", "score.weight")
+    pre = check_compatible(models(task=task, language=standins["language"]))
+    assert any("only the task expert has: score.weight" in w for w in pre.warnings), pre.warnings
+    check_layer_map(pre, layer_map(swap.model_copy(update={"non_layer": "task"}), pre.num_layers))
+    # ... and a refusal naming it when the map takes non-layer tensors from the language expert.
+    with pytest.raises(IncompatibleModelsError, match="language expert lacks 1 tensor.*score.weight"):
+        check_layer_map(pre, layer_map(swap, pre.num_layers))
