@@ -24,7 +24,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from hubswap.compat import LocalModelFiles, Preflight, TensorInfo, check_compatible
-from hubswap.errors import HubswapError, ModelFilesError
+from hubswap.errors import HubswapError, IncompatibleModelsError, ModelFilesError
 from hubswap.layermap import layer_index, layer_map
 from hubswap.recipe import LoadedRecipe, Swap, load_recipe
 
@@ -416,6 +416,12 @@ def fetch_models(loaded: LoadedRecipe) -> tuple[dict[str, Path], Preflight]:
     pre = check_compatible(inputs)
     for w in pre.warnings:
         log.warning("preflight: %s", w)
+    # The merge tolerates a tensor an expert lacks where the layer map never takes it from that
+    # expert; measuring every layer's change needs each of the base's tensors in both experts.
+    lacking = [f"{role} expert lacks {n}, which the base has" for role in EXPERTS if role in pre.tensors
+               for n in pre.tensors.get("base", {}) if n not in pre.tensors[role]]
+    if lacking:
+        raise IncompatibleModelsError(lacking)
     dirs = {}
     for role, m in inputs.items():
         if isinstance(m, LocalModelFiles):
