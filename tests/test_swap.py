@@ -101,6 +101,65 @@ def test_tensors_computed_in_several_slices_are_bit_exact(tiny_llama, tmp_path, 
         assert torch.equal(t.view(torch.uint8), want.contiguous().view(torch.uint8)), name
 
 
+def _in_dtype(src: Path, dest: Path, dtype: torch.dtype) -> Path:
+    """A copy of an expert folder with every float tensor stored in ``dtype`` (same shard layout)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dest)
+    for shard in dest.glob("*.safetensors"):
+        with safe_open(shard, "pt") as f:
+            tensors = {k: f.get_tensor(k).to(dtype) for k in f.keys()}
+        save_file(tensors, shard, metadata={"format": "pt"})
+    return dest
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_worker_pool_is_bit_exact_with_mixed_expert_dtypes(tiny_llama, tmp_path, monkeypatch, dtype):
+    """The flagship case: a float32 language expert, a bfloat16 task expert. Four threads share
+    chunks of each tensor (several chunks per tensor, several slices per chunk, the last ones
+    partial) and copy raw ranges into several shards at once; the result equals torch's, bit for bit."""
+    import hubswap.swap
+
+    monkeypatch.setattr(hubswap.swap, "WORKERS", 4)
+    monkeypatch.setattr(hubswap.swap, "SLICE_ELEMENTS", 1000)
+    monkeypatch.setattr(hubswap.swap, "TASK_ELEMENTS", 2500)
+    fam = {**tiny_llama, "task": _in_dtype(tiny_llama["task"], tmp_path / "task-bf16", torch.bfloat16)}
+    swap = dict(bottom=1, top=2, transition=2)
+    recipe = local_recipe(tmp_path / "r.toml", fam, non_layer="language", dtype=dtype, **swap)
+    out_dir = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, max_shard_size="300KB",
+                                         progress=False)).model_dir
+    assert len(list(out_dir.glob("model-*.safetensors"))) > 2
+    merged, lang, task = load_all(out_dir), load_all(fam["language"]), load_all(fam["task"])
+    assert {t.dtype for t in lang.values()} == {torch.float32} and {t.dtype for t in task.values()} == {torch.bfloat16}
+    rswap = Swap(non_layer="language", dtype=dtype, **swap)
+    for name, t in merged.items():
+        want = expected_tensor(name, lang, task, rswap, 8, getattr(torch, dtype))
+        assert torch.equal(t.view(torch.uint8), want.contiguous().view(torch.uint8)), name
+
+
+def test_a_truncated_input_fails_the_pool_cleanly(tiny_llama, tmp_path, monkeypatch):
+    """A worker's error reaches the caller; nothing is left half-written."""
+    import shutil
+
+    import hubswap.swap
+
+    monkeypatch.setattr(hubswap.swap, "WORKERS", 3)
+    monkeypatch.setattr(hubswap.swap, "SLICE_ELEMENTS", 1000)
+    monkeypatch.setattr(hubswap.swap, "TASK_ELEMENTS", 2000)
+    lang = tmp_path / "language"
+    shutil.copytree(tiny_llama["language"], lang)
+    last = sorted(lang.glob("*.safetensors"))[-1]
+    with open(last, "r+b") as f:  # the header still promises the bytes cut off here
+        f.truncate(last.stat().st_size - 5000)
+    recipe = local_recipe(tmp_path / "r.toml", {**tiny_llama, "language": lang}, dtype="bfloat16")
+    with pytest.raises(OSError, match="truncated|short copy"):
+        build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False))
+    assert not (tmp_path / "b" / "model").exists()
+    assert not list((tmp_path / "b").glob(".model.partial-*"))
+
+
 def reference_model(fam: dict[str, Path], swap: Swap, num_layers: int):
     """The merge done the slow, obvious way: load both experts in transformers, assign layers."""
     task = AutoModelForCausalLM.from_pretrained(fam["task"], dtype=torch.float32)
