@@ -2,9 +2,11 @@
 
 A layer swap mostly moves bytes. Tensors taken whole in their own dtype are copied as raw byte
 ranges with ``os.copy_file_range`` (in the kernel, no tensor is built). Blends and dtype changes
-are computed on flat slices of ``SLICE_ELEMENTS`` values (less than ``CHUNK_BYTES`` per operand),
-so peak memory is bounded by the slice size, not by the largest tensor or the model. Output headers are computed up front
-from the sources' headers, so every output tensor is written exactly once at its final offset.
+are computed on flat slices of ``SLICE_ELEMENTS`` values, in chunks of ``TASK_ELEMENTS`` that one
+thread per core takes in turn while the main thread has the kernel copy (so one large tensor is
+spread over all the cores). Peak memory is bounded by a few slices per thread, not by the largest
+tensor or the model. Output headers are computed up front from the sources' headers, so every
+output tensor is written exactly once at its final offset.
 """
 
 from __future__ import annotations
