@@ -21,10 +21,10 @@ from pathlib import Path
 from hubswap import __version__
 from hubswap.compat import INDEX, SIDE_FILES, LocalModelFiles, ModelFiles, check_compatible, check_layer_map
 from hubswap.errors import GateFailedError, HubswapError
-from hubswap.hashing import cache_root, file_sha256
+from hubswap.hashing import cache_root, cached_sha256, file_sha256
 from hubswap.layermap import LayerMap, layer_map
 from hubswap.recipe import LoadedRecipe, load_recipe
-from hubswap.swap import copy_side_files, merge, parse_size, plan_merge
+from hubswap.swap import copy_side_files, cores, merge, parse_size, plan_merge
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,10 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
     # 4. Swap, into a staging folder renamed into place when complete.
     model_dir = build_dir / "model"
     with _staging(build_dir) as stage:
-        # Inputs are hashed on the spare core while the merge streams. Outputs are not hashed here:
-        # at 1.5 GB/s sha256 would cost more than the whole merge, and publishing hashes them anyway.
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        # Inputs are hashed while the merge streams, one file per thread, largest first, as many
+        # threads as cores. Outputs are not hashed here: at 1.5 GB/s sha256 would cost more than
+        # the whole merge, and publishing hashes them anyway.
+        with ThreadPoolExecutor(max_workers=cores(), thread_name_prefix="hubswap-sha256") as pool:
             pool.submit(_preload_card_libraries)  # ~0.3 s of imports, hidden behind the kernel's copies
             pending = _hash_inputs(pool, dirs, inputs, pre, recipe.swap.files_from)
             plan = plan_merge(lmap, pre.tensors, dirs, out_dtype=recipe.swap.dtype, max_shard_size=max_shard)
@@ -178,17 +179,37 @@ def _hash_inputs(pool, dirs: dict[str, Path], inputs: dict[str, ModelFiles], pre
     files are hashed (once: the hash cache keeps them across builds).
     """
     out: dict[str, dict[str, Future]] = {}
+    todo: list[tuple[int, str, str, Path]] = []  # (size, role, file, path) of files not hashed yet
     for role, m in inputs.items():
         records = getattr(m, "records", {})
         folder = dirs.get(role, getattr(m, "path", None))
-        entries = {}
+        entries: dict[str, Future] = {}
         for f in _used_files(role, m, pre, files_from, fetched=role in dirs):
             if f in records:
                 entries[f] = _done(records[f].to_json())
             elif folder is not None and (folder / f).is_file():
-                entries[f] = pool.submit(_file_entry, folder / f)
+                path = folder / f
+                size = path.stat().st_size
+                if (digest := cached_sha256(path)) is not None:
+                    entries[f] = _done({"sha256": digest, "size": size})
+                else:
+                    todo.append((size, role, f, path))
         out[role] = entries
-    return out
+    if todo:
+        per_role = []
+        for role in dict.fromkeys(t[1] for t in todo):
+            mine = [t for t in todo if t[1] == role]
+            per_role.append(f"{role} {_size(sum(t[0] for t in mine))} in {len(mine)} file(s) of {mine[0][3].parent}")
+        log.info("hashing the local inputs on %d threads while merging (once; cached after): %s",
+                 min(len(todo), cores()), "; ".join(per_role))
+    # Largest first: the longest hash starts at once, the small files fill the other threads.
+    for _, role, f, path in sorted(todo, key=lambda t: -t[0]):
+        out[role][f] = pool.submit(_file_entry, path)
+    return {role: dict(sorted(entries.items())) for role, entries in out.items()}
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def _done(value) -> Future:

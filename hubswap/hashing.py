@@ -37,6 +37,13 @@ def _key(path: Path) -> str:
     return f"{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
 
 
+def cached_sha256(path: str | Path) -> str | None:
+    """The remembered sha256 of ``path`` if it has not changed since it was hashed, else None."""
+    key = _key(Path(path))
+    with _lock:
+        return _load().get(key)
+
+
 def file_sha256(path: str | Path) -> str:
     from huggingface_hub.utils.sha import sha_fileobj
 

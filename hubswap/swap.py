@@ -307,14 +307,17 @@ def _compute(c: _Chunk, files: _Files, dst_fd: int, bufs: _Buffers) -> None:
         _pwrite(dst_fd, out, c.dst_off + start * out_size)
 
 
-def _workers() -> int:
-    """Threads for the merge: one per core this process may run on."""
-    if WORKERS:
-        return WORKERS
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a container or taskset limits it)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _workers() -> int:
+    """Threads for the merge: one per core."""
+    return WORKERS or cores()
 
 
 # Threads copying and computing (None: one per core). Tests set it to exercise the pool anywhere.

@@ -160,6 +160,35 @@ def test_a_truncated_input_fails_the_pool_cleanly(tiny_llama, tmp_path, monkeypa
     assert not list((tmp_path / "b").glob(".model.partial-*"))
 
 
+def test_first_build_hashes_local_inputs_in_parallel_and_says_so(tiny_llama, tmp_path, monkeypatch, caplog):
+    """A first build names the files it hashes and records their true sha256; a rebuild reads the
+    hash cache and hashes nothing."""
+    import hashlib
+    import logging
+    import re
+
+    monkeypatch.setenv("HUBSWAP_CACHE", str(tmp_path / "cache"))
+    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
+    opts = BuildOptions(output=tmp_path / "b", evaluate=False, progress=False)
+    with caplog.at_level(logging.INFO, logger="hubswap.build"):
+        lock_path = build(recipe, opts).model_dir / "hubswap" / "lock.json"
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hashing ")]
+    assert len(said) == 1, said
+    for role in ("task", "language"):
+        assert re.search(rf"{role} \d+\.\d MB in \d+ file\(s\) of {re.escape(str(tiny_llama[role]))}(;|$)", said[0]), said
+    files = json.loads(lock_path.read_text())["models"]["language"]["files"]
+    assert len(files) > 2
+    for name, entry in files.items():
+        data = (tiny_llama["language"] / name).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}, name
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hubswap.build"):
+        again = json.loads(build(recipe, opts).model_dir.joinpath("hubswap", "lock.json").read_text())
+    assert not [r for r in caplog.records if r.getMessage().startswith("hashing ")]
+    assert again["models"]["language"]["files"] == files
+
+
 def reference_model(fam: dict[str, Path], swap: Swap, num_layers: int):
     """The merge done the slow, obvious way: load both experts in transformers, assign layers."""
     task = AutoModelForCausalLM.from_pretrained(fam["task"], dtype=torch.float32)
