@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
     if not args.verbose:  # one line per HTTP request drowns the progress bars
-        logging.getLogger("httpx2").setLevel(logging.WARNING)
+        for name in ("httpx", "httpx2"):  # huggingface_hub 1.x / 2.x
+            logging.getLogger(name).setLevel(logging.WARNING)
         # vLLM logs every engine step at INFO and CPU tuning advice as warnings; -v shows them.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:

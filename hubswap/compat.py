@@ -209,17 +209,19 @@ def vocabulary_fingerprint(model: ModelFiles) -> tuple[str, dict[str, int]] | No
     return None
 
 
-def resolved_config(cfg: dict) -> dict:
+def resolved_config(cfg: dict, *, library: bool = True) -> dict:
     """What a config.json means, for comparing two of them: defaults and renames resolved.
 
-    The architecture's transformers config class fills in what the file leaves out (``head_dim``
-    None means ``hidden_size // num_attention_heads``) and reads both spellings of a key
+    With ``library`` (and transformers installed), the architecture's transformers config class
+    fills in what the file leaves out (``head_dim`` None means ``hidden_size //
+    num_attention_heads`` for Llama, not for every architecture) and reads both spellings of a key
     (transformers v4's ``rope_theta``/``rope_scaling`` and ``torch_dtype``, v5's
-    ``rope_parameters`` and ``dtype``). Rope comes out as one ``rope`` dict (theta included) and
-    the dtype as ``dtype``. A model type transformers does not know is compared as written.
+    ``rope_parameters`` and ``dtype``). Without it the same renames and the usual ``head_dim``
+    default are applied by hand. Rope comes out as one ``rope`` dict (theta included), the dtype
+    as ``dtype``. A model type transformers does not know is compared as written.
     """
     out = dict(cfg)
-    cls = _config_class(cfg.get("model_type"))
+    cls = _config_class(cfg.get("model_type")) if library else None
     if cls is not None:
         try:
             out = cls.from_dict(dict(cfg)).to_dict()
@@ -227,18 +229,21 @@ def resolved_config(cfg: dict) -> dict:
             log.debug("config of model_type %r not resolved by transformers: %s", cfg.get("model_type"), e)
     rope = out.pop("rope_parameters", None)
     scaling, theta = out.pop("rope_scaling", None), out.pop("rope_theta", None)
-    if not isinstance(rope, dict):  # transformers v4 (or an unknown model type)
-        rope = dict(scaling or {}) if isinstance(scaling, dict) else {}
+    if not isinstance(rope, dict):  # transformers v4 spelling
+        rope = dict(scaling) if isinstance(scaling, dict) else {}
         if theta is not None:
             rope["rope_theta"] = theta
     if "type" in rope and "rope_type" not in rope:  # the oldest spelling of rope_type
         rope["rope_type"] = rope.pop("type")
-    if rope.get("rope_type") == "default" and set(rope) <= {"rope_type", "rope_theta"}:
+    if rope.get("rope_type") == "default":
         rope.pop("rope_type")
     out["rope"] = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
                    for k, v in sorted(rope.items())} or None
     dtype = out.pop("torch_dtype", None) or out.get("dtype")
     out["dtype"] = str(dtype).removeprefix("torch.") if dtype is not None else None
+    hidden, heads = out.get("hidden_size"), out.get("num_attention_heads")
+    if out.get("head_dim") is None and isinstance(hidden, int) and isinstance(heads, int) and heads:
+        out["head_dim"] = hidden // heads
     return out
 
 
@@ -251,6 +256,22 @@ def _config_class(model_type):
     except ImportError:
         return None
     return CONFIG_MAPPING[model_type] if model_type in CONFIG_MAPPING else None
+
+
+def _config_differences(models: dict[str, ModelFiles], configs: dict[str, dict], ref_role: str,
+                        *, library: bool) -> tuple[list[str], list[str]]:
+    """(problems, warnings) from comparing each config's meaning with the reference's."""
+    meaning = {role: resolved_config(cfg, library=library) for role, cfg in configs.items()}
+    problems, warnings = [], []
+    for role, cfg in meaning.items():
+        if role == ref_role:
+            continue
+        who = f"{role} ({models[role].display}) vs task ({models[ref_role].display})"
+        for key in STRUCTURAL_KEYS:
+            a, b = meaning[ref_role].get(key), cfg.get(key)
+            if a != b:
+                (warnings if key in SOFT_KEYS else problems).append(f"{who}: config.json {key}: {b!r} != {a!r}")
+    return problems, warnings
 
 
 @dataclass(frozen=True)
@@ -281,16 +302,14 @@ def check_compatible(models: dict[str, ModelFiles]) -> Preflight:
     if problems:
         raise IncompatibleModelsError(problems)
 
-    meaning = {role: resolved_config(cfg) for role, cfg in configs.items()}
-    ref = meaning[ref_role]
-    for role, cfg in meaning.items():
-        if role == ref_role:
-            continue
-        who = f"{role} ({models[role].display}) vs task ({models[ref_role].display})"
-        for key in STRUCTURAL_KEYS:
-            a, b = ref.get(key), cfg.get(key)
-            if a != b:
-                (warnings if key in SOFT_KEYS else problems).append(f"{who}: config.json {key}: {b!r} != {a!r}")
+    # The spelling rules by hand first: importing transformers (and with it torch) costs seconds,
+    # more than a small merge. Only configs that still differ go to transformers' config classes,
+    # which know each architecture's defaults and have the last word.
+    found = _config_differences(models, configs, ref_role, library=False)
+    if found != ([], []):
+        found = _config_differences(models, configs, ref_role, library=True)
+    problems += found[0]
+    warnings += found[1]
 
     tensors = {role: tensor_table(m) for role, m in models.items()}
     warnings += [w for role, m in models.items() if (w := index_disagreement(m, tensors[role]))]
@@ -329,7 +348,7 @@ def check_compatible(models: dict[str, ModelFiles]) -> Preflight:
 
     if problems:
         raise IncompatibleModelsError(problems)
-    layers = ref.get("num_hidden_layers")
+    layers = configs[ref_role].get("num_hidden_layers")
     if not isinstance(layers, int) or layers <= 0:
         raise IncompatibleModelsError([f"task ({models[ref_role].display}): config.json has no num_hidden_layers"])
     return Preflight(layers, tensors, configs, tuple(warnings), only_in)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -64,7 +65,6 @@ def _token_hint() -> str:
 def _map_error(e: BaseException, what: str, *, repo: str | None, revision: str | None,
                write: bool = False, endpoint: str | None = None) -> HubswapError | None:
     """The user-facing error for an exception of huggingface_hub, or None if it is not one."""
-    import httpx2
     from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -137,7 +137,7 @@ def _map_error(e: BaseException, what: str, *, repo: str | None, revision: str |
             )
         return HubError(f"{what} of {repo} failed: HTTP {status} "
                         f"{e.response.headers.get('X-Error-Message') or ''}".rstrip())
-    if isinstance(e, (httpx2.TransportError, LocalEntryNotFoundError, ConnectionError, TimeoutError)):
+    if isinstance(e, (*_transport_errors(), LocalEntryNotFoundError, ConnectionError, TimeoutError)):
         cause = e.__cause__ or e
         return HubError(
             f"cannot reach {endpoint} for {what} of {repo} after {ATTEMPTS} attempts "
@@ -161,8 +161,19 @@ def _scrub(text: str) -> str:
     return text.replace(tok, "***") if tok else text
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The connection-failure class of the HTTP library huggingface_hub speaks through: httpx in
+    huggingface_hub 1.x, httpx2 in 2.x (both are supported; pyproject allows both)."""
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except ImportError:
+            continue
+    return tuple(found)
+
+
 def _transient(e: BaseException) -> bool:
-    import httpx2
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     if isinstance(e, OfflineModeIsEnabled) or isinstance(e.__cause__, OfflineModeIsEnabled):
@@ -171,7 +182,7 @@ def _transient(e: BaseException) -> bool:
         return e.response.status_code in (429, 500, 502, 503, 504)
     if isinstance(e, LocalEntryNotFoundError):  # hf_hub_download's wrapper of a connection failure
         return e.__cause__ is not None and _transient(e.__cause__)
-    return isinstance(e, httpx2.TransportError)
+    return isinstance(e, _transport_errors())
 
 
 def _hub_call(fn: Callable[[], T], what: str, *, repo: str | None, revision: str | None = None,

@@ -63,6 +63,23 @@ def test_config_meaning_resolves_head_dim_rope_and_dtype_spellings(heads):
     assert (lang["dtype"], task["dtype"]) == ("float32", "bfloat16")
 
 
+def test_spelling_rules_by_hand_agree_with_transformers_and_spare_its_import(heads):
+    import subprocess
+    import sys
+
+    for role in heads:
+        cfg = json.loads((heads[role] / "config.json").read_text())
+        by_hand, library = resolved_config(cfg, library=False), resolved_config(cfg)
+        for key in ("head_dim", "rope", "dtype", "num_key_value_heads", "tie_word_embeddings"):
+            assert by_hand[key] == library[key], (role, key)
+    # Configs that mean the same by the spelling rules never import transformers (nor torch).
+    code = ("import sys; from hubswap.compat import LocalModelFiles as M, check_compatible; "
+            f"check_compatible({{r: M(r, p) for r, p in {({r: str(p) for r, p in heads.items()})!r}.items()}}); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_a_real_head_dim_difference_is_still_refused(heads, tmp_path):
     odd = variant(heads["language"], tmp_path / "odd", config=lambda c: c.update(head_dim=16))
     with pytest.raises(IncompatibleModelsError, match=r"config.json head_dim: 16 != 32"):
