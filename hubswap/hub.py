@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from hubswap import __version__
 from hubswap.errors import (
     HubError,
@@ -591,11 +593,15 @@ def read_lock(loaded: LoadedRecipe) -> dict | None:
     refresh = f"refresh it with `hubswap lock {loaded.path}`"
     try:
         lock = json.loads(path.read_text(encoding="utf-8"))
-        version, models = lock.get("lock_version"), lock["models"]
-    except (OSError, ValueError, KeyError, AttributeError) as e:
-        raise LockMismatchError(f"{path}: not a hubswap lock file ({type(e).__name__}: {e})", hint=refresh) from None
-    if version != LOCK_VERSION:
+    except json.JSONDecodeError as e:
+        raise LockMismatchError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}", hint=refresh) from None
+    except (OSError, ValueError) as e:
+        raise LockMismatchError(f"{path}: cannot read the lock file ({e})", hint=refresh) from None
+    version = lock.get("lock_version") if isinstance(lock, dict) else None
+    if isinstance(lock, dict) and version != LOCK_VERSION:
         raise LockMismatchError(f"{path}: lock_version {version!r}, this hubswap reads {LOCK_VERSION}", hint=refresh)
+    _check_lock_shape(lock, path, refresh)
+    models = lock["models"]
     problems = []
     roles = loaded.recipe.models.roles()
     for role in ROLES:
@@ -617,6 +623,50 @@ def read_lock(loaded: LoadedRecipe) -> dict | None:
         raise LockMismatchError(f"{path} no longer matches {loaded.path}: " + "; ".join(problems), hint=refresh)
     log.info("using %s", path)
     return lock
+
+
+def _check_lock_shape(lock: Any, path: Path, hint: str) -> None:
+    """Refuse, in one line, a lock whose structure or values are not what ``make_lock`` writes."""
+    try:
+        _LockShape.model_validate(lock)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        first = errors[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the document"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise LockMismatchError(f"{path}: not a hubswap lock file: {where}: {first['msg']}{more}", hint=hint) from None
+
+
+class _LockStrict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class _LockedFile(_LockStrict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class _LockedModel(_LockStrict):
+    repo: str | None = None
+    revision: str | None = None
+    commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$")
+    path: str | None = None
+    files: dict[str, _LockedFile]
+
+    @field_validator("files")
+    @classmethod
+    def _inside_the_folder(cls, v: dict) -> dict:
+        for name in v:
+            if not name or name.startswith("/") or "\\" in name or ".." in name.split("/"):
+                raise ValueError(f"{name!r} is not a file inside the model folder")
+        return v
+
+
+class _LockShape(_LockStrict):
+    """The structure read_lock and the build rely on (the lock's other keys are informative)."""
+
+    lock_version: int
+    models: dict[str, _LockedModel]
 
 
 def _entry_display(entry: dict) -> str:

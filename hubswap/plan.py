@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hubswap.errors import HubswapError
+from hubswap.errors import ModelFilesError
 from hubswap.layermap import LayerMap, layer_map
 from hubswap.recipe import LoadedRecipe, load_recipe
 
@@ -15,17 +15,25 @@ def num_layers_of(loaded: LoadedRecipe) -> int:
     src = loaded.recipe.models.task
     if src.is_local:
         cfg_path = loaded.resolve_path(src) / "config.json"
+        hint = "pass --layers L to plan without the model"
         try:
-            cfg = json.loads(cfg_path.read_text())
-        except OSError:
-            raise HubswapError(f"cannot read {cfg_path}", hint="pass --layers L to plan without the model") from None
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ModelFilesError(f"cannot read {cfg_path}: {e.strerror or e}", hint=hint) from None
+        except json.JSONDecodeError as e:
+            raise ModelFilesError(f"{cfg_path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}", hint=hint) from None
+        except UnicodeDecodeError as e:
+            raise ModelFilesError(f"{cfg_path}: not UTF-8 text (byte {e.start})", hint=hint) from None
     else:
         from hubswap.hub import read_remote_config
 
         cfg = read_remote_config(src)
-    n = cfg.get("num_hidden_layers")
-    if not isinstance(n, int):
-        raise HubswapError(f"task expert's config.json has no num_hidden_layers ({src.display()})")
+    n = cfg.get("num_hidden_layers") if isinstance(cfg, dict) else None
+    if type(n) is not int or n < 1:
+        raise ModelFilesError(
+            f"task expert's config.json ({src.display()}) has no positive integer num_hidden_layers "
+            f"(found {n!r})", hint="pass --layers L to plan without reading it",
+        )
     return n
 
 
