@@ -104,22 +104,28 @@ def plan_merge(
     """Decide, for every tensor of the task expert, its sources, weights, dtype and output shard.
 
     ``out_dtype`` is ``"auto"`` (the task expert's dtype, tensor by tensor) or a float dtype name.
+    Tensors that are not floating point (integer or bool buffers, e.g. an ``I64`` position index)
+    are never blended nor cast: each is taken whole, in its own dtype, from the expert whose weight
+    is larger in its layer, and from the task expert when both weigh 1/2.
     """
     out: list[OutTensor] = []
     for name, ref in tensors[order_from].items():
         src = lmap.for_tensor(name)
         dtype = ref.dtype if out_dtype == "auto" else safetensors_dtype(out_dtype)
-        if ref.dtype not in _TORCH:  # integer buffers (rare) follow the map but are never blended
-            dtype = ref.dtype
+        weight = src.weight
+        if ref.dtype not in _TORCH:  # integer and bool buffers: whole from one side (see the docstring)
+            weight = 1 if weight > 0.5 else 0
         lang, task = tensors["language"].get(name), tensors["task"].get(name)
-        if (lang is None and src.weight != 0) or (task is None and src.weight != 1):
+        if (lang is None and weight != 0) or (task is None and weight != 1):
             from hubswap.errors import IncompatibleModelsError
 
             lacking = "language" if lang is None else "task"
             raise IncompatibleModelsError([f"{lacking} expert lacks tensor {name}, which the layer map takes from it"])
-        if src.weight == 1:
+        if ref.dtype not in _TORCH:
+            dtype = (lang if weight == 1 else task).dtype
+        if weight == 1:
             sources = (Source(dirs["language"] / lang.file, lang, 1.0),)
-        elif src.weight == 0:
+        elif weight == 0:
             sources = (Source(dirs["task"] / task.file, task, 1.0),)
         else:
             sources = (

@@ -253,3 +253,51 @@ def test_bfloat16_conversion_matches_torch_bit_for_bit():
         assert np.isnan(_to_float32(ours.tobytes(), dtype)[nan]).all()
         back = _to_float32(ours.tobytes(), dtype)
         assert np.array_equal(back, torch.from_numpy(theirs.view(np.int16)).view(torch_dtype).float().numpy(), equal_nan=True)
+
+
+def _with_buffers(src: Path, dest: Path, seed: int) -> Path:
+    """A copy of an expert with integer and bool buffers in layers 0, 2, 3, 4 and 6, listed in the
+    index like any weight: values of its own, so the merged one tells which side it came from."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dest)
+    g = torch.Generator().manual_seed(seed)
+    extra = {f"model.layers.{i}.self_attn.position_index": torch.randint(0, 2**40, (7,), generator=g)
+             for i in (0, 2, 3, 4, 6)}
+    extra["model.layers.2.self_attn.causal_mask"] = torch.rand(4, 4, generator=g) > 0.5
+    extra["model.layers.6.mlp.bucket"] = torch.randint(-100, 100, (3, 5), generator=g, dtype=torch.int32)
+    save_file(extra, dest / "model-buffers.safetensors", metadata={"format": "pt"})
+    index = json.loads((dest / "model.safetensors.index.json").read_text())
+    index["weight_map"].update({k: "model-buffers.safetensors" for k in extra})
+    (dest / "model.safetensors.index.json").write_text(json.dumps(index))
+    return dest
+
+
+def test_integer_and_bool_tensors_are_taken_whole_never_blended(tiny_llama, tmp_path):
+    """In transition layers (here layer 2: language weight 2/3, layer 3: 1/3, layer 6: 1/2) an
+    integer or bool tensor comes whole from the side with the larger weight, from the task expert
+    on a tie, in its own dtype, bit for bit; float tensors are blended and cast as the recipe says."""
+    fam = {**tiny_llama,
+           "task": _with_buffers(tiny_llama["task"], tmp_path / "task", seed=1),
+           "language": _with_buffers(tiny_llama["language"], tmp_path / "language", seed=2)}
+    swap = dict(bottom=2, top=1, transition_bottom=2, transition_top=1)
+    recipe = local_recipe(tmp_path / "r.toml", fam, dtype="bfloat16", bottom=2, top=1, transition=0,
+                          extra="transition_bottom = 2\ntransition_top = 1\n")
+    out_dir = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False)).model_dir
+    merged, lang, task = load_all(out_dir), load_all(fam["language"]), load_all(fam["task"])
+    side = {0: lang, 2: lang, 3: task, 4: task, 6: task}
+    for i, want in side.items():
+        name = f"model.layers.{i}.self_attn.position_index"
+        assert merged[name].dtype == torch.int64 and torch.equal(merged[name], want[name]), name
+        assert not torch.equal(lang[name], task[name])
+    assert merged["model.layers.2.self_attn.causal_mask"].dtype == torch.bool
+    assert torch.equal(merged["model.layers.2.self_attn.causal_mask"], lang["model.layers.2.self_attn.causal_mask"])
+    assert merged["model.layers.6.mlp.bucket"].dtype == torch.int32
+    assert torch.equal(merged["model.layers.6.mlp.bucket"], task["model.layers.6.mlp.bucket"])
+    rswap = Swap(dtype="bfloat16", **swap)
+    for name, t in merged.items():
+        if t.is_floating_point():
+            want = expected_tensor(name, lang, task, rswap, 8, torch.bfloat16)
+            assert torch.equal(t.view(torch.uint8), want.contiguous().view(torch.uint8)), name
