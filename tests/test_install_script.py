@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 
 import pytest
@@ -60,3 +61,12 @@ def test_refuses_a_python_older_than_3_11(tmp_path):
         pytest.skip(str(e))
     p = dry_run(old, tmp_path, tmp_path / "venv")
     assert p.returncode == 1 and "hubswap needs Python >= 3.11" in p.stderr
+
+
+def test_github_ci_runs_the_legs_of_ci_run():
+    """.ci/run (these machines) and .github/workflows/ci.yml (GitHub) run the same install legs."""
+    legs = re.findall(r"^(scripts/ci-\S+.*?)\s*$", (REPO / ".ci" / "run").read_text(), re.M)
+    assert "scripts/ci-core.sh 3.12" in legs and "scripts/ci-core.sh 3.13" in legs
+    workflow = (REPO / ".github" / "workflows" / "ci.yml").read_text()
+    assert [leg for leg in legs if leg not in workflow] == []
+    assert all((REPO / leg.split()[0]).stat().st_mode & 0o111 for leg in legs)  # executable
