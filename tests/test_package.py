@@ -56,8 +56,12 @@ def test_wheel_and_sdist_pass_twine_check_and_carry_the_package_data(dist):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         meta = Parser().parsestr(z.read(f"hubswap-{__version__}.dist-info/METADATA").decode())
-    assert {"hubswap/templates/model_card.md.j2", "hubswap/evaluate/metrics/mgsm_exact_match.py",
-            f"hubswap-{__version__}.dist-info/licenses/LICENSE"} <= names
+    # every file of the package, its data (card template, evaluate metric) included
+    package = {p.relative_to(REPO).as_posix() for p in (REPO / "hubswap").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert "hubswap/templates/model_card.md.j2" in package
+    assert sorted(package - names) == []
+    assert f"hubswap-{__version__}.dist-info/licenses/LICENSE" in names
     assert not any(n.startswith("tests/") for n in names)
     assert meta["Requires-Python"] == ">=3.11" and meta["License-Expression"] == "Apache-2.0"
     assert meta["Description-Content-Type"] == "text/markdown"
