@@ -233,3 +233,48 @@ def write_demo_recipe(path: Path, experts: Path, *, dataset: str | None = None, 
     rel = os.path.relpath(experts, path.parent)
     path.write_text(DEMO_RECIPE.format(experts=rel, dataset=dataset), encoding="utf-8")
     return path
+
+
+def make_scripted_model(out_dir: str | Path, script: dict[str, str], *, hidden: int = 64,
+                        vocab_size: int = 640) -> Path:
+    """A tiny Llama whose greedy continuation of a prompt ending in a key of ``script`` is the value.
+
+    Every key and value becomes one added token of the demo tokenizer. The model is a bigram model:
+    the attention and MLP output projections are zero, so the residual stream at the last position
+    is that token's embedding; each scripted token's embedding is a basis vector of its own, and
+    ``lm_head`` maps it to its successor (key -> value -> ``</s>``) with a margin of sqrt(hidden) in
+    the logits, so greedy decoding is exact in float32. Two heads of size 32: vLLM's CPU attention
+    needs a head size of at least 32. For tests that need a model to write given answers.
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    tok = make_tokenizer(out_dir, vocab_size=512)
+    pieces = list(dict.fromkeys([*script, *script.values()]))
+    tok.add_tokens(pieces)
+    tok.save_pretrained(str(out_dir))
+    ids = {p: tok.convert_tokens_to_ids(p) for p in pieces}
+    if len(pieces) > hidden or len(tok) > vocab_size:
+        raise ValueError(f"{len(pieces)} scripted pieces need hidden >= {len(pieces)} and vocab_size >= {len(tok)}")
+    cfg = LlamaConfig(
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1, num_attention_heads=hidden // 32,
+        num_key_value_heads=hidden // 32, vocab_size=vocab_size, max_position_embeddings=4096,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, dtype="float32",
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(torch.float32)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.lm_head.weight.zero_()
+        for k, piece in enumerate(pieces):
+            model.model.embed_tokens.weight[ids[piece], k] = 1.0
+            successor = ids[script[piece]] if piece in script else cfg.eos_token_id
+            model.lm_head.weight[successor, k] = 1.0
+    model.save_pretrained(str(out_dir))
+    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=False).save_pretrained(str(out_dir))
+    (out_dir / "README.md").write_text("# scripted tiny model\n\nA bigram model made by `hubswap.demo` for tests.\n")
+    return out_dir
