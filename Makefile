@@ -21,5 +21,5 @@ workflows: install  ## the GitHub Actions workflows, offline: security audit and
 	$(BIN)/zizmor --offline --no-progress .github/workflows
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
-bench: install  ## merge benchmark vs copy floor, naive script, mergekit; writes docs/PERFORMANCE.md (~15 min, ~10 GB)
+bench: install  ## two cases (bf16, float32 language expert) vs cp, floor, naive, mergekit; two timings; writes docs/PERFORMANCE.md (~20 min, ~12 GB)
 	$(BIN)/python bench/merge.py

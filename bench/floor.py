@@ -5,7 +5,9 @@
 PLAN.json lists ``[op, file, offset, length]`` in output order. ``copy`` ranges go into OUT_FILE
 with ``os.copy_file_range`` (in the kernel, no user-space buffer: the fastest way Linux offers to
 move bytes between files); ``read`` ranges (the other expert's side of each blended tensor) are read
-into a reused buffer and dropped. So the floor reads every byte the merge needs from both experts
+into a reused buffer and dropped; ``cast`` ranges (``[op, file, offset, length, out_length]``, a
+float32 tensor that the merge casts to bf16) are read into the buffer and ``out_length/length`` of
+each piece written, with no arithmetic. So the floor reads every byte the merge needs from both experts
 and writes a file of the merged model's size, with no arithmetic, no headers, no tokenizer.
 Only the standard library is imported: its start-up is part of the floor.
 """
@@ -27,7 +29,7 @@ def main(plan_path: str, out_path: str) -> None:
     files: dict[str, int] = {}
     out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        for op, path, offset, length in plan:
+        for op, path, offset, length, *out_length in plan:
             fd = files.get(path)
             if fd is None:
                 fd = files[path] = os.open(path, os.O_RDONLY)
@@ -37,6 +39,8 @@ def main(plan_path: str, out_path: str) -> None:
                     n = os.copy_file_range(fd, out, min(end - offset, 1 << 30), offset)
                 else:
                     n = os.preadv(fd, [view[: min(end - offset, CHUNK)]], offset)
+                    if op == "cast":
+                        os.write(out, view[: n * out_length[0] // length])
                 if n <= 0:
                     raise OSError(f"short {op} of {path} at {offset}")
                 offset += n

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -50,7 +49,6 @@ DOC = ROOT / "docs" / "PERFORMANCE.md"
 ANALYSIS = ROOT / "bench" / "ANALYSIS.md"
 HASH_CACHE = CACHE / "hubswap-cache"  # hubswap's sha256 cache (HUBSWAP_CACHE) for these runs
 
-TARGETS = {"floor_ratio": 1.3, "rss_gib": 1.5, "naive_speedup": 3.0, "help_s": 1.0}
 
 
 def log(msg: str) -> None:
@@ -119,15 +117,21 @@ def layer_map_of(pair: Path):
 
 
 def floor_plan(pair: Path) -> tuple[list, int, int]:
-    """The floor's byte moves, in output order; also (bytes read, bytes written)."""
+    """The floor's byte moves, in output order; also (bytes read, bytes written).
+
+    A tensor taken in its own dtype is a kernel copy; one whose dtype changes (a float32 language
+    expert's, cast to bf16) is read whole and the output's size of it written (``cast``: no
+    arithmetic); a blend reads the other side too."""
     lm = layer_map_of(pair)
     task, lang = tensor_ranges(pair / "task"), tensor_ranges(pair / "language")
     plan, read, written = [], 0, 0
-    for name, (tpath, toff, tlen, _, _) in task.items():
+    for name, (tpath, toff, tlen, tdtype, _) in task.items():
         w = lm.for_tensor(name).weight
-        lpath, loff, llen, _, _ = lang[name]
-        if w == 1:
+        lpath, loff, llen, ldtype, _ = lang[name]
+        if w == 1 and ldtype == tdtype:
             plan.append(["copy", str(lpath), loff, llen])
+        elif w == 1:
+            plan.append(["cast", str(lpath), loff, llen, tlen])
         elif w == 0:
             plan.append(["copy", str(tpath), toff, tlen])
         else:  # a blend reads both sides and writes one tensor
@@ -162,8 +166,11 @@ def mergekit_config(pair: Path) -> str:
         if {1: "language", 0: "task"}.get(end[2]) != want:
             raise SystemExit(f"mergekit cannot take non-layer tensors from the {want} expert here: "
                              "the first and last slices must come from that expert alone")
+    # mergekit casts every input to ``dtype`` as it loads it: float32 when an expert is float32, or
+    # its blends would start from bf16-rounded values (hubswap blends the float32 values).
+    f32 = "F32" in {info[3] for info in tensor_ranges(pair / "language").values()}
     lines = ["# Written by bench/merge.py from the benchmark recipe's layer map.",
-             "merge_method: linear", "dtype: bfloat16", "out_dtype: bfloat16", "slices:"]
+             "merge_method: linear", f"dtype: {'float32' if f32 else 'bfloat16'}", "out_dtype: bfloat16", "slices:"]
     for a, b, w in runs:
         lines.append("  - sources:")
         if w in (0, 1):
@@ -212,7 +219,9 @@ def contenders(pair: Path, out_root: Path, mergekit_exe: Path | None, which: set
     all_ = [
         Contender("floor", [py, "-S", str(ROOT / "bench" / "floor.py"), str(plan_file), str(out["floor"])],
                   out["floor"]),
-        Contender("cp -r", ["cp", "-r", str(pair / "language"), str(out["cp"])], out["cp"]),
+        # The task expert: the size of the merged model in both cases (the language expert is
+        # twice that when it is float32).
+        Contender("cp -r", ["cp", "-r", str((pair / "task").resolve()), str(out["cp"])], out["cp"]),
         Contender("hubswap", [*build, str(out["hubswap"])], out["hubswap"], out["hubswap"] / "model"),
         Contender("hubswap 1st", [*build, str(out["hubswap-1st"])], out["hubswap-1st"],
                   out["hubswap-1st"] / "model",
@@ -242,9 +251,9 @@ def child_env() -> dict[str, str]:
 @dataclass
 class Run:
     contender: str
-    shape: str
+    shape: str  # the case: a pair of experts (e.g. llama-3.2-1b, or its float32-language twin)
     round: int
-    wall_s: float
+    wall_s: float  # page-cache: the command's wall time, its outputs possibly not yet on disk
     maxrss_gib: float  # ru_maxrss of the process tree (largest process), file-backed pages included
     tree_rss_gib: float  # largest sum of RSS over the tree, sampled every 50 ms
     anon_gib: float  # largest sum of anonymous RSS (heap) over the tree, sampled every 50 ms
@@ -252,6 +261,24 @@ class Run:
     rc: int
     started: str = ""
     others_busy: float = 0.0  # share of all CPUs others used in the 0.5 s before the run
+    durable_s: float = 0.0  # wall_s plus the fsync of every output file, right after the command
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file under ``path`` (what a durable build must wait for), then the folders."""
+    for root, _, names in os.walk(path):
+        for name in names:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for root, _, _ in os.walk(path):
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _rss_poller(pid: int, stop: threading.Event, peaks: dict) -> None:
@@ -355,6 +382,9 @@ def measure(c: Contender, shape: str, rnd: int, logs: Path, keep: bool = False) 
         rc = proc.wait()
         wall = time.perf_counter() - t0
         stop.set()
+        if rc == 0:
+            fsync_tree(c.output)  # the durable timing: the same run, until its outputs are on disk
+        durable = time.perf_counter() - t0
         poller.join()
     if rc != 0:
         raise SystemExit(f"{c.name} failed (exit {rc}) on {shape}:\n{log_file.read_text()[-3000:]}")
@@ -363,7 +393,7 @@ def measure(c: Contender, shape: str, rnd: int, logs: Path, keep: bool = False) 
     maxrss_kib = int(rss_file.read_text().split()[-1])
     gib = 1 << 30
     return Run(c.name, shape, rnd, wall, maxrss_kib * 1024 / gib, peaks["rss"] / gib,
-               peaks["anon"] / gib, tuple(round(x, 2) for x in load), rc, started, round(others, 2))
+               peaks["anon"] / gib, tuple(round(x, 2) for x in load), rc, started, round(others, 2), durable)
 
 
 def help_startup(n: int) -> list[float]:
@@ -380,7 +410,8 @@ PHASES = [  # (label, file suffix, function): cumulative times picked from one c
     ("resolve inputs", "hubswap/build.py", "resolve_inputs"),
     ("preflight (headers, configs, tokenizers)", "hubswap/compat.py", "check_compatible"),
     ("merge (swap.merge)", "hubswap/swap.py", "merge"),
-    ("  raw byte copies (os.copy_file_range)", "~", "<built-in method posix.copy_file_range>"),
+    ("  raw byte copies (os.copy_file_range), main thread", "~", "<built-in method posix.copy_file_range>"),
+    ("  blends and casts, the main thread's share", "hubswap/swap.py", "_compute"),
     ("side files (config, tokenizer)", "hubswap/swap.py", "copy_side_files"),
     ("model card", "hubswap/build.py", "write_card"),
 ]
@@ -405,13 +436,15 @@ def profile_hubswap(c: Contender, logs: Path) -> list[tuple[str, float]]:
         ct = sum(v[3] for (f, _, fn), v in stats.items() if fn == func and f.endswith(suffix))
         rows.append((label, ct))
 
-    def waits(caller: str) -> float:  # main-thread time blocked on another thread's result
-        return sum(ct for (f, _, fn), v in stats.items() if fn == "result" and f.endswith("concurrent/futures/_base.py")
+    def waits(caller: str, fn_name: str = "result", module: str = "concurrent/futures/_base.py") -> float:
+        """Main-thread time blocked on other threads (a future's result, a thread's join)."""
+        return sum(ct for (f, _, fn), v in stats.items() if fn == fn_name and f.endswith(module)
                    for (cf, _, _), (_, _, _, ct) in v[4].items() if cf.endswith(caller))
 
     merge_at = next(i for i, (label, _) in enumerate(rows) if label.startswith("merge"))
-    rows.insert(merge_at + 2, ("  waiting for blends (computed in a second thread)", waits("hubswap/swap.py")))
-    rows.append(("waiting for the sha256 workers (inputs)", waits("hubswap/build.py")))
+    rows.insert(merge_at + 3, ("  waiting for the other threads' last chunks",
+                               waits("hubswap/swap.py", "join", "threading.py")))
+    rows.append(("waiting for the sha256 threads (inputs)", waits("hubswap/build.py")))
     top = dict(rows)
     rows.insert(1, ("interpreter start-up, `import hubswap.cli`, cProfile", wall - top[PHASES[0][0]]))
     rest = top[PHASES[0][0]] - sum(sec for label, sec in rows[3:] if not label.startswith(" "))
@@ -462,18 +495,6 @@ def compare(reference: Path, other: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------- report
 
 
-def summarize(runs: list[Run], name: str, shape: str) -> dict | None:
-    rs = [r for r in runs if r.contender == name and r.shape == shape]
-    if not rs:
-        return None
-    walls = [r.wall_s for r in rs]
-    return {
-        "n": len(rs), "median": statistics.median(walls), "min": min(walls), "max": max(walls),
-        "maxrss": max(r.maxrss_gib for r in rs), "tree_rss": max(r.tree_rss_gib for r in rs),
-        "anon": max(r.anon_gib for r in rs),
-    }
-
-
 def machine() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
@@ -487,255 +508,150 @@ def machine() -> dict:
             "python": platform.python_version(), "hubswap_commit": commit}
 
 
-def render(results: dict) -> str:
-    main, runs = results["main_shape"], [Run(**r) for r in results["runs"]]
-    floor = summarize(runs, "floor", main)
-    rows = []
-    for name in ("floor", "cp -r", "hubswap", "hubswap 1st", "naive", "mergekit"):
-        s = summarize(runs, name, main)
-        if s is None:
-            continue
-        ratio, best = s["median"] / floor["median"], s["min"] / floor["min"]
-        rows.append(f"| {name} | {s['median']:.2f} | {s['min']:.2f}–{s['max']:.2f} | {ratio:.2f}x | {best:.2f}x | "
-                    f"{s['maxrss']:.2f} | {s['anon']:.2f} | {s['n']} |")
-    table = "\n".join([
-        "| contender | wall median (s) | min–max (s) | / floor (medians) | / floor (minimums) | "
-        "peak RSS (GiB) | peak heap (GiB) | runs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|", *rows])
-    scale_rows = []
-    for shape in results["scale_shapes"]:
-        for name in ("floor", "hubswap"):
-            s = summarize(runs, name, shape)
-            if s:
-                scale_rows.append(f"| {shape} | {name} | {s['median']:.2f} | {s['min']:.2f}–{s['max']:.2f} | "
-                                  f"{s['maxrss']:.2f} | {s['anon']:.2f} | {s['n']} |")
-    scale = "\n".join([
-        "| shape | contender | wall median (s) | min–max (s) | peak RSS (GiB) | peak heap (GiB) | runs |",
-        "|---|---|---:|---:|---:|---:|---:|", *scale_rows])
-    raw = "\n".join(
-        f"| {r.started} | {r.shape} | {r.round} | {r.contender} | {r.wall_s:.2f} | {r.maxrss_gib:.2f} | "
-        f"{r.anon_gib:.2f} | {' '.join(f'{x:.2f}' for x in r.load)} | {100 * r.others_busy:.0f}% |" for r in runs)
-    m, v = results["machine"], results["versions"]
-    hs = results["help_s"]
-    checks = "\n".join(f"- {line}" for line in results["verdicts"])
-    # Reading the numbers takes a person: bench/ANALYSIS.md (hand-written, dated) is included as is.
-    analysis = ANALYSIS.read_text() + "\n" if ANALYSIS.exists() else ""
-    prof = "\n".join(["| phase | seconds |", "|---|---:|",
-                      *(f"| {label.strip() if not label.startswith(' ') else '&nbsp;&nbsp;' + label.strip()} "
-                        f"| {sec:.2f} |" for label, sec in results["profile"])]) or "(not run)"
-    verify = "\n".join(f"- {line}" for line in results["verification"])
-    return f"""# Performance
-
-Written by `make bench` (`.venv/bin/python bench/merge.py`) on {results['date']}; do not edit by hand.
-
-The merge of issue 6: a pair of random experts shaped like Llama 3.2 1B (16 layers, hidden 2048,
-intermediate 8192, 32 heads / 8 KV heads, vocab 128256, tied embeddings, bfloat16,
-{results['expert_gb']:.2f} GB each, in 1 GB shards as on the Hub) merged with bottom 5, top 2,
-transition 1, embeddings and final norm from the language expert. The floor reads the
-{results['floor_read_gb']:.2f} GB the merge needs and writes {results['floor_written_gb']:.2f} GB.
-
-{table}
-
-- **floor**: `bench/floor.py` moves exactly the needed bytes with `os.copy_file_range` (reads both
-  sides of the two blended layers, writes one merged-size file); no arithmetic, no headers.
-- **cp -r**: `cp -r` of one expert folder, for reference.
-- **hubswap**: `hubswap build bench.toml --no-eval --no-push --output DIR`, the whole command:
-  start-up, recipe, preflight, swap, side files, lock, model card. The lock records the sha256 of
-  every input file; hubswap caches hashes by (device, inode, size, mtime), so a rebuild reads
-  them from the cache. **hubswap 1st** is the same command with that cache emptied before each
-  run: a first build, hashing the 4.9 GB of inputs as well.
-- **naive**: `bench/naive_merge.py`, `from_pretrained` both experts, blend the state dict in
-  float32, `save_pretrained`.
-- **mergekit**: `mergekit-yaml` {v['mergekit']} with the config below, default options.
-- Wall time is the median of alternating rounds (the order rotates each round), min–max its
-  spread; the ratios to the floor are given on medians and on minimums (the runs least disturbed
-  by other users). Peak RSS is the contender's `ru_maxrss` as GNU `time` reports it (the largest
-  process of the tree; it counts the file-backed pages of memory-mapped checkpoints); peak heap is
-  the largest anonymous RSS summed over the process tree, sampled every 50 ms.
-- **Warm page cache.** A non-privileged user cannot drop the page cache: every run reads experts
-  that earlier runs left in memory. Outputs are deleted and `sync`-ed between runs. Cold-cache
-  times would add the disk's read time to every contender alike.
-- The machine is shared with other engineers' test suites. Before each run the benchmark waits
-  (up to {results['quiet']['max_wait_s']:.0f} s) until other processes use less than
-  {100 * results['quiet']['busy']:.0f}% of the CPUs and the disk is idle (the discards and
-  write-back of earlier runs' outputs would otherwise land in the next run); the load average and the others' CPU share
-  at the start of each run are in the raw table below. Spreads are wide when others were busy.
-
-## Targets
-
-{checks}
-
-`hubswap --help` start-up: median {statistics.median(hs):.2f} s (min {min(hs):.2f}, max {max(hs):.2f},
-{len(hs)} runs).
-
-## Where hubswap's time goes
-
-One extra, untimed `hubswap build` under cProfile, main thread. The sha256 of the inputs (cached
-here) runs in worker threads; the main thread's wait for them is a row.
-
-{prof}
-
-{analysis}
-## Peak memory does not grow with the number of layers
-
-Two shapes that differ only in their number of layers (hidden 1024, intermediate 4096, vocab
-128256), same recipe:
-
-{scale}
-
-## Equal outputs, checked before timing
-
-{verify}
-
-mergekit config (one `merge_method` per config, so whole layers are one-source `linear` slices
-with weight 1, which mergekit computes as `x * 1 / 1` in float32 and casts back, bit for bit):
-
-```yaml
-{results['mergekit_config'].rstrip()}
-```
-
-## Machine
-
-{m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB RAM, {m['fs']}, Linux {m['kernel']},
-Python {m['python']}; hubswap at {m['hubswap_commit']}; torch {v['torch']}, transformers
-{v['transformers']}, safetensors {v['safetensors']} (hubswap and naive); mergekit {v['mergekit']}
-with torch {v['mergekit_torch']}, transformers {v['mergekit_transformers']} in its own venv.
-`PYTHONDONTWRITEBYTECODE=1` is set on these machines, so imports are not cached as bytecode.
-
-## Raw runs
-
-| start | shape | round | contender | wall (s) | peak RSS (GiB) | peak heap (GiB) | load 1/5/15 min | others' CPU |
-|---|---|---:|---|---:|---:|---:|---|---:|
-{raw}
-
-Reproduce: `make bench` (first run makes the experts, about {2 * results['expert_gb']:.0f} GB, and the
-mergekit venv under `bench/.cache/`). `--rounds N`, `--only hubswap,floor`, `--no-doc`: see
-`bench/merge.py --help`.
-"""
-
-
-def verdicts(runs: list[Run], main: str, scale_shapes: list[str], help_s: list[float]) -> list[str]:
-    out = []
-    floor, hub = summarize(runs, "floor", main), summarize(runs, "hubswap", main)
-    naive, mk = summarize(runs, "naive", main), summarize(runs, "mergekit", main)
-
-    def mark(ok: bool) -> str:
-        return "met" if ok else "**missed**"
-
-    if floor and hub:
-        r, best = hub["median"] / floor["median"], hub["min"] / floor["min"]
-        out.append(f"hubswap / floor = {r:.2f}x on medians, {best:.2f}x on minimums "
-                   f"(target <= {TARGETS['floor_ratio']}x): {mark(r <= TARGETS['floor_ratio'])}")
-        out.append(f"hubswap peak RSS {hub['maxrss']:.2f} GiB (target < {TARGETS['rss_gib']} GiB): "
-                   f"{mark(hub['maxrss'] < TARGETS['rss_gib'])}")
-    first = summarize(runs, "hubswap 1st", main)
-    if floor and first:
-        r, best = first["median"] / floor["median"], first["min"] / floor["min"]
-        out.append(f"hubswap first build (inputs hashed) / floor = {r:.2f}x on medians, {best:.2f}x on "
-                   f"minimums: {mark(r <= TARGETS['floor_ratio'])}")
-    if hub and naive:
-        r = naive["median"] / hub["median"]
-        out.append(f"naive / hubswap = {r:.1f}x faster (target >= {TARGETS['naive_speedup']}x): "
-                   f"{mark(r >= TARGETS['naive_speedup'])}")
-    if hub and mk:
-        r = mk["median"] / hub["median"]
-        out.append(f"mergekit / hubswap = {r:.2f}x (target > 1): {mark(r > 1)}")
-    scale = [summarize(runs, "hubswap", s) for s in scale_shapes]
-    if len(scale_shapes) == 2 and all(scale):
-        a, b = scale
-        grow = b["maxrss"] / a["maxrss"]
-        out.append(f"hubswap peak RSS {a['maxrss']:.2f} GiB at {scale_shapes[0]}, {b['maxrss']:.2f} GiB at "
-                   f"{scale_shapes[1]} ({grow:.2f}x for 2x the layers; target: flat): "
-                   f"{mark(grow < 1.15)}")
-    h = statistics.median(help_s)
-    out.append(f"`hubswap --help` {h:.2f} s (target < {TARGETS['help_s']} s): {mark(h < TARGETS['help_s'])}")
-    return out
-
-
 # ------------------------------------------------------------------------------------------ main
+
+
+SIZES = {  # --shape: the pair of each case
+    "1b": {"bf16": experts.LLAMA_1B, "fp32": experts.LLAMA_1B_F32},
+    "8b": {"bf16": experts.LLAMA_8B, "fp32": experts.LLAMA_8B_F32},
+}
+ALL = "floor,cp -r,hubswap,hubswap 1st,naive,mergekit"
+DEFAULTS = {  # rounds, contenders, layer-count shapes, keep the experts, where the report goes
+    "1b": dict(rounds=5, only=ALL, scale=True, keep=True, doc=DOC),
+    # 8B: what fits about 9 minutes and 50 GB of disk with the experts made on the spot.
+    "8b": dict(rounds=1, only="floor,cp -r,hubswap,hubswap 1st", scale=False, keep=False,
+               doc=ROOT / "docs" / "PERFORMANCE-8B.md"),
+}
+
+
+def describe(shape: experts.Shape) -> str:
+    lang = ("float32, so the bottom and top layers, the embeddings and the lm_head are cast to bf16"
+            if shape.language_dtype == "float32" else "bfloat16")
+    return (f"{shape.num_layers} layers, hidden {shape.hidden}, intermediate {shape.intermediate}, vocab "
+            f"{shape.vocab}, {'tied' if shape.tied else 'untied'} embeddings, shards of "
+            f"{shape.max_shard_bytes / 1e9:.0f} GB; task expert bfloat16 ({shape.num_bytes() / 1e9:.2f} GB), "
+            f"language expert {lang} ({shape.num_bytes(shape.language_dtype) / 1e9:.2f} GB)")
+
+
+def run_round(cs: list[Contender], shape: str, rnd: int, logs: Path, runs: list[Run]) -> None:
+    k = (rnd - 1) % len(cs)
+    for c in cs[k:] + cs[:k]:  # the order rotates each round
+        r = measure(c, shape, rnd, logs)
+        runs.append(r)
+        log(f"{shape} round {rnd} {c.name:11s} {r.wall_s:7.2f} s  durable {r.durable_s:7.2f} s  "
+            f"rss {r.maxrss_gib * 1024:5.0f} MiB  heap {r.anon_gib * 1024:5.0f} MiB  load {r.load}  "
+            f"others {100 * r.others_busy:.0f}%")
+
+
+def verify(cs: list[Contender], shape: str, logs: Path) -> list[str]:
+    """One run of each merger (also warms the page cache), outputs compared with hubswap's."""
+    by_name = {c.name: c for c in cs}
+    ref = by_name.get("hubswap")
+    if ref is None:
+        raise SystemExit("verification needs hubswap among the contenders (or --no-verify)")
+    log(f"{shape}: verify: one run of each merger, outputs compared with hubswap's ...")
+    measure(ref, shape, 0, logs, keep=True)
+    out = []
+    for c in cs:
+        if c.model_dir is None or c.name.startswith("hubswap"):
+            continue
+        measure(c, shape, 0, logs, keep=True)
+        problems = compare(ref.model_dir, c.model_dir)
+        n = len(tensor_ranges(ref.model_dir))
+        if problems:
+            out.append(f"{c.name}: **differs** from hubswap: " + "; ".join(problems[:8]))
+        else:
+            out.append(f"{c.name}: all {n} tensors equal hubswap's, byte for byte")
+        log(f"  {out[-1]}")
+        clean(c.output)
+    clean(ref.output)
+    return out or ["no other merger among the contenders"]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds per contender (default 5)")
-    p.add_argument("--scale-rounds", type=int, default=3, help="rounds for the layer-count shapes")
-    p.add_argument("--only", default="floor,cp -r,hubswap,hubswap 1st,naive,mergekit",
-                   help="comma-separated contenders (default: all)")
+    p.add_argument("--shape", choices=sorted(SIZES), default="1b",
+                   help="1b: Llama 3.2 1B pairs (10 GB of disk; default). 8b: Llama 3.1 8B pairs for hosts "
+                        "with ~50 GB of disk and many cores: bf16 (16 GB per expert) and a 24-layer pair "
+                        "with a float32 language expert (12.6 + 25.1 GB), made, timed and removed in turn")
+    p.add_argument("--cases", default="bf16,fp32",
+                   help="bf16 (both experts bf16), fp32 (float32 language expert); default both")
+    p.add_argument("--rounds", type=int, help="timed rounds per contender (default 5; 1 at --shape 8b)")
+    p.add_argument("--scale-rounds", type=int, default=3, help="rounds for the layer-count shapes (1b)")
+    p.add_argument("--only", help=f"comma-separated contenders (default: {ALL}; at 8b, no naive or mergekit)")
     p.add_argument("--no-verify", action="store_true", help="skip the output comparison")
     p.add_argument("--no-scale", action="store_true", help="skip the 16/32-layer shapes")
-    p.add_argument("--no-doc", action="store_true", help="print the table, do not write docs/PERFORMANCE.md")
+    p.add_argument("--keep-experts", action="store_true",
+                   help="keep each 8B pair after its runs (they are removed by default, to fit the disk)")
+    p.add_argument("--no-profile", action="store_true", help="skip the profiled hubswap run per case")
+    p.add_argument("--doc", type=Path, help="the report (default docs/PERFORMANCE.md; docs/PERFORMANCE-8B.md at 8b)")
+    p.add_argument("--no-doc", action="store_true", help="print the tables, write no report")
     p.add_argument("--quiet", type=float, default=0.25, metavar="FRACTION",
                    help="before each run, wait until other processes use less than this share of the "
                         "CPUs (default 0.25) ...")
     p.add_argument("--max-wait", type=float, default=15.0, metavar="S", help="... for at most S seconds (default 15)")
     args = p.parse_args(argv)
+    d = DEFAULTS[args.shape]
     QUIET.update(busy=args.quiet, max_wait_s=args.max_wait)
-    which = {w.strip() for w in args.only.split(",")}
+    which = {w.strip() for w in (args.only or d["only"]).split(",")}
+    rounds = args.rounds if args.rounds is not None else d["rounds"]
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if unknown := [c for c in cases if c not in SIZES[args.shape]]:
+        raise SystemExit(f"--cases: unknown {unknown}; choose from {', '.join(SIZES[args.shape])}")
+    keep = args.keep_experts or d["keep"]
+    t_start = time.monotonic()
 
-    # 1. inputs
-    free = shutil.disk_usage(CACHE.parent).free / 1e9
-    log(f"disk free {free:.0f} GB; load {os.getloadavg()}; {dt.datetime.now():%H:%M:%S}")
-    if free < 15:
-        raise SystemExit("need about 15 GB free under bench/.cache (experts, outputs)")
-    pair = experts.ensure_pair(experts.LLAMA_1B, CACHE, log)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    need = max(SIZES[args.shape][c].pair_bytes() + SIZES[args.shape][c].num_bytes() for c in cases) / 1e9
+    free = shutil.disk_usage(CACHE).free / 1e9
+    log(f"disk free {free:.0f} GB (need about {need:.0f} GB); load {os.getloadavg()}; {dt.datetime.now():%H:%M:%S}")
+    if free < need + 2:
+        raise SystemExit(f"need about {need + 2:.0f} GB free under {CACHE} (experts and one output at a time)")
     mk_exe = ensure_mergekit() if "mergekit" in which else None
-    out_root = CACHE / "out"
-    cs = contenders(pair, out_root, mk_exe, which)
-    _, read_b, written_b = floor_plan(pair)
-    versions = venv_versions(VENV_BIN / "python", ["torch", "transformers", "safetensors"])
+    versions = venv_versions(VENV_BIN / "python", ["numpy", "ml_dtypes", "safetensors"])
+    if "naive" in which:
+        versions.update(venv_versions(VENV_BIN / "python", ["torch", "transformers"]))
     if mk_exe:
         mv = venv_versions(MERGEKIT_VENV / "bin" / "python", ["mergekit", "torch", "transformers"])
         versions.update(mergekit=mv["mergekit"], mergekit_torch=mv["torch"],
                         mergekit_transformers=mv["transformers"])
         if not mv["torch"].endswith("+cpu"):
             raise SystemExit(f"the mergekit venv has torch {mv['torch']}, not the CPU build")
-    else:
-        versions.update(mergekit="-", mergekit_torch="-", mergekit_transformers="-")
     logs = CACHE / "logs"
-
-    # 2. verify (also warms the page cache)
-    verification = []
-    if not args.no_verify:
-        by_name = {c.name: c for c in cs}
-        ref = by_name.get("hubswap")
-        if ref is None:
-            raise SystemExit("verification needs hubswap among the contenders (or --no-verify)")
-        log("verify: one run of each merger, outputs compared with hubswap's ...")
-        measure(ref, experts.LLAMA_1B.name, 0, logs, keep=True)
-        for c in cs:
-            if c.model_dir is None or c.name.startswith("hubswap"):
-                continue
-            measure(c, experts.LLAMA_1B.name, 0, logs, keep=True)
-            problems = compare(ref.model_dir, c.model_dir)
-            n = len(tensor_ranges(ref.model_dir))
-            if problems:
-                verification.append(f"{c.name}: **differs** from hubswap: " + "; ".join(problems[:8]))
-            else:
-                verification.append(f"{c.name}: all {n} tensors equal hubswap's, byte for byte")
-            log(f"  {verification[-1]}")
-            clean(c.output)
-        clean(ref.output)
-
-    # 3. measure, alternating
     runs: list[Run] = []
-    for rnd in range(1, args.rounds + 1):
-        k = (rnd - 1) % len(cs)
-        for c in cs[k:] + cs[:k]:
-            r = measure(c, experts.LLAMA_1B.name, rnd, logs)
-            runs.append(r)
-            log(f"round {rnd} {c.name:9s} {r.wall_s:7.2f} s  rss {r.maxrss_gib:5.2f} GiB  "
-                f"heap {r.anon_gib:5.2f} GiB  load {r.load}  others {100 * r.others_busy:.0f}%")
+    case_results = []
 
-    profile = []
-    hub = next((c for c in cs if c.name == "hubswap"), None)
-    if hub is not None:
-        profile = profile_hubswap(hub, logs)
-        for label, sec in profile:
-            log(f"profile {label:48s} {sec:6.2f} s")
+    for case in cases:
+        shape = SIZES[args.shape][case]
+        t0 = time.monotonic()
+        pair = experts.ensure_pair(shape, CACHE, log)
+        log(f"{shape.name}: experts ready after {time.monotonic() - t0:.0f} s")
+        cs = contenders(pair, CACHE / "out" / shape.name, mk_exe, which)
+        _, read_b, written_b = floor_plan(pair)
+        verification = ["not run (--no-verify)"] if args.no_verify else verify(cs, shape.name, logs)
+        hub = next((c for c in cs if c.name == "hubswap"), None)
+        if args.no_verify and hub is not None:  # untimed: fills hubswap's hash cache and the page cache
+            measure(hub, shape.name, 0, logs)
+        for rnd in range(1, rounds + 1):
+            run_round(cs, shape.name, rnd, logs, runs)
+        profile = []
+        if hub is not None and not args.no_profile:
+            profile = profile_hubswap(hub, logs)
+            for label, sec in profile:
+                log(f"{shape.name} profile {label:52s} {sec:6.2f} s")
+        case_results.append({
+            "case": case, "shape": shape.name, "description": describe(shape),
+            "floor_read_gb": read_b / 1e9, "floor_written_gb": written_b / 1e9, "verification": verification,
+            "mergekit_config": mergekit_config(pair) if mk_exe else None, "profile": profile,
+        })
+        if not keep:
+            log(f"{shape.name}: removing the experts ({shape.pair_bytes() / 1e9:.0f} GB)")
+            clean(pair)
+        log(f"{shape.name}: done after {time.monotonic() - t0:.0f} s")
 
-    # 4. scale: only the number of layers changes
+    # Scale: only the number of layers changes.
     scale_shapes = []
-    if not args.no_scale and "hubswap" in which:
+    if d["scale"] and not args.no_scale and "hubswap" in which:
         for shape in (experts.WIDE_16, experts.WIDE_32):
             spair = experts.ensure_pair(shape, CACHE, log)
             scs = [c for c in contenders(spair, CACHE / "out-scale", None, {"floor", "hubswap"})]
@@ -743,31 +659,30 @@ def main(argv: list[str] | None = None) -> int:
             for c in scs:  # untimed: fills the page cache and hubswap's hash cache, as for the main shape
                 measure(c, shape.name, 0, logs)
             for rnd in range(1, args.scale_rounds + 1):
-                for c in scs if rnd % 2 else scs[::-1]:
-                    r = measure(c, shape.name, rnd, logs)
-                    runs.append(r)
-                    log(f"{shape.name} round {rnd} {c.name:9s} {r.wall_s:7.2f} s  rss {r.maxrss_gib:5.2f} GiB  "
-                        f"heap {r.anon_gib:5.2f} GiB  load {r.load}  others {100 * r.others_busy:.0f}%")
+                run_round(scs, shape.name, rnd, logs, runs)
 
     help_s = help_startup(7) if "hubswap" in which else [float("nan")]
 
-    # 5. report
+    import report
+
     results = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "main_shape": experts.LLAMA_1B.name, "scale_shapes": scale_shapes,
-        "expert_gb": experts.LLAMA_1B.num_bytes() / 1e9, "floor_read_gb": read_b / 1e9,
-        "floor_written_gb": written_b / 1e9, "machine": machine(), "versions": versions,
-        "help_s": help_s, "verification": verification or ["not run (--no-verify)"],
-        "mergekit_config": mergekit_config(pair), "runs": [asdict(r) for r in runs], "quiet": dict(QUIET),
-        "profile": profile,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "size": args.shape,
+        "cases": case_results, "scale_shapes": scale_shapes, "machine": machine(), "versions": versions,
+        "help_s": help_s, "runs": [asdict(r) for r in runs], "quiet": dict(QUIET),
+        "seconds": round(time.monotonic() - t_start),
     }
-    results["verdicts"] = verdicts(runs, experts.LLAMA_1B.name, scale_shapes, help_s)
-    (CACHE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = render(results)
-    print(text.split("## Machine")[0])
+    results["verdicts"] = report.verdicts(results)
+    suffix = "" if args.shape == "1b" else f"-{args.shape}"
+    (CACHE / f"results{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
+    # Reading the numbers takes a person: bench/ANALYSIS.md (hand-written, dated) is included as is.
+    analysis = ANALYSIS.read_text() + "\n" if args.shape == "1b" and ANALYSIS.exists() else ""
+    text = report.render(results, analysis)
+    print(text.split("## Where hubswap's time goes")[0])
+    log(f"benchmark took {results['seconds']} s")
     if not args.no_doc:
-        DOC.write_text(text)
-        log(f"wrote {DOC.relative_to(ROOT)}")
+        doc = args.doc or d["doc"]
+        doc.write_text(text)
+        log(f"wrote {doc}")
     return 0
 
 

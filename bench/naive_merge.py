@@ -38,7 +38,8 @@ def main() -> None:
     a = p.parse_args()
 
     task = AutoModelForCausalLM.from_pretrained(a.task, dtype=torch.bfloat16)
-    lang = AutoModelForCausalLM.from_pretrained(a.language, dtype=torch.bfloat16)
+    # In its own dtype: a float32 expert is blended from its float32 values, cast once on copy_.
+    lang = AutoModelForCausalLM.from_pretrained(a.language, dtype="auto")
     n = task.config.num_hidden_layers
     lang_state = lang.state_dict()
     with torch.no_grad():
