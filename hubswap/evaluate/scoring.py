@@ -69,6 +69,7 @@ _NUMBER = re.compile(
     r"(?P<num>\d{1,3}(?:[" + _SPACES + r"]\d{3})+(?:[.,]\d+)?(?![\d])"  # 1 000 / 1 000,5
     r"|\d+(?:[.,'’]\d+)*)"                                               # 1,000.5 / 18.00 / 3,5
 )
+_PHRASE_REACH = 64  # characters between an answer phrase and its number, at most
 _PLAIN = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _FOLD = {"，": ",", "．": ".", "－": "-", "−": "-", "＄": "$", "：": ":", "\u3000": " "}
 
@@ -208,10 +209,12 @@ def extract_answer(text: str, language: Language | str, *, first: bool = False) 
     code = language if isinstance(language, str) else language.code
     norm = normalize(text)
     for phrase in reversed(list(_phrase_regex(code).finditer(norm))):
-        after = norm[phrase.end():]
-        m = _NUMBER.search(after)
-        if m and m.start() <= 64 and "\n" not in after[:m.start()]:  # soon after, on the phrase's line
-            value = parse_number(m.group(0), code)
+        end = phrase.end()
+        # Only a number soon after the phrase, on its line, counts: searching a bounded window keeps
+        # a degenerate response (thousands of phrases, no number) linear in its length.
+        m = _NUMBER.search(norm, end, end + _PHRASE_REACH + 8)
+        if m and m.start() - end <= _PHRASE_REACH and "\n" not in norm[end:m.start()]:
+            value = parse_number(_NUMBER.match(norm, m.start()).group(0), code)
             if value is not None:
                 return value
     found = _numbers(norm)
