@@ -110,4 +110,9 @@ def core_venv(python: str | None = None) -> Path:
             seconds = make_venv(venv, python, deps)
             marker.write_text(json.dumps({"python": python_version(python), "dependencies": deps,
                                           "install_seconds": round(seconds, 2)}, indent=2))
+        marker.touch()  # last used
+    # venvs of older dependency lists go once unused for a week (~90 MB each)
+    for old in cache_dir().glob("core-*/hubswap-core.json"):
+        if time.time() - old.stat().st_mtime > 7 * 86400:
+            shutil.rmtree(old.parent, ignore_errors=True)
     return venv
