@@ -69,6 +69,10 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
     recipe = loaded.recipe
     build_dir = (opts.output or Path("builds") / recipe.name).resolve()
     max_shard = _shard_size(opts.max_shard_size)
+    if opts.evaluate:
+        from hubswap.evaluate.backends import require_libraries
+
+        require_libraries(recipe.eval.backend)
 
     # 1. Resolve every model to something pinned (a commit SHA or a local folder).
     inputs = resolve_inputs(loaded)

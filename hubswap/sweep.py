@@ -394,10 +394,12 @@ def sweep(
 ) -> SweepResult:
     from hubswap.build import dataset_location, fetch_inputs, resolve_inputs
     from hubswap.compat import check_compatible
+    from hubswap.evaluate.backends import require_libraries
     from hubswap.swap import copy_side_files, merge, parse_size, plan_merge
 
     loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
     r = loaded.recipe
+    require_libraries(r.eval.backend)  # every configuration is evaluated
     out = Path(output) if output else Path("sweeps") / r.name
     # Only the target language: the sweep chooses for it, and every config costs an evaluation.
     cfg = r.eval.model_copy(update={"languages": [r.eval.target_language]})

@@ -185,6 +185,14 @@ def test_evaluation_and_demo_name_the_extra_to_install(core, env, family, mgsm_d
     ev = hubswap(core, env, "eval", str(family["task"]), "--dataset", str(mgsm_dir), "--languages", "sw",
                  cwd=tmp_path)
     assert ev.returncode == 7 and 'pip install "hubswap[eval]"' in ev.stderr and "Traceback" not in ev.stderr
+    # a build or a sweep that would evaluate says so before downloading or merging anything
+    (tmp_path / "merge.toml").write_text(RECIPE)
+    for args in (["build", "merge.toml"], ["sweep", "merge.toml", "--bottom", "1", "--top", "1"]):
+        p = hubswap(core, env, *args, cwd=tmp_path, HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens
+        assert p.returncode == 7, p.stderr
+        assert "evaluation needs datasets, evaluate, torch, transformers, vllm, which are not installed" in p.stderr
+        assert 'hint: pip install "hubswap[eval]" and an engine' in p.stderr and "Traceback" not in p.stderr
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["merge.toml"]
     demo = hubswap(core, env, "demo", "--no-eval", "-o", "demo", cwd=tmp_path)
     assert demo.returncode == 1 and 'pip install "hubswap[demo]"' in demo.stderr
     assert "Traceback" not in demo.stderr

