@@ -108,12 +108,13 @@ def tensor_ranges(folder: Path) -> dict[str, tuple[Path, int, int, str, list[int
 
 
 def layer_map_of(pair: Path):
-    from hubswap.layermap import layer_map
+    from hubswap.layermap import find_layer_stack, layer_map
     from hubswap.recipe import load_recipe
 
     recipe = load_recipe(pair / "recipe.toml").recipe
     cfg = json.loads((pair / "task" / "config.json").read_text())
-    return layer_map(recipe.swap, cfg["num_hidden_layers"])
+    stack = find_layer_stack(cfg, {name: t[4] for name, t in tensor_ranges(pair / "task").items()})
+    return layer_map(recipe.swap, stack.num_layers, stack)
 
 
 def floor_plan(pair: Path) -> tuple[list, int, int]:

@@ -25,7 +25,7 @@ from xml.sax.saxutils import escape
 
 from hubswap.compat import LocalModelFiles, Preflight, TensorInfo, check_compatible
 from hubswap.errors import HubswapError, IncompatibleModelsError, ModelFilesError
-from hubswap.layermap import layer_index, layer_map
+from hubswap.layermap import LayerStack, layer_map
 from hubswap.recipe import LoadedRecipe, Swap, load_recipe
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class Analysis:
 
 
 def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorInfo]],
-                    num_layers: int, *, progress: bool = False) -> list[Change]:
+                    stack: LayerStack, *, progress: bool = False) -> list[Change]:
     """Stream the base and both experts of ``dirs`` and return the table of changes.
 
     ``tensors`` is the preflight's tensor table per role (names, shapes, dtypes and byte ranges
@@ -150,8 +150,10 @@ def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorIn
     from tqdm.auto import tqdm
 
     experts = [r for r in EXPERTS if r in dirs]
+    layer_index, num_layers = stack.index, stack.num_layers
     # A tensor some expert lacks (preflight named it) has no change to measure.
-    names = sorted((n for n in tensors["base"] if all(n in tensors[r] for r in experts)), key=lambda n: (layer_index(n) is None, layer_index(n) or 0, n))
+    names = sorted((n for n in tensors["base"] if all(n in tensors[r] for r in experts)),
+                   key=lambda n: (layer_index(n) is None, layer_index(n) or 0, n))
     # Sums of squares per tensor; groups add them up, so a group's change is the norm over all
     # its parameters (a big MLP weighs more than a norm vector, as it should).
     base_sq: dict[str, float] = {}
@@ -447,7 +449,7 @@ def analyze(recipe: str | Path | LoadedRecipe, output: str | Path | None = None,
     dirs, pre = fetch_models(loaded)
     num_layers = pre.num_layers
     log.info("measuring the change of each expert from the base %s", r.models.base.display())
-    rows = measure_changes(dirs, pre.tensors, num_layers, progress=progress)
+    rows = measure_changes(dirs, pre.tensors, pre.stack, progress=progress)
     task = [x.task for x in rows if x.kind == "all"]
     lang = [x.language for x in rows if x.kind == "all"]
     s = suggest(task, lang)

@@ -82,9 +82,12 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
     for w in pre.warnings:
         log.warning("preflight: %s", w)
     loaded.check_layers(pre.num_layers)
-    lmap = layer_map(recipe.swap, pre.num_layers)
+    lmap = layer_map(recipe.swap, pre.num_layers, pre.stack)
     check_layer_map(pre, lmap)
-    log.info("preflight ok: %d layers, %d tensors; stack %s", pre.num_layers, len(pre.tensors["task"]), lmap.picture())
+    log.info("preflight ok: %d layers (%s), %d tensors; stack %s", pre.num_layers, pre.stack.prefix,
+             len(pre.tensors["task"]), lmap.picture())
+    if recipe.swap.vision and not pre.stack.multimodal:
+        log.warning("swap.vision is set, but the task expert is not a multimodal model: it has no vision side")
 
     # 3. Download only what the swap (and the comparison) needs: a no-op for local folders.
     compared = [r for r in recipe.eval.compare if r not in ("task", "language")] if opts.evaluate else []
@@ -107,7 +110,7 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
             hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
         outputs = {name: {"size": (stage / name).stat().st_size}
                    for name in sorted([*plan.shard_names(), INDEX, *side])}
-        lock = make_lock(loaded, inputs, hashes, lmap, outputs)
+        lock = make_lock(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"])
         _write_json(stage / "hubswap" / "lock.json", lock)
         write_card(stage)
         _replace_dir(stage, model_dir)
@@ -226,7 +229,8 @@ def _file_entry(path: Path) -> dict:
     return {"sha256": file_sha256(path), "size": path.stat().st_size}
 
 
-def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, outputs: dict[str, dict]) -> dict:
+def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, outputs: dict[str, dict], *,
+              names=()) -> dict:
     from importlib.metadata import version
 
     models = {}
@@ -245,7 +249,7 @@ def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, outputs: dic
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "recipe": {"path": str(loaded.path), "name": loaded.recipe.name, "sha256": _sha256_text(loaded.text)},
         "models": models,
-        "layer_map": lmap.to_json(),
+        "layer_map": lmap.to_json(names),
         "output": {"dtype": loaded.recipe.swap.dtype, "num_layers": lmap.num_layers,
                    "shards": sorted(f for f in outputs if f.endswith(".safetensors")), "files": outputs},
         # What the merge ran on: core dependencies only (the merge never imports torch or transformers).

@@ -223,6 +223,7 @@ def _context(rec: BuildRecords) -> dict:
         "picture": PICTURE_FILE,
         "layer_rows": _layer_rows(layers, rec),
         "non_layer": _non_layer_source(rec),
+        "vision": _vision(rec),
         "num_layers": len(layers),
         "inputs": [_input(role, m) for role, m in models.items()],
         "output": _output(rec),
@@ -281,6 +282,15 @@ def _non_layer_source(rec: BuildRecords) -> str:
     return (rec.lock.get("layer_map") or {}).get("non_layer") or rec.recipe.recipe.swap.non_layer
 
 
+def _vision(rec: BuildRecords) -> dict | None:
+    """The vision side of a multimodal build as the lock records it: its source and top modules."""
+    recorded = rec.lock.get("layer_map") or {}
+    if not recorded.get("vision"):
+        return None
+    modules = (recorded.get("modules") or {}).get("vision") or []
+    return {"source": recorded["vision"], "modules": ", ".join(f"`{m}`" for m in modules)}
+
+
 def _ranges(indices: list[int]) -> str:
     """[0, 1, 2, 5] -> 'layers 0–2 and 5'; [4] -> 'layer 4'."""
     parts, start = [], None
@@ -320,8 +330,10 @@ def _summary(rec: BuildRecords, layers: list[dict]) -> list[str]:
     what = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
     second = (
         f"Of its {n} transformer layers it {what}; embeddings, final norm and LM head come from the "
-        f"{_non_layer_source(rec)} expert."
+        f"{_non_layer_source(rec)} expert"
     )
+    vision = _vision(rec)
+    second += f"; the vision tower and projector from the {vision['source']} expert." if vision else "."
     return [first, second]
 
 

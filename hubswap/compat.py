@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hubswap.errors import IncompatibleModelsError, ModelFilesError, UnsafeWeightsError
+from hubswap.layermap import LayerStack, LayerStackError, find_layer_stack
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -285,6 +286,8 @@ class Preflight:
     only_in: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """role -> tensors that this model has and the task expert lacks, or (for ``task``) that the
     task expert has and the language expert lacks; see ``check_layer_map``."""
+    stack: LayerStack | None = None
+    """The task expert's language-model layers (``hubswap.layermap.find_layer_stack``)."""
 
 
 def check_compatible(models: dict[str, ModelFiles]) -> Preflight:
@@ -348,10 +351,8 @@ def check_compatible(models: dict[str, ModelFiles]) -> Preflight:
 
     if problems:
         raise IncompatibleModelsError(problems)
-    layers = configs[ref_role].get("num_hidden_layers")
-    if not isinstance(layers, int) or layers <= 0:
-        raise IncompatibleModelsError([f"task ({models[ref_role].display}): config.json has no num_hidden_layers"])
-    return Preflight(layers, tensors, configs, tuple(warnings), only_in)
+    stack = layer_stack(models[ref_role], configs[ref_role], tensors[ref_role])
+    return Preflight(stack.num_layers, tensors, configs, tuple(warnings), only_in, stack)
 
 
 def check_layer_map(pre: Preflight, lmap) -> None:
@@ -366,6 +367,18 @@ def check_layer_map(pre: Preflight, lmap) -> None:
         raise IncompatibleModelsError([
             f"language expert lacks {len(needed)} tensor(s) that the layer map takes from it: {_some(needed)}"
         ])
+
+
+def layer_stack(model: ModelFiles, config: dict, tensors: dict[str, TensorInfo]) -> LayerStack:
+    """The language model's layer stack of one model (``hubswap.layermap.find_layer_stack``)."""
+    try:
+        return find_layer_stack(config, {n: t.shape for n, t in tensors.items()})
+    except LayerStackError as e:
+        raise IncompatibleModelsError(
+            [f"{model.role} ({model.display}): {e}"],
+            hint="hubswap swaps the language model's transformer layers, found as the one tensor-name "
+            "prefix followed by exactly the layer numbers 0..L-1 of config.json",
+        ) from None
 
 
 def _some(names: list[str], k: int = 3) -> str:

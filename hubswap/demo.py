@@ -91,6 +91,7 @@ def make_family(
     root: str | Path,
     *,
     arch: str = "llama",
+    config=None,
     num_layers: int = 8,
     vocab_size: int = 512,
     hidden: int = 64,
@@ -100,15 +101,19 @@ def make_family(
     language_change: Callable[[int], float] | None = None,
     non_layer_change: float = 0.02,
     max_shard_size: str | int = "200KB",
+    with_base: bool = True,
 ) -> dict[str, Path]:
     """Write ``base``, ``task`` and ``language`` model folders under ``root``; returns their paths.
 
-    Each expert is the base plus ``N(0, s^2)`` noise where ``s`` is the expert's change profile at
-    that layer (default: a uniform 0.05), so analysis can find where each one changed the base.
+    ``config`` (a transformers config of any decoder-only or image-text-to-text architecture)
+    replaces the ``arch`` presets. Each expert is the base plus ``N(0, s^2)`` noise where ``s`` is
+    the expert's change profile at that layer of the language model (default: a uniform 0.05)
+    and ``non_layer_change`` elsewhere (vision tower included), so analysis can find where each
+    one changed the base. ``with_base=False`` writes only the two experts.
     """
     try:
         import torch
-        from transformers import AutoModelForCausalLM, GenerationConfig
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, GenerationConfig
     except ImportError as e:  # the core install has neither
         from hubswap.errors import HubswapError
 
@@ -118,17 +123,22 @@ def make_family(
             "see scripts/install.sh)",
         ) from None
 
+    from hubswap.layermap import find_layer_stack
+
     root = Path(root)
-    cfg = tiny_config(arch, num_layers=num_layers, vocab_size=vocab_size, hidden=hidden)
+    cfg = config if config is not None else tiny_config(arch, num_layers=num_layers, vocab_size=vocab_size, hidden=hidden)
+    auto = AutoModelForImageTextToText if getattr(cfg, "vision_config", None) is not None else AutoModelForCausalLM
     torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    base = auto.from_config(cfg, dtype=torch.float32)
     base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    stack = find_layer_stack(cfg.to_dict(), {k: v.shape for k, v in base_state.items()})
     profiles = {
         "base": None,
         "task": task_change or uniform(0.05),
         "language": language_change or uniform(0.05),
     }
-    from hubswap.layermap import layer_index
+    if not with_base:
+        del profiles["base"]
 
     out = {}
     for n, (role, profile) in enumerate(profiles.items()):
@@ -138,13 +148,12 @@ def make_family(
             if profile is None:
                 state[name] = t.clone()
                 continue
-            i = layer_index(name)
+            i = stack.index(name)
             s = non_layer_change if i is None else profile(i)
             state[name] = t + s * torch.randn(t.shape, generator=gen) if s else t.clone()
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        model = auto.from_config(cfg, dtype=torch.float32)
         model.load_state_dict(state, strict=False)
-        if cfg.tie_word_embeddings:
-            model.tie_weights()
+        model.tie_weights()  # a no-op unless the config ties the LM head to the embeddings
         model = model.to(getattr(torch, dtype))
         path = root / role
         model.save_pretrained(str(path), max_shard_size=max_shard_size)

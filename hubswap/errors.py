@@ -50,13 +50,13 @@ class IncompatibleModelsError(HubswapError):
 
     exit_code = 3
 
-    def __init__(self, mismatches: list[str]):
+    def __init__(self, mismatches: list[str], *, hint: str | None = None):
         self.mismatches = list(mismatches)
         n = len(self.mismatches)
         head = f"models are not compatible ({n} mismatch{'es' if n != 1 else ''}):"
         super().__init__(
             "\n".join([head, *(f"  - {m}" for m in self.mismatches)]),
-            hint="layer swapping needs two fine-tunes of the same base model",
+            hint=hint or "layer swapping needs two fine-tunes of the same base model",
         )
 
 

@@ -6,41 +6,35 @@ import json
 from pathlib import Path
 
 from hubswap.errors import ModelFilesError
-from hubswap.layermap import LayerMap, layer_map
+from hubswap.layermap import LayerMap, LayerStackError, layer_map, text_layer_count
 from hubswap.recipe import LoadedRecipe, load_recipe
 
 
-def num_layers_of(loaded: LoadedRecipe) -> int:
-    """``num_hidden_layers`` from the task expert's config.json (local folder or Hub repo)."""
+def task_config(loaded: LoadedRecipe):
+    """The task expert's config.json (local folder or Hub repo: one small download)."""
     src = loaded.recipe.models.task
-    if src.is_local:
-        cfg_path = loaded.resolve_path(src) / "config.json"
-        hint = "pass --layers L to plan without the model"
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ModelFilesError(f"cannot read {cfg_path}: {e.strerror or e}", hint=hint) from None
-        except json.JSONDecodeError as e:
-            raise ModelFilesError(f"{cfg_path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}", hint=hint) from None
-        except UnicodeDecodeError as e:
-            raise ModelFilesError(f"{cfg_path}: not UTF-8 text (byte {e.start})", hint=hint) from None
-    else:
+    if not src.is_local:
         from hubswap.hub import read_remote_config
 
-        cfg = read_remote_config(src)
-    n = cfg.get("num_hidden_layers") if isinstance(cfg, dict) else None
-    if type(n) is not int or n < 1:
-        raise ModelFilesError(
-            f"task expert's config.json ({src.display()}) has no positive integer num_hidden_layers "
-            f"(found {n!r})", hint="pass --layers L to plan without reading it",
-        )
-    return n
+        return read_remote_config(src)
+    cfg_path = loaded.resolve_path(src) / "config.json"
+    hint = "pass --layers L to plan without the model"
+    try:
+        return json.loads(cfg_path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ModelFilesError(f"cannot read {cfg_path}: {e.strerror or e}", hint=hint) from None
+    except json.JSONDecodeError as e:
+        raise ModelFilesError(f"{cfg_path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}", hint=hint) from None
+    except UnicodeDecodeError as e:
+        raise ModelFilesError(f"{cfg_path}: not UTF-8 text (byte {e.start})", hint=hint) from None
 
 
-def format_plan(name: str, lmap: LayerMap) -> str:
-    rows = [f"{name}: {lmap.num_layers} layers; embeddings, final norm and lm_head from the "
-            f"{lmap.non_layer.source} expert", "",
-            f"{'layer':>5}  {'region':<17}  {'source':<8}  {'w(language)':>11}  {'w(task)':>7}"]
+def format_plan(name: str, lmap: LayerMap, *, counted: str = "", multimodal: bool = False) -> str:
+    rows = [f"{name}: {lmap.num_layers} layers{f' ({counted})' if counted else ''}; embeddings, final norm and "
+            f"lm_head from the {lmap.non_layer.source} expert"]
+    if multimodal:
+        rows.append(f"multimodal: the vision tower and projector, whole, from the {lmap.vision.source} expert")
+    rows += ["", f"{'layer':>5}  {'region':<17}  {'source':<8}  {'w(language)':>11}  {'w(task)':>7}"]
     for s in lmap.layers:
         rows.append(f"{s.index:>5}  {s.region:<17}  {s.source:<8}  {_w(s.weight):>11}  {_w(1 - s.weight):>7}")
     rows += ["", f"stack, bottom -> top (L language, T task, ~ blend): {lmap.picture()}"]
@@ -53,6 +47,15 @@ def _w(f) -> str:
 
 def plan_command(recipe_path: str | Path, *, num_layers: int | None = None) -> str:
     loaded = load_recipe(recipe_path)
-    n = num_layers if num_layers is not None else num_layers_of(loaded)
-    loaded.check_layers(n)
-    return format_plan(loaded.recipe.name, layer_map(loaded.recipe.swap, n))
+    counted, multimodal = "", False
+    if num_layers is None:
+        cfg = task_config(loaded)
+        try:
+            num_layers, key = text_layer_count(cfg)
+        except LayerStackError as e:
+            raise ModelFilesError(f"task expert ({loaded.recipe.models.task.display()}): {e}",
+                                  hint="pass --layers L to plan without reading it") from None
+        counted, multimodal = f"config.json {key}", isinstance(cfg.get("text_config"), dict)
+    loaded.check_layers(num_layers)
+    lmap = layer_map(loaded.recipe.swap, num_layers)
+    return format_plan(loaded.recipe.name, lmap, counted=counted, multimodal=multimodal)

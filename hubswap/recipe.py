@@ -109,6 +109,9 @@ class Swap(_Strict):
     transition_bottom: int | None = Field(default=None, ge=0)
     transition_top: int | None = Field(default=None, ge=0)
     non_layer: Literal["language", "task"] = "language"
+    # The vision side of a multimodal model (vision tower, projector): whole from one expert,
+    # by default the one ``non_layer`` names.
+    vision: Literal["language", "task"] | None = None
     files_from: Literal["task", "language"] = "task"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
 

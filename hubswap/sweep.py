@@ -444,7 +444,7 @@ def sweep(
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         try:
-            plan = plan_merge(layer_map(c.swap(r.swap), pre.num_layers), pre.tensors, dirs,
+            plan = plan_merge(layer_map(c.swap(r.swap), pre.num_layers, pre.stack), pre.tensors, dirs,
                               out_dtype=r.swap.dtype, max_shard_size=shard)
             merge(plan, folder, progress=progress)
             copy_side_files(dirs[r.swap.files_from], folder, r.swap.dtype)

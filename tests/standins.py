@@ -147,7 +147,7 @@ def make_standins(root: Path, seed: int = 0) -> dict[str, Path]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hubswap.layermap import layer_index
+    from hubswap.layermap import LayerStack
 
     root = Path(root)
     toks = make_tokenizers(root / "_tokenizer")
@@ -155,6 +155,7 @@ def make_standins(root: Path, seed: int = 0) -> dict[str, Path]:
     cfg = {k: v for k, v in _config("base").items() if k not in ("architectures", "transformers_version")}
     base_model = LlamaForCausalLM(LlamaConfig(**cfg))
     base = {k: v.detach().to(torch.bfloat16) for k, v in base_model.state_dict().items()}
+    layer_index = LayerStack("model.layers", cfg["num_hidden_layers"]).index
     specials = list(range(ORDINARY, VOCAB))
     out = {}
     for n, role in enumerate(("base", "task", "language")):

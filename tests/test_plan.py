@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hubswap.cli import main
 from hubswap.demo import DEMO_RECIPE
-from hubswap.layermap import layer_map
+from hubswap.layermap import LayerStack, layer_map
 from hubswap.recipe import Swap
 
 REPO = Path(__file__).resolve().parent.parent
@@ -16,7 +16,7 @@ def test_layer_map_matches_the_paper_setup():
     lmap = layer_map(Swap(bottom=5, top=2, transition=1), 32)
     assert lmap.picture() == "LLLLL~" + "T" * 23 + "~LL"
     assert [float(s.weight) for s in lmap.layers[4:7]] == [1.0, 0.5, 0.0]
-    lmap = layer_map(Swap(bottom=1, top=1, transition_bottom=3, transition_top=1), 10)
+    lmap = layer_map(Swap(bottom=1, top=1, transition_bottom=3, transition_top=1), 10, LayerStack("model.layers", 10))
     assert [str(s.weight) for s in lmap.layers] == ["1", "3/4", "1/2", "1/4", "0", "0", "0", "0", "1/2", "1"]
     assert lmap.for_tensor("model.embed_tokens.weight").source == "language"
     assert lmap.for_tensor("model.layers.9.mlp.up_proj.weight").source == "language"

@@ -130,13 +130,13 @@ def test_a_tensor_only_one_expert_has_is_named_and_refused_only_when_the_map_nee
     lang = _with_tensor(standins["language"], tmp_path / "lang", "score.weight")
     pre = check_compatible(models(task=standins["task"], language=lang))
     assert any("only the language model has: score.weight" in w for w in pre.warnings), pre.warnings
-    check_layer_map(pre, layer_map(swap, pre.num_layers))
+    check_layer_map(pre, layer_map(swap, pre.num_layers, pre.stack))
 
     # The task expert has it: harmless while non-layer tensors come from the task expert ...
     task = _with_tensor(standins["task"], tmp_path / "task", "score.weight")
     pre = check_compatible(models(task=task, language=standins["language"]))
     assert any("only the task expert has: score.weight" in w for w in pre.warnings), pre.warnings
-    check_layer_map(pre, layer_map(swap.model_copy(update={"non_layer": "task"}), pre.num_layers))
+    check_layer_map(pre, layer_map(swap.model_copy(update={"non_layer": "task"}), pre.num_layers, pre.stack))
     # ... and a refusal naming it when the map takes non-layer tensors from the language expert.
     with pytest.raises(IncompatibleModelsError, match="language expert lacks 1 tensor.*score.weight"):
-        check_layer_map(pre, layer_map(swap, pre.num_layers))
+        check_layer_map(pre, layer_map(swap, pre.num_layers, pre.stack))
