@@ -242,7 +242,7 @@ class TransformersBackend:
 
     def __init__(self, path: Path, *, batch_size: int = 16, seed: int = 0):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
         torch.manual_seed(seed)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -251,7 +251,10 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto").to(self.device).eval()
+        # A multimodal model (LLaVA, Qwen2-VL...) has no causal-LM class; MGSM gives it text only.
+        multimodal = getattr(AutoConfig.from_pretrained(str(path)), "vision_config", None) is not None
+        auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+        self.model = auto.from_pretrained(str(path), dtype="auto").to(self.device).eval()
         self.engine_args = {"model": str(path), "dtype": str(self.model.dtype).removeprefix("torch."),
                             "batch_size": batch_size, "device": self.device}
 
