@@ -265,3 +265,42 @@ def test_a_mutated_lock_is_read_or_refused(workdir, data):
     assert re.fullmatch(r"[0-9a-f]{40}", task.commit)
     for rec in task.records.values():
         assert re.fullmatch(r"[0-9a-f]{64}", rec.sha256) and type(rec.size) is int and rec.size >= 0
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "says"),
+    [
+        (lambda lock: "{ not json", ":1:3: not valid JSON"),
+        (lambda lock: {**lock, "models": None}, "models: Input should be a valid dictionary"),
+        (lambda lock: {**lock, "lock_version": 99}, "lock_version 99"),
+        (lambda lock: _set(lock, ["models", "base", "files", "config.json", "size"], "282"), "should be a valid integer"),
+        (lambda lock: _set(lock, ["models", "base", "files", "config.json", "sha256"], "abc"), "should match pattern"),
+        (lambda lock: _set(lock, ["models", "base", "files"], {"../../etc/passwd": {"sha256": "0" * 64, "size": 1}}),
+         "is not a file inside the model folder"),
+    ],
+)
+def test_build_refuses_a_corrupt_lock_in_one_line(workdir, corrupt, says):
+    """Through the CLI: `build` reads the lock first and stops there, exit 2, nothing built."""
+    recipe = workdir / "local.toml"
+    recipe.write_text(RECIPE)
+    (workdir / "experts" / "task" / "config.json").write_text(json.dumps(CONFIG, indent=2))  # as the others
+    lock = _valid_lock(workdir)
+    lock["models"]["task"] = lock["models"]["language"] | {"path": "experts/task"}
+    bad = corrupt(lock)
+    lock_file = workdir / "local.lock.json"
+    lock_file.write_text(bad if isinstance(bad, str) else json.dumps(bad, indent=2))
+    rc, out, err = run_cli("build", str(recipe), "--no-eval", "-o", str(workdir / "build"))
+    assert_user_error(rc, err, (2,), (str(lock_file),))
+    first, hint = err.splitlines()
+    assert says in first and hint == f"hint: refresh it with `hubswap lock {recipe}`"
+    assert not (workdir / "build").exists()
+    lock_file.unlink()
+
+
+def _set(doc: dict, path: list[str], value) -> dict:
+    doc = json.loads(json.dumps(doc))
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return doc
