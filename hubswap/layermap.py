@@ -23,7 +23,7 @@ LAYER, NON_LAYER, VISION = "layer", "non-layer", "vision"
 class LayerStack:
     """The language model's transformer layers: the tensors named ``{prefix}.{i}.…``, ``i`` in 0..L-1.
 
-    ``multimodal`` models (a ``text_config`` in config.json) have a vision side: every tensor that
+    ``multimodal`` models (``is_multimodal``) have a vision side: every tensor that
     is neither in the stack, nor beside it in the language model's module, nor an ``lm_head``.
     """
 
@@ -111,6 +111,13 @@ def text_layer_count(config: Mapping) -> tuple[int, str]:
     raise LayerStackError("config.json has neither num_hidden_layers nor text_config.num_hidden_layers")
 
 
+def is_multimodal(config: Mapping) -> bool:
+    """Whether a config.json describes more than a language model: a ``text_config`` (transformers
+    v5 and most multimodal models) or a ``vision_config`` beside a flat text config (the first
+    Qwen2-VL checkpoints)."""
+    return isinstance(config, Mapping) and any(isinstance(config.get(k), Mapping) for k in ("text_config", "vision_config"))
+
+
 def numbered_prefixes(names: Iterable[str]) -> dict[str, set[int]]:
     """Every tensor-name prefix followed by a number, with the numbers that follow it.
 
@@ -147,7 +154,7 @@ def find_layer_stack(config: Mapping, shapes: Mapping[str, Iterable[int]]) -> La
         beside = [p for p in candidates if _holds_embeddings(p, shapes, vocab)]
         candidates = beside if len(beside) == 1 else candidates
     if len(candidates) == 1:
-        return LayerStack(candidates[0], n, multimodal=isinstance(config.get("text_config"), Mapping))
+        return LayerStack(candidates[0], n, multimodal=is_multimodal(config))
     seen = ", ".join(f"{p} ({_span(idx)})" for p, idx in sorted(found.items())) or "none"
     if not candidates:
         raise LayerStackError(f"no tensor-name prefix is followed by exactly the layers 0..{n - 1} that "

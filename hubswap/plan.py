@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from hubswap.errors import ModelFilesError
-from hubswap.layermap import LayerMap, LayerStackError, layer_map, text_layer_count
+from hubswap.layermap import LayerMap, LayerStackError, is_multimodal, layer_map, text_layer_count
 from hubswap.recipe import LoadedRecipe, load_recipe
 
 
@@ -55,7 +55,7 @@ def plan_command(recipe_path: str | Path, *, num_layers: int | None = None) -> s
         except LayerStackError as e:
             raise ModelFilesError(f"task expert ({loaded.recipe.models.task.display()}): {e}",
                                   hint="pass --layers L to plan without reading it") from None
-        counted, multimodal = f"config.json {key}", isinstance(cfg.get("text_config"), dict)
+        counted, multimodal = f"config.json {key}", is_multimodal(cfg)
     loaded.check_layers(num_layers)
     lmap = layer_map(loaded.recipe.swap, num_layers)
     return format_plan(loaded.recipe.name, lmap, counted=counted, multimodal=multimodal)

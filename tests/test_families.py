@@ -59,6 +59,20 @@ def _llava():
                 image_token_index=5)
 
 
+def _gemma3():
+    vision = transformers.SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_attention_heads=2,
+                                             num_hidden_layers=3, image_size=32, patch_size=8)
+    return dict(text_config=transformers.Gemma3TextConfig(**TEXT, head_dim=32).to_dict(), vision_config=vision.to_dict(),
+                mm_tokens_per_image=4, image_token_index=5, boi_token_index=6, eoi_token_index=7)
+
+
+def _qwen2_vl():
+    text = dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]})
+    vision = dict(depth=3, embed_dim=64, hidden_size=128, num_heads=2, patch_size=8, spatial_merge_size=2,
+                  temporal_patch_size=2)
+    return dict(text_config=text, vision_config=vision, image_token_id=5, video_token_id=6, vision_start_token_id=7)
+
+
 FAMILIES = [
     Family("llama", "LlamaConfig", TEXT),
     Family("mistral", "MistralConfig", dict(TEXT, sliding_window=64)),
@@ -73,6 +87,13 @@ FAMILIES = [
            memory_stack="model.language_model.layers", vision=("vision_tower.", "multi_modal_projector."),
            memory_vision=("model.vision_tower.", "model.multi_modal_projector."),
            auto="AutoModelForImageTextToText", vllm_skip=NO_TORCHVISION),
+    Family("gemma3", "Gemma3Config", _gemma3(), stack="language_model.model.layers",
+           memory_stack="model.language_model.layers", vision=("vision_tower.", "multi_modal_projector."),
+           memory_vision=("model.vision_tower.", "model.multi_modal_projector."),
+           auto="AutoModelForImageTextToText", vllm_skip=NO_TORCHVISION),
+    Family("qwen2_vl", "Qwen2VLConfig", _qwen2_vl(), stack="model.layers", memory_stack="model.language_model.layers",
+           vision=("visual.",), memory_vision=("model.visual.",), auto="AutoModelForImageTextToText",
+           vllm_skip=NO_TORCHVISION),
 ]
 BY_NAME = {f.name: f for f in FAMILIES}
 PROMPT = "Question: Janet has 3 apples and buys 5 more. How many apples does she have? Step-by-step Answer:"

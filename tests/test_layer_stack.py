@@ -42,6 +42,18 @@ def test_equally_deep_stacks_are_told_apart_by_the_token_embeddings_beside_one()
     assert stack.part("model.language_model.norm.weight") == stack.part("lm_head.weight") == "non-layer"
 
 
+def test_a_flat_config_with_a_vision_config_is_multimodal_too():
+    """The first Qwen2-VL checkpoints: text keys at the top, the vision tower's in vision_config."""
+    from hubswap.layermap import find_layer_stack
+
+    cfg = {"num_hidden_layers": 2, "vocab_size": 512, "vision_config": {"depth": 3}}
+    stack = find_layer_stack(cfg, _shapes({"model.layers": 2, "visual.blocks": 3}, extra=("model.embed_tokens.weight",)))
+    assert (stack.prefix, stack.multimodal) == ("model.layers", True)
+    assert stack.modules(["visual.blocks.0.mlp.weight", "visual.merger.mlp.0.weight", "lm_head.weight",
+                          "model.embed_tokens.weight"]) == {"non-layer": ["lm_head", "model.embed_tokens"],
+                                                            "vision": ["visual"]}
+
+
 @pytest.mark.parametrize("cfg,shapes,message", [
     ({"num_hidden_layers": 4}, _shapes({"model.layers": 3, "model.extra": 5}),
      "no tensor-name prefix is followed by exactly the layers 0..3 that config.json num_hidden_layers = 4 asks "
