@@ -118,6 +118,11 @@ def story(rng: random.Random) -> str:
         f"{n} likes {obj}. {n} gets {k} {obj} from a friend.",
         f"After that, {n} is tired.",
         f"There are {k} {obj} in the {place}.",
+        f"{n} starts with {k} {obj} in the morning.",
+        f"Then {n} goes to the {place} with {m}.",
+        f"{n} is happy now.",
+        f"{n} gets {k} bags with {k} {obj} each.",
+        f"How many {obj} does {n} like?",
     ]
     return " ".join(rng.sample(sentences, rng.randint(3, 6)))
 
@@ -126,7 +131,7 @@ def lookup(rng: random.Random) -> tuple[str, str, int]:
     """(question, worked answer, number): the number is in the question, nothing to compute."""
     n = rng.choice(NAMES)
     obj, place = rng.choice(list(OBJECTS)), rng.choice(list(PLACES))
-    k = rng.randint(1, 30)
+    k = rng.randint(1, 20)
     ctx = rng.choice([f"{n} goes to the {place}.", f"{n} is happy today.", f"{n} likes {obj}."])
     q = f"{ctx} {n} has {k} {obj}. How many {obj} does {n} have?"
     a = f"{n} has {k} {obj}. The answer is {k}."
@@ -135,7 +140,7 @@ def lookup(rng: random.Random) -> tuple[str, str, int]:
 
 def _step(rng: random.Random, n: str, obj: str, have: int) -> tuple[str, str, int]:
     """One step on ``have`` objects: (question sentence, chain-of-thought sentence, new total)."""
-    kind = rng.choice(["add", "sub", "mul"] if have <= 5 else ["add", "sub"])
+    kind = rng.choice(["add", "sub", "mul"] if have <= 4 else ["add", "sub"])
     if kind == "sub" and have < 2:
         kind = "add"
     if kind == "add":
@@ -144,7 +149,7 @@ def _step(rng: random.Random, n: str, obj: str, have: int) -> tuple[str, str, in
     if kind == "sub":
         v, k = rng.choice(list(SUB_VERBS)), rng.randint(1, min(9, have - 1))
         return (f"Then {n} {v} {k} {obj}.", f"{n} {v} {k} {obj}, so {have} - {k} = {have - k}.", have - k)
-    k = rng.randint(2, 5)
+    k = rng.randint(2, 3)
     return (f"Then {n} gets {k} bags. Each bag has {have} {obj}.",
             f"{k} bags with {have} {obj} each is {k} * {have} = {k * have} {obj}.", k * have)
 
@@ -155,7 +160,7 @@ def problem(rng: random.Random, steps: int | None = None) -> tuple[str, str, int
     obj = rng.choice(list(OBJECTS))
     steps = steps or rng.choice([1, 2, 2])
     if rng.random() < 0.25:  # comparison: "more than" adds, "fewer than" subtracts
-        a = rng.randint(5, 20)
+        a = rng.randint(5, 12)
         if rng.random() < 0.5:
             k = rng.randint(1, 9)
             q = f"{m} has {a} {obj}. {n} has {k} more {obj} than {m}. How many {obj} does {n} have?"
@@ -167,7 +172,7 @@ def problem(rng: random.Random, steps: int | None = None) -> tuple[str, str, int
             cot = f"{m} has {a} {obj}. {n} has {k} fewer, so {a} - {k} = {a - k}."
             ans = a - k
         return q, f"{cot} The answer is {ans}.", ans, cot.split("so ", 1)[1]
-    have = rng.randint(2, 20)
+    have = rng.randint(2, 9)
     qs, cots, eqs = [f"{n} has {have} {obj}."], [f"{n} starts with {have} {obj}."], []
     for _ in range(steps):
         q, cot, have = _step(rng, n, obj, have)
@@ -184,13 +189,13 @@ def drill(rng: random.Random) -> str:
     for _ in range(rng.randint(4, 8)):
         op = rng.choice("+-*")
         if op == "*":
-            a, b = rng.randint(2, 5), rng.randint(2, 5)
+            a, b = rng.randint(2, 3), rng.randint(2, 4)
             out.append(f"{a} * {b} = {a * b}.")
         elif op == "+":
-            a, b = rng.randint(1, 30), rng.randint(1, 9)
+            a, b = rng.randint(1, 18), rng.randint(1, 9)
             out.append(f"{a} + {b} = {a + b}.")
         else:
-            a = rng.randint(2, 40)
+            a = rng.randint(2, 27)
             b = rng.randint(1, min(9, a - 1))
             out.append(f"{a} - {b} = {a - b}.")
     return " ".join(out)
