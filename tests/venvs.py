@@ -115,4 +115,5 @@ def core_venv(python: str | None = None) -> Path:
     for old in cache_dir().glob("core-*/hubswap-core.json"):
         if time.time() - old.stat().st_mtime > 7 * 86400:
             shutil.rmtree(old.parent, ignore_errors=True)
+            old.parent.with_suffix(".lock").unlink(missing_ok=True)
     return venv
