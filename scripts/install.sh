@@ -35,6 +35,10 @@ run() {  # print a command, and run it unless --dry-run
 # The venv's Python decides which torch wheel fits (an existing venv keeps its own).
 py=$PY
 [ -x "$VENV/bin/python" ] && py=$VENV/bin/python
+if ! "$py" -c 'import sys' >/dev/null 2>&1; then
+    echo "error: cannot run $py: set PYTHON to a Python 3.11, 3.12 or 3.13 interpreter" >&2
+    exit 1
+fi
 read -r tag version < <("$py" -c 'import sys; v = sys.version_info; print(f"cp{v[0]}{v[1]} {v[0]}.{v[1]}")')
 case $version in
     3.11 | 3.12 | 3.13) ;;

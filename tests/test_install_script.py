@@ -54,6 +54,12 @@ def test_local_wheel_when_it_fits_else_the_pytorch_cpu_index(version, wheels, tm
     assert not venv.exists()  # a dry run creates nothing
 
 
+def test_a_python_that_does_not_run_is_one_line(tmp_path):
+    p = dry_run(str(tmp_path / "python3.12"), tmp_path, tmp_path / "venv")
+    assert p.returncode == 1
+    assert p.stderr.strip() == f"error: cannot run {tmp_path}/python3.12: set PYTHON to a Python 3.11, 3.12 or 3.13 interpreter"
+
+
 def test_refuses_a_python_older_than_3_11(tmp_path):
     try:
         old = find_python("3.10")
