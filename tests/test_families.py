@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,17 @@ def test_plan_card_and_transformers_evaluation_of_a_multimodal_merge(built, caps
         assert type(hf.model).__name__ == "LlavaForConditionalGeneration"
         g = hf.generate([Prompt(lang="en", index=0, gold=8, stop=(), text=PROMPT)], max_new_tokens=6, progress=False)[0]
     assert 0 < g.tokens == len(g.token_ids) <= 6
+
+
+@pytest.mark.skipif(find_spec("torchvision") is not None, reason="torchvision is installed here")
+def test_vllm_without_torchvision_refuses_a_multimodal_model_in_one_line(built):
+    from hubswap.errors import EvaluationError
+    from hubswap.evaluate.backends import VllmBackend
+
+    with pytest.raises(EvaluationError, match="vLLM needs torchvision to serve the multimodal "
+                                              "LlavaForConditionalGeneration") as e:
+        VllmBackend(built("llava")["model"])
+    assert 'backend = "transformers"' in e.value.hint
 
 
 VLLM_FAMILIES = [pytest.param(f.name, marks=pytest.mark.skip(reason=f.vllm_skip)) if f.vllm_skip else f.name

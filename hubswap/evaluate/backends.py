@@ -74,13 +74,35 @@ def _config(path: Path) -> dict:
         return {}
 
 
+def _text_config(path: Path) -> dict:
+    """The language model's part of a config.json (``text_config`` in multimodal models)."""
+    cfg = _config(path)
+    return cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
+
+
 def model_max_len(path: Path) -> int | None:
-    value = _config(path).get("max_position_embeddings")
+    value = _text_config(path).get("max_position_embeddings")
     return value if isinstance(value, int) else None
 
 
-def head_size(path: Path) -> int | None:
+def check_vllm_can_serve(path: Path) -> None:
+    """vLLM's code for every multimodal model imports torchvision: say so before the engine fails."""
+    from importlib.util import find_spec
+
+    from hubswap.layermap import is_multimodal
+
     cfg = _config(path)
+    if is_multimodal(cfg) and find_spec("torchvision") is None:
+        arch = (cfg.get("architectures") or ["this model"])[0]
+        raise EvaluationError(
+            f"{path}: vLLM needs torchvision to serve the multimodal {arch}, and it is not installed",
+            hint='install the torchvision build of your torch, or set [eval] backend = "transformers" '
+            "(hubswap eval --backend transformers)",
+        )
+
+
+def head_size(path: Path) -> int | None:
+    cfg = _text_config(path)
     if isinstance(cfg.get("head_dim"), int):
         return cfg["head_dim"]
     hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
@@ -160,6 +182,7 @@ class VllmBackend:
     name = "vllm"
 
     def __init__(self, path: Path, *, options: dict[str, Any] | None = None, seed: int = 0):
+        check_vllm_can_serve(path)
         cuda = has_cuda()
         if not cuda:
             check_cpu_head_size(path)
