@@ -259,3 +259,19 @@ def test_vllm_serves_the_merged_family_like_transformers(built, vllm_in_process,
         got = engine.generate([prompt], max_new_tokens=12, progress=False)[0]
     assert got.tokens == 12 and got.token_ids == want.token_ids
 
+
+
+def test_analyze_counts_only_the_language_models_layers_of_a_multimodal_model(tmp_path):
+    """The vision tower's own numbered layers are non-layer rows, not layers 0..L-1 of the stack."""
+    from hubswap.analyze import analyze
+    from hubswap.demo import make_family, region
+
+    fam = make_family(tmp_path / "fam", config=BY_NAME["llava"].config(), seed=5, non_layer_change=0.0,
+                      task_change=region(range(2, 4), 0.1), language_change=region(range(0, 2), 0.1))
+    result = analyze(local_recipe(tmp_path / "r.toml", fam), tmp_path / "analysis", progress=False)
+    layers = [r for r in result.rows if r.kind == "all"]
+    assert [r.layer for r in layers] == list(range(LAYERS))
+    assert [r.task > 0 for r in layers] == [False, False, True, True, False, False]
+    assert [r.language > 0 for r in layers] == [True, True, False, False, False, False]
+    tower = [r for r in result.rows if r.kind.startswith("vision_tower.encoder.layers.")]
+    assert len(tower) > LAYERS and all(r.layer is None and r.task == r.language == 0 for r in tower)
