@@ -183,12 +183,23 @@ dtype = "bfloat16"
 """
 
 
+def _stamp(shape: Shape) -> dict:
+    return {"format": FORMAT_VERSION, **asdict(shape)}
+
+
+def pair_ready(shape: Shape, cache: Path) -> bool:
+    """Whether ``shape``'s pair is already made under ``cache`` (and its shared task expert)."""
+    f = cache / "experts" / shape.name / "stamp.json"
+    ok = f.exists() and json.loads(f.read_text()) == _stamp(shape)
+    return ok and (not shape.task_from or pair_ready(SHAPES[shape.task_from], cache))
+
+
 def ensure_pair(shape: Shape, cache: Path, log=print) -> Path:
     """The folder holding ``task/``, ``language/`` and ``recipe.toml`` for ``shape``; made if missing."""
     if shape.task_from:
         ensure_pair(SHAPES[shape.task_from], cache, log)
     root = cache / "experts" / shape.name
-    stamp = {"format": FORMAT_VERSION, **asdict(shape)}
+    stamp = _stamp(shape)
     stamp_file = root / "stamp.json"
     if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
         return root

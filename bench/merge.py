@@ -603,11 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    need = max(SIZES[args.shape][c].pair_bytes() + SIZES[args.shape][c].num_bytes() for c in cases) / 1e9
-    free = shutil.disk_usage(CACHE).free / 1e9
-    log(f"disk free {free:.0f} GB (need about {need:.0f} GB); load {os.getloadavg()}; {dt.datetime.now():%H:%M:%S}")
-    if free < need + 2:
-        raise SystemExit(f"need about {need + 2:.0f} GB free under {CACHE} (experts and one output at a time)")
+    log(f"disk free {shutil.disk_usage(CACHE).free / 1e9:.0f} GB; load {os.getloadavg()}; {dt.datetime.now():%H:%M:%S}")
     mk_exe = ensure_mergekit() if "mergekit" in which else None
     versions = venv_versions(VENV_BIN / "python", ["numpy", "ml_dtypes", "safetensors"])
     if "naive" in which:
@@ -625,6 +621,11 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         shape = SIZES[args.shape][case]
         t0 = time.monotonic()
+        have = experts.pair_ready(shape, CACHE)
+        need = (0 if have else shape.pair_bytes()) / 1e9 + shape.num_bytes() / 1e9 + 1  # experts, one output
+        free = shutil.disk_usage(CACHE).free / 1e9
+        if free < need:
+            raise SystemExit(f"{shape.name}: need about {need:.0f} GB free under {CACHE}, have {free:.0f} GB")
         pair = experts.ensure_pair(shape, CACHE, log)
         log(f"{shape.name}: experts ready after {time.monotonic() - t0:.0f} s")
         cs = contenders(pair, CACHE / "out" / shape.name, mk_exe, which)

@@ -218,6 +218,25 @@ Reproduce: `{command}` (the first run makes the experts under `bench/.cache/`). 
 """
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Render a report again from saved results, e.g. with an analysis written after the run:
+    ``python bench/report.py bench/.cache/results.json --analysis bench/ANALYSIS.md --out docs/PERFORMANCE.md``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("results", type=Path)
+    p.add_argument("--analysis", type=Path, help="hand-written text included after the profiles")
+    p.add_argument("--out", type=Path, help="write here instead of printing")
+    a = p.parse_args(argv)
+    results = json.loads(a.results.read_text())
+    results["verdicts"] = verdicts(results)
+    text = render(results, a.analysis.read_text() + "\n" if a.analysis else "")
+    if a.out:
+        a.out.write_text(text)
+    else:
+        print(text)
+    return 0
+
+
 if __name__ == "__main__":
-    data = json.loads(Path(sys.argv[1]).read_text())
-    print(render(data))
+    sys.exit(main())
