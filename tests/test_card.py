@@ -1,13 +1,13 @@
 """The model card: a golden file for a fixed build, its header read back by huggingface_hub, and the
 plain statement on an unevaluated build. The build folder is written by hand with fixed values, so
-the card is the same on every machine; set HUBSWAP_UPDATE_GOLDEN=1 to rewrite the golden files.
+the card is the same on every machine. The golden test only compares: after a deliberate change
+to the card, `python -m tests.update_goldens` rewrites tests/golden (then read its diff).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -146,22 +146,30 @@ def make_build(root: Path, *, evaluated: bool = True, recipe: str = RECIPE, **ev
     return root
 
 
-def _check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("HUBSWAP_UPDATE_GOLDEN"):
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"{path} is missing: run with HUBSWAP_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text(), f"{name} differs from the golden file (HUBSWAP_UPDATE_GOLDEN=1 rewrites it)"
+def golden_files(root: Path) -> dict[str, str]:
+    """What tests/golden holds, rendered from the fixed build in ``root``: compared by the test below
+    and written only by `python -m tests.update_goldens`, never inside a comparison."""
+    build = make_build(root / "build")
+    readme = write_card(build)
+    assert readme == build / "model" / "README.md"
+    assert not list((build / "model").rglob("*.tmp")), "a temporary file was left behind"
+    return {"card_evaluated.md": readme.read_text(), "layer_map.svg": (build / "model" / PICTURE_FILE).read_text()}
 
 
 def test_card_matches_golden_file(tmp_path):
-    build = make_build(tmp_path / "build")
-    readme = write_card(build)
-    assert readme == build / "model" / "README.md"
-    _check_golden("card_evaluated.md", readme.read_text())
-    _check_golden("layer_map.svg", (build / "model" / PICTURE_FILE).read_text())
-    assert not list((build / "model").rglob("*.tmp")), "a temporary file was left behind"
+    for name, text in golden_files(tmp_path).items():
+        path = GOLDEN / name
+        assert path.exists(), f"{path} is missing: `python -m tests.update_goldens` writes it"
+        assert text == path.read_text(), f"{name} differs from the golden file (`python -m tests.update_goldens` " \
+            "rewrites it after a deliberate change)"
+
+
+def test_update_goldens_writes_what_the_golden_test_compares(tmp_path):
+    from tests.update_goldens import main as update
+
+    assert update(["--out", str(tmp_path / "golden")]) == 0
+    written = {p.name: p.read_text() for p in (tmp_path / "golden").iterdir()}
+    assert written == {p.name: p.read_text() for p in GOLDEN.iterdir()}
 
 
 def test_header_parses_back_with_every_field(tmp_path):
