@@ -240,14 +240,14 @@ def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, outputs: dic
             "repo": src.repo,
             "revision": src.revision if src.repo else None,
             "commit": getattr(m, "commit", None),
-            "path": src.path,
+            "path": published_path(src.path),
             "files": hashes.get(role, {}),
         }
     return {
         "lock_version": 1,
         "hubswap_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "recipe": {"path": str(loaded.path), "name": loaded.recipe.name, "sha256": _sha256_text(loaded.text)},
+        "recipe": {"path": loaded.path.name, "name": loaded.recipe.name, "sha256": _sha256_text(loaded.text)},
         "models": models,
         "layer_map": lmap.to_json(names),
         "output": {"dtype": loaded.recipe.swap.dtype, "num_layers": lmap.num_layers,
@@ -273,8 +273,25 @@ def evaluate_build(loaded: LoadedRecipe, model_dir: Path, eval_dir: Path, dirs, 
         cache_keys=keys, cache_dir=cache_root() / "eval", limit=limit,
     )
     results["gate"] = apply_gate(results, recipe.gate).to_json()
+    # What is published names the data and the models as the recipe does, never by a folder of
+    # this machine (the Hub cache, the build folder, the dataset copy).
+    results["settings"]["dataset"] = published_path(cfg.dataset)
+    for name, entry in results["models"].items():
+        lock_entry = lock["models"].get(name) or {}
+        entry["source"] = ("this model" if name == "merged" else
+                           f"{lock_entry['repo']}@{lock_entry['commit']}" if lock_entry.get("repo")
+                           else published_path(lock_entry.get("path")))
     _write_json(model_dir / "hubswap" / "eval_results.json", results)
     return results
+
+
+def published_path(path: str | None) -> str | None:
+    """A path as a published record may show it: relative to the recipe as the recipe wrote it, or
+    only the folder's name when the recipe gave an absolute one (or a Hub id, unchanged)."""
+    if path is None:
+        return None
+    p = Path(path)
+    return p.name if p.is_absolute() or str(path).startswith("~") else str(path)
 
 
 def dataset_location(loaded: LoadedRecipe) -> str:

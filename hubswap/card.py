@@ -528,6 +528,7 @@ def _evaluation(rec: BuildRecords) -> dict:
         "num_fewshot": settings.get("num_fewshot"),
         "max_new_tokens": settings.get("max_new_tokens"),
         "backend": settings.get("backend"),
+        "eval_dtype": settings.get("dtype"),
         "seed": settings.get("seed"),
         "limit": limit,
         "questions": f"the first {limit} of {MGSM_QUESTIONS}" if limit else f"all {MGSM_QUESTIONS}",

@@ -147,6 +147,9 @@ class EvalConfig(_Strict):
     limit: int = Field(default=0, ge=0)
     seed: int = 0
     batch_size: int = Field(default=16, gt=0)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = None
+    """The dtype every model is evaluated in. None: the merged (first) model's dtype, so a float32
+    expert is compared in bf16 like a bf16 merge; "auto": each model in the dtype it is stored in."""
     vllm: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("dataset_revision")

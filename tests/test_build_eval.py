@@ -54,6 +54,13 @@ def test_failing_gate_stops_the_build_after_writing_every_result(vllm_cpu, tiny_
     assert results["gate"]["passed"] is False
     card = (model / "README.md").read_text()
     assert "Gate: failed" in card or "gate failed" in card.lower()
+    # No path of this machine in what is published: the recipe's folder names only.
+    for published in ("hubswap/lock.json", "hubswap/eval_results.json"):
+        text = (model / published).read_text()
+        assert str(tmp_path) not in text and str(mgsm_dir) not in text and str(tiny_llama_vllm["task"]) not in text, published
+    assert results["settings"]["dataset"] == mgsm_dir.name
+    assert results["models"]["merged"]["source"] == "this model" and results["models"]["task"]["source"] == "task"
+    assert [results["models"][m]["engine"]["eos"]["source"] for m in ("merged", "task")] == ["generation_config.json"] * 2
     lock = json.loads((model / "hubswap" / "lock.json").read_text())
     assert any(f.endswith(".safetensors") for f in lock["models"]["base"]["files"])  # evaluated, so hashed
 

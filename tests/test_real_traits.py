@@ -140,3 +140,31 @@ def test_a_tensor_only_one_expert_has_is_named_and_refused_only_when_the_map_nee
     # ... and a refusal naming it when the map takes non-layer tensors from the language expert.
     with pytest.raises(IncompatibleModelsError, match="language expert lacks 1 tensor.*score.weight"):
         check_layer_map(pre, layer_map(swap, pre.num_layers, pre.stack))
+
+
+@pytest.mark.parametrize("text,lang,gold", [
+    (r"Hivyo jumla ni $\boxed{18}$.", "sw", 18),
+    (r"\boxed{18} and 3 more steps follow", "en", 18),  # the box wins over a later number
+    (r"The total is \boxed{1,250} dollars; check: 1000 + 250", "en", 1250),
+])
+def test_the_robust_score_reads_a_boxed_answer(text, lang, gold):
+    from hubswap.evaluate.scoring import score_response
+
+    assert score_response(text, lang, gold).correct
+
+
+def test_each_model_stops_on_its_own_eos_set(standins):
+    """OpenMath2 lists the instruct eos tokens in generation_config.json; Lugha-Llama has none, so
+    its tokenizer's eos token is the set."""
+    from transformers import AutoTokenizer
+
+    from hubswap.evaluate.backends import eos_set
+    from tests.standins import special_id
+
+    task = eos_set(standins["task"], AutoTokenizer.from_pretrained(str(standins["task"])))
+    assert task == {"source": "generation_config.json",
+                    "ids": [special_id(t) for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")],
+                    "tokens": ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]}
+    assert not (standins["language"] / "generation_config.json").exists()
+    lang = eos_set(standins["language"], AutoTokenizer.from_pretrained(str(standins["language"])))
+    assert lang == {"source": "tokenizer", "ids": [special_id("<|end_of_text|>")], "tokens": ["<|end_of_text|>"]}

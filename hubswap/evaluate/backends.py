@@ -51,6 +51,28 @@ class Generation:
     """The generated token ids (not kept in records or the cache)."""
 
 
+def eos_set(path: Path, tokenizer) -> dict:
+    """The token ids that end a generation of this model, and where they come from:
+    generation_config.json's ``eos_token_id`` (one id or a list, as Llama 3.1 instruct models
+    list ``<|end_of_text|>``, ``<|eom_id|>``, ``<|eot_id|>``), else the tokenizer's eos token (a
+    model without generation_config.json, such as a continued-pretraining upload)."""
+    ids: list[int] = []
+    source = "tokenizer"
+    try:
+        from transformers import GenerationConfig
+
+        ids = _as_list(GenerationConfig.from_pretrained(str(path)).eos_token_id)
+        source = "generation_config.json"
+    except (OSError, ValueError):  # no (readable) generation_config.json
+        pass
+    if not ids:
+        source = "tokenizer"
+        ids = _as_list(getattr(tokenizer, "eos_token_id", None))
+    ids = [int(i) for i in ids]
+    tokens = tokenizer.convert_ids_to_tokens(ids) if ids else []
+    return {"source": source, "ids": ids, "tokens": list(tokens)}
+
+
 def has_cuda() -> bool:
     import torch
 
@@ -120,10 +142,14 @@ def check_cpu_head_size(path: Path) -> None:
         )
 
 
-def vllm_engine_args(path: Path, options: dict[str, Any], *, seed: int, cuda: bool) -> dict[str, Any]:
-    """The keyword arguments for ``vllm.LLM``: hubswap's defaults, then the recipe's options."""
+def vllm_engine_args(path: Path, options: dict[str, Any], *, seed: int, cuda: bool,
+                     dtype: str | None = None) -> dict[str, Any]:
+    """The keyword arguments for ``vllm.LLM``: hubswap's defaults, then the recipe's options.
+
+    ``dtype`` is the evaluation's dtype; None: the dtype the model is stored in.
+    """
     args: dict[str, Any] = {"model": str(path), "seed": seed}
-    if dtype := model_dtype(path):
+    if dtype := dtype or model_dtype(path):
         args["dtype"] = dtype
     max_len = model_max_len(path)
     args["max_model_len"] = min(max_len, DEFAULT_MAX_MODEL_LEN) if max_len else DEFAULT_MAX_MODEL_LEN
@@ -181,14 +207,15 @@ def import_vllm():
 class VllmBackend:
     name = "vllm"
 
-    def __init__(self, path: Path, *, options: dict[str, Any] | None = None, seed: int = 0):
+    def __init__(self, path: Path, *, options: dict[str, Any] | None = None, seed: int = 0,
+                 dtype: str | None = None):
         check_vllm_can_serve(path)
         cuda = has_cuda()
         if not cuda:
             check_cpu_head_size(path)
         prepare_vllm_environment(cuda)
         vllm = import_vllm()
-        self.engine_args = vllm_engine_args(path, options or {}, seed=seed, cuda=cuda)
+        self.engine_args = vllm_engine_args(path, options or {}, seed=seed, cuda=cuda, dtype=dtype)
         self.seed = seed
         self._vllm = vllm
         log.info("starting vLLM on %s (%s)", path, ", ".join(f"{k}={v}" for k, v in self.engine_args.items() if k != "model"))
@@ -197,10 +224,13 @@ class VllmBackend:
         except TypeError as e:  # an [eval.vllm] key vllm.LLM does not know
             raise EvaluationError(f"vLLM rejected the engine arguments: {e}", hint="check [eval.vllm] in the recipe") from None
         self._tokenizer = self.llm.get_tokenizer()
+        self.eos = eos_set(path, self._tokenizer)
+        self.engine_args = {**self.engine_args, "eos": self.eos}
 
     def _params(self, prompt: Prompt, max_new_tokens: int):
         return self._vllm.SamplingParams(
             temperature=0.0, max_tokens=max_new_tokens, stop=list(prompt.stop), seed=self.seed,
+            stop_token_ids=list(self.eos["ids"]),
         )
 
     def render(self, prompt: Prompt) -> str:
@@ -263,7 +293,7 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, path: Path, *, batch_size: int = 16, seed: int = 0):
+    def __init__(self, path: Path, *, batch_size: int = 16, seed: int = 0, dtype: str | None = None):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
@@ -277,9 +307,10 @@ class TransformersBackend:
         # A multimodal model (LLaVA, Qwen2-VL...) has no causal-LM class; MGSM gives it text only.
         multimodal = getattr(AutoConfig.from_pretrained(str(path)), "vision_config", None) is not None
         auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
-        self.model = auto.from_pretrained(str(path), dtype="auto").to(self.device).eval()
+        self.model = auto.from_pretrained(str(path), dtype=dtype or "auto").to(self.device).eval()
+        self.eos = eos_set(path, self.tokenizer)
         self.engine_args = {"model": str(path), "dtype": str(self.model.dtype).removeprefix("torch."),
-                            "batch_size": batch_size, "device": self.device}
+                            "batch_size": batch_size, "device": self.device, "eos": self.eos}
 
     def render(self, prompt: Prompt) -> str:
         if prompt.messages is None:
@@ -308,7 +339,7 @@ class TransformersBackend:
         batches = [g[j:j + self.batch_size] for g in groups.values() for j in range(0, len(g), self.batch_size)]
         results: dict[int, Generation] = {}
         pad = self.tokenizer.pad_token_id
-        eos = set(_as_list(self.model.generation_config.eos_token_id) or [self.tokenizer.eos_token_id])
+        eos = set(self.eos["ids"])
         for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress):
             width = max(len(encoded[i]) for i in batch)
             ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=self.device)
@@ -317,7 +348,8 @@ class TransformersBackend:
             with torch.no_grad():
                 out = self.model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                    pad_token_id=pad, stop_strings=stops or None, tokenizer=self.tokenizer,
+                    pad_token_id=pad, eos_token_id=list(self.eos["ids"]) or None,
+                    stop_strings=stops or None, tokenizer=self.tokenizer,
                 )
             for row, i in enumerate(batch):
                 tokens = out[row, width:].tolist()
@@ -374,9 +406,9 @@ def _release_memory() -> None:
 
 
 def open_backend(backend: str, path: Path, *, options: dict[str, Any] | None = None, seed: int = 0,
-                 batch_size: int = 16):
+                 batch_size: int = 16, dtype: str | None = None):
     if backend == "vllm":
-        return VllmBackend(path, options=options, seed=seed)
+        return VllmBackend(path, options=options, seed=seed, dtype=dtype)
     if backend == "transformers":
-        return TransformersBackend(path, batch_size=batch_size, seed=seed)
+        return TransformersBackend(path, batch_size=batch_size, seed=seed, dtype=dtype)
     raise EvaluationError(f"unknown backend {backend!r}", hint="choose vllm or transformers")

@@ -63,7 +63,7 @@ def eval_command(args: argparse.Namespace) -> int:
             dataset=args.dataset, dataset_revision=args.dataset_revision, languages=args.languages,
             prompt=args.prompt, num_fewshot=args.num_fewshot, max_new_tokens=args.max_new_tokens,
             compare=[], backend=args.backend, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-            vllm=vllm_options,
+            vllm=vllm_options, dtype=args.dtype,
         )
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
@@ -102,6 +102,8 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
     s.add_argument("--limit", type=int, default=0, metavar="N", help="first N questions per language (0: all 250)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="evaluate every model in this dtype (default: the first model's; auto: each its own)")
     s.add_argument("--batch-size", type=int, default=16, metavar="B", help="transformers backend batch size")
     s.add_argument("--vllm", action="append", metavar="KEY=VALUE",
                    help="an argument for vllm.LLM, e.g. --vllm tensor_parallel_size=2 (repeatable; JSON values)")

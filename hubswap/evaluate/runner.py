@@ -84,6 +84,7 @@ def run_evaluation(
     prompts = {lang: build_prompts(data[lang], cfg.prompt, num_fewshot=cfg.num_fewshot, limit=limit)
                for lang in cfg.languages}
     settings = _settings(cfg, dataset, data, limit)
+    settings["dtype"] = eval_dtype(cfg, models)
     metric = _load_metric()
 
     out_models: dict[str, dict] = {}
@@ -148,7 +149,9 @@ def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progre
     if todo:
         flat: list[Prompt] = [p for lang in todo for p in prompts[lang]]
         log.info("evaluating %s: %d prompts in %s (%s)", name, len(flat), ", ".join(todo), cfg.backend)
-        backend = open_backend(cfg.backend, path, options=cfg.vllm, seed=cfg.seed, batch_size=cfg.batch_size)
+        dtype = None if settings.get("dtype") == "auto" else settings.get("dtype")
+        backend = open_backend(cfg.backend, path, options=cfg.vllm, seed=cfg.seed, batch_size=cfg.batch_size,
+                               dtype=dtype)
         try:
             generations = backend.generate(flat, max_new_tokens=cfg.max_new_tokens, progress=progress)
             rendered = [backend.render(p) for p in flat]
@@ -168,8 +171,8 @@ def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progre
 
 
 def _cache_id(key: str, lang: str, settings: dict) -> str:
-    relevant = {k: settings[k] for k in ("prompt", "num_fewshot", "max_new_tokens", "backend", "seed", "vllm",
-                                          "batch_size")}
+    relevant = {k: settings.get(k) for k in ("prompt", "num_fewshot", "max_new_tokens", "backend", "seed", "vllm",
+                                              "batch_size", "dtype")}
     relevant.update(
         format=CACHE_FORMAT, key=key, lang=lang, dataset_revision=settings["dataset_revisions"][lang],
         engine_version=versions(settings["backend"]).get(settings["backend"]), device=hardware()["gpu"] or "cpu",
@@ -251,6 +254,17 @@ def _summary(records: list[Record], scored: dict) -> dict:
 
 
 # --- settings, versions, hardware ---------------------------------------------------------
+
+
+def eval_dtype(cfg, models: dict[str, Path]) -> str:
+    """The dtype every model is evaluated in: ``[eval] dtype``, else the merged model's (the first
+    model's) stored dtype; "auto" (each model its own) when that is unknown."""
+    if getattr(cfg, "dtype", None):
+        return cfg.dtype
+    from hubswap.evaluate.backends import model_dtype
+
+    ref = models.get("merged") or next(iter(models.values()))
+    return model_dtype(Path(ref)) or "auto"
 
 
 def _settings(cfg, dataset, data, limit: int) -> dict:

@@ -198,7 +198,9 @@ def _numbers(text: str) -> list[re.Match]:
 @lru_cache(maxsize=16)
 def _phrase_regex(lang: str) -> re.Pattern:
     language = get_language(lang)
-    phrases = sorted({*language.answer_phrases, "The answer is", language.answer_line.split("{}")[0].strip()},
+    # "\boxed{" is how math fine-tunes (OpenMath2, the flagship's task expert) mark the final answer.
+    phrases = sorted({*language.answer_phrases, "The answer is", language.answer_line.split("{}")[0].strip(),
+                      "\\boxed{"},
                      key=len, reverse=True)
     return re.compile("|".join(re.escape(normalize(p)) for p in phrases), re.IGNORECASE)
 

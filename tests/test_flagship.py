@@ -1,0 +1,101 @@
+"""recipes/llama-swahili-math.toml itself, unedited, end to end against stand-ins of its repos.
+
+tests/standins.py makes tiny models with the traits of meta-llama/Llama-3.1-8B,
+nvidia/OpenMath2-Llama3.1-8B and Lugha-Llama/Lugha-Llama-8B-wura; the test Hub serves them under
+those ids, and juletxara/mgsm as the Hub does (a loading script on main, parquet on
+refs/convert/parquet). `hubswap lock`, `plan` and `build` run as a user would, with HF_ENDPOINT
+pointing at the test Hub and only `--limit` given on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hub_server import HubServer
+from test_mgsm_data import _parquet, _rows
+
+from hubswap.evaluate.data import PARQUET_REVISION
+from tests.standins import REPOS, special_id
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "recipes" / "llama-swahili-math.toml"
+
+
+@pytest.fixture(scope="module")
+def flagship_hub(standins, mgsm_dir):
+    with HubServer() as hub:
+        for role, repo in REPOS.items():
+            hub.upload_folder(repo, standins[role], message=f"stand-in for {repo}")
+        hub.commit_files("datasets/juletxara/mgsm", {
+            "README.md": b"---\nlicense: cc-by-sa-4.0\n---\n# MGSM\n",
+            "mgsm.py": b"import datasets  # the original loading script\n",
+        })
+        parquet = {f"{lang}/{split}/0000.parquet": _parquet(_rows(mgsm_dir, lang, split))
+                   for lang in ("sw", "en") for split in ("test", "train")}
+        hub.commit_files("datasets/juletxara/mgsm", parquet, branch=PARQUET_REVISION, message="parquet conversion")
+        yield hub
+
+
+def hubswap(*args: str, hub: HubServer, home: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(home / "hf_home"), "HF_HUB_DISABLE_XET": "1",
+           "HUBSWAP_CACHE": str(home / "hubswap-cache"), "VLLM_CACHE_ROOT": str(home / "vllm"),
+           "TMPDIR": str(home), "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("HF_TOKEN", None)
+    return subprocess.run([sys.executable, "-m", "hubswap.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_the_flagship_recipe_builds_against_stand_ins_of_its_repos(flagship_hub, tmp_path):
+    work = tmp_path / "checkout"
+    (work / "recipes").mkdir(parents=True)
+    recipe = work / "recipes" / RECIPE.name
+    shutil.copyfile(RECIPE, recipe)
+    assert recipe.read_bytes() == RECIPE.read_bytes()
+    run = lambda *a: hubswap(*a, hub=flagship_hub, home=tmp_path, cwd=work)  # noqa: E731
+
+    out = run("lock", "recipes/llama-swahili-math.toml")
+    assert out.returncode == 0, out.stderr
+    lock = json.loads((work / "recipes" / "llama-swahili-math.lock.json").read_text())
+    assert {r: m["repo"] for r, m in lock["models"].items()} == REPOS
+    base_files = set(lock["models"]["base"]["files"])
+    assert not any(f.startswith("original/") for f in base_files), base_files  # pickled, never used
+
+    out = run("plan", "recipes/llama-swahili-math.toml")
+    assert out.returncode == 0, out.stderr
+    assert "LLLLL~TTTTTTTTTTTTTTTTTTTTTTT~LL" in out.stdout
+
+    out = run("build", "recipes/llama-swahili-math.toml", "--limit", "2")
+    err = out.stderr
+    assert out.returncode in (0, 6), err  # 6: the gate judged random weights; everything ran
+    warnings = [line for line in err.splitlines() if line.startswith("preflight:")]
+    assert any("Lugha-Llama/Lugha-Llama-8B-wura" in w and "score.weight" in w and "lm_head.weight" in w
+               for w in warnings), err
+    assert not any("head_dim" in w or "rope" in w or "vocabulary" in w for w in warnings), warnings
+
+    model = work / "builds" / "llama-3.1-8b-swahili-math" / "model"
+    results = json.loads((model / "hubswap" / "eval_results.json").read_text())
+    assert results["settings"]["dtype"] == "bfloat16"
+    assert {m: e["engine"]["dtype"] for m, e in results["models"].items()} == dict.fromkeys(
+        ("merged", "task", "language"), "bfloat16")
+    eos = {m: e["engine"]["eos"] for m, e in results["models"].items()}
+    instruct = [special_id(t) for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")]
+    assert eos["merged"] == eos["task"] == {"source": "generation_config.json", "ids": instruct,
+                                            "tokens": ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]}
+    assert eos["language"] == {"source": "tokenizer", "ids": [special_id("<|end_of_text|>")],
+                               "tokens": ["<|end_of_text|>"]}
+    assert results["gate"]["passed"] is (out.returncode == 0)
+    card = (model / "README.md").read_text()
+    assert "every model in `bfloat16`" in card
+    for published in ("README.md", "hubswap/lock.json", "hubswap/eval_results.json"):
+        text = (model / published).read_text()
+        assert str(tmp_path) not in text and str(Path.home()) not in text, published
+    config = json.loads((model / "config.json").read_text())
+    assert config["torch_dtype"] == "bfloat16" and "score.weight" not in json.loads(
+        (model / "model.safetensors.index.json").read_text())["weight_map"]
