@@ -24,6 +24,7 @@ from hubswap.errors import GateFailedError, HubswapError
 from hubswap.hashing import cache_root, cached_sha256, file_sha256
 from hubswap.layermap import LayerMap, layer_map
 from hubswap.recipe import LoadedRecipe, load_recipe
+from hubswap.special_tokens import untrained_token_warnings
 from hubswap.swap import copy_side_files, cores, merge, parse_size, plan_merge
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,10 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
     loaded.check_layers(pre.num_layers)
     lmap = layer_map(recipe.swap, pre.num_layers, pre.stack)
     check_layer_map(pre, lmap)
+    late = untrained_token_warnings(inputs, pre, non_layer=recipe.swap.non_layer,
+                                    files_from=recipe.swap.files_from, prompt=recipe.eval.prompt)
+    for w in late:
+        log.warning("preflight: %s", w)
     log.info("preflight ok: %d layers (%s), %d tensors; stack %s", pre.num_layers, pre.stack.prefix,
              len(pre.tensors["task"]), lmap.picture())
     if recipe.swap.vision and not pre.stack.multimodal:
@@ -133,7 +138,7 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
         from hubswap.hub import publish
 
         published = publish(model_dir, force=opts.force)
-    return BuildResult(build_dir, model_dir, lmap, results, published, pre.warnings)
+    return BuildResult(build_dir, model_dir, lmap, results, published, (*pre.warnings, *late))
 
 
 # -- stages -----------------------------------------------------------------------------------

@@ -100,6 +100,11 @@ class LocalModelFiles:
     def safetensors_header(self, name: str) -> dict:
         return read_header_file(self.path / name)
 
+    def read_range(self, name: str, start: int, length: int) -> bytes:
+        with open(self.path / name, "rb") as f:
+            f.seek(start)
+            return f.read(length)
+
 
 def read_json(model: ModelFiles, name: str) -> dict | None:
     text = model.read_text(name)

@@ -312,6 +312,17 @@ class HubModelFiles:
                 os.replace(tmp, keep)
         return header
 
+    def read_range(self, name: str, start: int, length: int) -> bytes:
+        """``length`` bytes of a file from ``start``: one ranged GET, or the cached file."""
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(self.repo, name, revision=self.commit)
+        if isinstance(cached, str):
+            with open(cached, "rb") as f:
+                f.seek(start)
+                return f.read(length)
+        return self._range(name, start, start + length - 1)
+
     def _range(self, name: str, start: int, end: int) -> bytes:
         """Bytes ``start..end`` (inclusive) of a file, through huggingface_hub's session."""
         from huggingface_hub import hf_hub_url

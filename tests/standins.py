@@ -13,10 +13,12 @@ nvidia/OpenMath2-Llama3.1-8B (``task``)
     bf16, 2 shards, v4 config without ``head_dim``, the Llama 3.1 instruct chat template,
     generation_config eos ``<|end_of_text|>``, ``<|eom_id|>``, ``<|eot_id|>``; its special
     tokens' rows were trained (they differ from the base's).
+
+All three end every answer at once (``_answer_nothing``), so evaluating them takes seconds.
 Lugha-Llama/Lugha-Llama-8B-wura (``language``)
     float32, 7 shards, a v5 config (``rope_parameters``, ``dtype``) with ``head_dim``, no
     generation_config.json, bos/eos ``<|begin_of_text|>``/``<|end_of_text|>`` and no pad, merges
-    saved as ``"a b"`` strings, special tokens' rows equal to the base's (never trained), and a
+    saved as ``"a b"`` strings, the chat tokens' rows equal to the base's (never trained), and a
     stale index that lists ``score.weight`` (from its first, sequence-classification upload) where
     the last shard's header holds ``lm_head.weight``.
 """
@@ -142,6 +144,19 @@ def _save_shards(folder: Path, state: dict, n: int, *, stale_index: bool = False
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
+def _answer_nothing(state: dict) -> None:
+    """Make the family end every generation at once with ``<|end_of_text|>``, so that evaluating
+    it costs one decoding step per question: hidden dimension 0 carries a large constant from
+    every token's embedding that no layer writes to, and only ``<|end_of_text|>``'s lm_head row
+    reads it. The experts' noise leaves this intact."""
+    state["model.embed_tokens.weight"][:, 0] = 100.0
+    for name, t in state.items():
+        if name.endswith(("self_attn.o_proj.weight", "mlp.down_proj.weight")):
+            t[0, :] = 0.0
+    state["lm_head.weight"][:, 0] = 0.0
+    state["lm_head.weight"][special_id("<|end_of_text|>"), 0] = 10.0
+
+
 def make_standins(root: Path, seed: int = 0) -> dict[str, Path]:
     """Write base/, task/ and language/ under ``root``; returns their folders."""
     import torch
@@ -154,9 +169,13 @@ def make_standins(root: Path, seed: int = 0) -> dict[str, Path]:
     torch.manual_seed(seed)
     cfg = {k: v for k, v in _config("base").items() if k not in ("architectures", "transformers_version")}
     base_model = LlamaForCausalLM(LlamaConfig(**cfg))
-    base = {k: v.detach().to(torch.bfloat16) for k, v in base_model.state_dict().items()}
+    base = {k: v.detach() for k, v in base_model.state_dict().items()}
+    _answer_nothing(base)
+    base = {k: v.to(torch.bfloat16) for k, v in base.items()}
     layer_index = LayerStack("model.layers", cfg["num_hidden_layers"]).index
-    specials = list(range(ORDINARY, VOCAB))
+    # Continued pretraining saw <|begin_of_text|> and <|end_of_text|>, never the chat tokens.
+    trained = {special_id("<|begin_of_text|>"), special_id("<|end_of_text|>")}
+    untrained = [i for i in range(ORDINARY, VOCAB) if i not in trained]
     out = {}
     for n, role in enumerate(("base", "task", "language")):
         gen = torch.Generator().manual_seed(seed * 100 + n)
@@ -170,7 +189,7 @@ def make_standins(root: Path, seed: int = 0) -> dict[str, Path]:
             scale = 0.02 if i is None else 0.05
             changed = x + scale * torch.randn(x.shape, generator=gen)
             if role == "language" and name in ("model.embed_tokens.weight", "lm_head.weight"):
-                changed[specials] = x[specials]  # continued pretraining never trained these rows
+                changed[untrained] = x[untrained]  # rows continued pretraining never trained
             state[name] = changed.to(torch.float32 if role == "language" else torch.bfloat16)
         folder = root / role
         folder.mkdir(parents=True, exist_ok=True)

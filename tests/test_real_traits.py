@@ -168,3 +168,26 @@ def test_each_model_stops_on_its_own_eos_set(standins):
     assert not (standins["language"] / "generation_config.json").exists()
     lang = eos_set(standins["language"], AutoTokenizer.from_pretrained(str(standins["language"])))
     assert lang == {"source": "tokenizer", "ids": [special_id("<|end_of_text|>")], "tokens": ["<|end_of_text|>"]}
+
+
+def test_untrained_chat_tokens_taken_through_non_layer_are_a_warning(standins):
+    """Lugha-Llama's rows for Llama 3's chat tokens are the base's; OpenMath2's eos set and chat
+    template need them. Rows are compared as read from the shards (a few byte ranges)."""
+    from hubswap.special_tokens import untrained_token_warnings
+
+    fam = models(**standins)
+    pre = check_compatible(fam)
+    warn = untrained_token_warnings(fam, pre, non_layer="language", files_from="task", prompt="native-cot")
+    assert len(warn) == 1, warn
+    w = warn[0]
+    assert "rows for <|start_header_id|>, <|end_header_id|>, <|eom_id|>, <|eot_id|> equal the base's" in w, w
+    assert "the end-of-sequence set uses <|eom_id|>, <|eot_id|>" in w and "the chat template uses" in w, w
+    assert "<|end_of_text|>" not in w.split("while")[0]  # continued pretraining trained that one
+    chat = untrained_token_warnings(fam, pre, non_layer="language", files_from="task", prompt="chat")
+    assert "the chat prompt mode uses" in chat[0]
+    # The task expert trained them: taking its embeddings is fine; so is a model without a chat template.
+    assert untrained_token_warnings(fam, pre, non_layer="task", files_from="task", prompt="chat") == []
+    assert untrained_token_warnings(fam, pre, non_layer="language", files_from="language", prompt="native-cot") == []
+    # Without a base there is nothing to compare with.
+    no_base = {r: m for r, m in fam.items() if r != "base"}
+    assert untrained_token_warnings(no_base, pre, non_layer="language", files_from="task", prompt="chat") == []
