@@ -69,3 +69,4 @@ def test_failing_gate_stops_the_build_after_writing_every_result(vllm_cpu, tiny_
     again = json.loads((model / "hubswap" / "eval_results.json").read_text())
     assert [again["models"][m]["cached"] for m in ("merged", "task", "language", "base")] == [False, True, True, True]
     assert again["models"]["task"]["languages"] == results["models"]["task"]["languages"]
+    assert again["models"]["task"]["engine"]["eos"] == results["models"]["task"]["engine"]["eos"]  # from the cache

@@ -164,9 +164,11 @@ def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progre
             rows[lang] = list(zip(rendered[i:i + n], generations[i:i + n], strict=True))
             i += n
             if key and cache_dir:
-                _cache_write(Path(cache_dir), key, lang, settings, rows[lang])
+                _cache_write(Path(cache_dir), key, lang, settings, rows[lang], engine)
     else:
         log.info("evaluating %s: all %d languages from the cache", name, len(cached))
+        # The engine settings (dtype, eos set) the cached generations were made with.
+        engine = _cache_payload(Path(cache_dir), key, cached[0], settings).get("engine")
     return rows, cached, engine
 
 
@@ -180,11 +182,18 @@ def _cache_id(key: str, lang: str, settings: dict) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _cache_read(cache_dir: Path, key: str, lang: str, settings: dict, n: int):
+def _cache_payload(cache_dir: Path, key: str, lang: str, settings: dict) -> dict:
     f = cache_dir / f"{_cache_id(key, lang, settings)}.json"
     try:
         payload = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _cache_read(cache_dir: Path, key: str, lang: str, settings: dict, n: int):
+    payload = _cache_payload(cache_dir, key, lang, settings)
+    if not payload:
         return None
     stored = payload.get("rows", [])
     if len(stored) < n:  # cached with a smaller limit; prompts are prefix-stable, more are needed
@@ -193,10 +202,10 @@ def _cache_read(cache_dir: Path, key: str, lang: str, settings: dict, n: int):
             for r in stored[:n]]
 
 
-def _cache_write(cache_dir: Path, key: str, lang: str, settings: dict, rows) -> None:
+def _cache_write(cache_dir: Path, key: str, lang: str, settings: dict, rows, engine=None) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     f = cache_dir / f"{_cache_id(key, lang, settings)}.json"
-    payload = {"key": key, "lang": lang, "rows": [
+    payload = {"key": key, "lang": lang, "engine": engine, "rows": [
         {"prompt": p, "text": g.text, "finish_reason": g.finish_reason, "prompt_tokens": g.prompt_tokens,
          "tokens": g.tokens} for p, g in rows
     ]}
