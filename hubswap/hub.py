@@ -313,7 +313,8 @@ class HubModelFiles:
         return header
 
     def read_range(self, name: str, start: int, length: int) -> bytes:
-        """``length`` bytes of a file from ``start``: one ranged GET, or the cached file."""
+        """``length`` bytes of a file from ``start``: from the cached file, else one ranged GET whose
+        bytes are kept by the file's sha256 (like headers), so a locked build reads them offline."""
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(self.repo, name, revision=self.commit)
@@ -321,9 +322,20 @@ class HubModelFiles:
             with open(cached, "rb") as f:
                 f.seek(start)
                 return f.read(length)
-        return self._range(name, start, start + length - 1)
+        record = self.records.get(name)
+        keep = _header_cache() / f"{record.sha256}.{start}-{length}.bin" if record else None
+        if keep is not None and keep.is_file():
+            return keep.read_bytes()
+        data = self._range(name, start, start + length - 1, what=f"bytes {start}-{start + length - 1} of {name}")
+        if keep is not None and len(data) == length:
+            with contextlib.suppress(OSError):
+                keep.parent.mkdir(parents=True, exist_ok=True)
+                tmp = keep.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_bytes(data)
+                os.replace(tmp, keep)
+        return data
 
-    def _range(self, name: str, start: int, end: int) -> bytes:
+    def _range(self, name: str, start: int, end: int, *, what: str | None = None) -> bytes:
         """Bytes ``start..end`` (inclusive) of a file, through huggingface_hub's session."""
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
@@ -344,7 +356,7 @@ class HubModelFiles:
                         break
                 return bytes(out[skip:skip + want])
 
-        return _hub_call(get, f"the header of {name}", repo=self.repo, revision=self.revision,
+        return _hub_call(get, what or f"the header of {name}", repo=self.repo, revision=self.revision,
                          endpoint=self.endpoint)
 
 
