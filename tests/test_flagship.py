@@ -25,13 +25,17 @@ from tests.standins import REPOS, special_id
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "llama-swahili-math.toml"
+TOKEN = "hf_test_reader_granted_llama"  # a read token whose user accepted the Llama licence
 
 
 @pytest.fixture(scope="module")
 def flagship_hub(standins, mgsm_dir):
     with HubServer() as hub:
+        hub.add_user("reader", TOKEN, role="read")
         for role, repo in REPOS.items():
-            hub.upload_folder(repo, standins[role], message=f"stand-in for {repo}")
+            # meta-llama's repos are gated: only users who accepted the licence read their files
+            hub.upload_folder(repo, standins[role], message=f"stand-in for {repo}", gated=role == "base")
+        hub.repos[REPOS["base"]].granted.add("reader")
         hub.commit_files("datasets/juletxara/mgsm", {
             "README.md": b"---\nlicense: cc-by-sa-4.0\n---\n# MGSM\n",
             "mgsm.py": b"import datasets  # the original loading script\n",
@@ -47,7 +51,7 @@ def hubswap(*args: str, hub: HubServer, home: Path, cwd: Path) -> subprocess.Com
            "HUBSWAP_CACHE": str(home / "hubswap-cache"), "VLLM_CACHE_ROOT": str(home / "vllm"),
            "TMPDIR": str(home), "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    env.pop("HF_TOKEN", None)
+    env["HF_TOKEN"] = TOKEN
     return subprocess.run([sys.executable, "-m", "hubswap.cli", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=900)
 
@@ -100,7 +104,8 @@ def test_the_flagship_recipe_builds_against_stand_ins_of_its_repos(flagship_hub,
     assert "every model in `bfloat16`" in card
     for published in ("README.md", "hubswap/lock.json", "hubswap/eval_results.json"):
         text = (model / published).read_text()
-        assert str(tmp_path) not in text and str(Path.home()) not in text, published
+        assert str(tmp_path) not in text and str(Path.home()) not in text and TOKEN not in text, published
+    assert TOKEN not in err
     config = json.loads((model / "config.json").read_text())
     assert config["torch_dtype"] == "bfloat16" and "score.weight" not in json.loads(
         (model / "model.safetensors.index.json").read_text())["weight_map"]

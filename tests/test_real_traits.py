@@ -191,3 +191,19 @@ def test_untrained_chat_tokens_taken_through_non_layer_are_a_warning(standins):
     # Without a base there is nothing to compare with.
     no_base = {r: m for r, m in fam.items() if r != "base"}
     assert untrained_token_warnings(no_base, pre, non_layer="language", files_from="task", prompt="chat") == []
+
+
+def test_transformers_backend_loads_the_stale_index_model_and_stops_on_its_eos(standins):
+    """The language stand-in (index listing score.weight, no generation_config.json) loads in the
+    transformers backend in bf16 and stops on its tokenizer's eos token at once, as recorded."""
+    from hubswap.evaluate.backends import TransformersBackend
+    from hubswap.evaluate.prompts import Prompt
+    from tests.standins import special_id
+
+    with TransformersBackend(standins["language"], dtype="bfloat16") as backend:
+        assert backend.engine_args["dtype"] == "bfloat16"
+        assert backend.engine_args["eos"] == {"source": "tokenizer", "ids": [special_id("<|end_of_text|>")],
+                                              "tokens": ["<|end_of_text|>"]}
+        out = backend.generate([Prompt("sw", 0, 1, ("Swali:",), text="Swali: 1 + 1?\nJibu:")],
+                               max_new_tokens=16, progress=False)
+    assert (out[0].finish_reason, out[0].tokens, out[0].token_ids) == ("stop", 1, (special_id("<|end_of_text|>"),))
