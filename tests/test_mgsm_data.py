@@ -74,7 +74,10 @@ def test_a_loading_script_dataset_is_read_from_its_parquet_conversion(mgsm_hub, 
         assert f"{lang}: 250 test questions, 8 exemplars with their cues" in out.stdout
         for split in ("test", "train"):
             assert _rows(tmp_path / "mgsm", lang, split) == _rows(mgsm_dir, lang, split)
-    # main's script was looked at, never run: only parquet bytes were downloaded
+    # main's script was looked at, never run: neither it nor the TSVs it reads were downloaded, only
+    # the parquet files of the languages asked for
+    gets = [p for m, p, _ in mgsm_hub.requests if m == "GET" and "/resolve/" in p]
+    assert not [p for p in gets if p.endswith((".py", ".tsv"))], gets
     assert mgsm_hub.count("GET", "/datasets/juletxara/mgsm/resolve/*/sw/test/0000.parquet") == 1
 
 
