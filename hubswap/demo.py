@@ -245,7 +245,8 @@ def write_demo_recipe(path: Path, experts: Path, *, dataset: str | None = None, 
 
 
 def make_scripted_model(out_dir: str | Path, script: dict[str, str], *, hidden: int = 64,
-                        vocab_size: int = 640) -> Path:
+                        vocab_size: int = 640, vocab: tuple[str, ...] = (), num_layers: int = 1,
+                        mlp_bias: bool = False) -> Path:
     """A tiny Llama whose greedy continuation of a prompt ending in a key of ``script`` is the value.
 
     Every key and value becomes one added token of the demo tokenizer. The model is a bigram model:
@@ -254,22 +255,27 @@ def make_scripted_model(out_dir: str | Path, script: dict[str, str], *, hidden: 
     ``lm_head`` maps it to its successor (key -> value -> ``</s>``) with a margin of sqrt(hidden) in
     the logits, so greedy decoding is exact in float32. Two heads of size 32: vLLM's CPU attention
     needs a head size of at least 32. For tests that need a model to write given answers.
+
+    ``vocab`` pieces are added first, in order: models made with the same ``vocab`` (holding every
+    piece of their scripts) share one tokenizer, so they can be merged. ``num_layers`` layers, all
+    with zero output; ``mlp_bias`` gives their MLPs biases (zero) that a test may set.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
     tok = make_tokenizer(out_dir, vocab_size=512)
-    pieces = list(dict.fromkeys([*script, *script.values()]))
+    pieces = list(dict.fromkeys([*vocab, *script, *script.values()]))
     tok.add_tokens(pieces)
     tok.save_pretrained(str(out_dir))
     ids = {p: tok.convert_tokens_to_ids(p) for p in pieces}
     if len(pieces) > hidden or len(tok) > vocab_size:
         raise ValueError(f"{len(pieces)} scripted pieces need hidden >= {len(pieces)} and vocab_size >= {len(tok)}")
     cfg = LlamaConfig(
-        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1, num_attention_heads=hidden // 32,
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers, num_attention_heads=hidden // 32,
         num_key_value_heads=hidden // 32, vocab_size=vocab_size, max_position_embeddings=4096,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, dtype="float32",
+        mlp_bias=mlp_bias,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).to(torch.float32)
@@ -277,6 +283,9 @@ def make_scripted_model(out_dir: str | Path, script: dict[str, str], *, hidden: 
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
+            if mlp_bias:
+                for proj in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+                    proj.bias.zero_()
         model.model.embed_tokens.weight.zero_()
         model.lm_head.weight.zero_()
         for k, piece in enumerate(pieces):
