@@ -43,6 +43,12 @@ class GateVerdict:
         )
 
 
+def _at_least(acc: float, bound: float) -> bool:
+    """``acc >= bound`` where a tie counts as a tie: accuracies are counts over n and margins are
+    decimals, so their float sums can miss an exact tie by a rounding error (0.1 + 0.2 > 0.3)."""
+    return round(acc - bound, 9) >= 0
+
+
 def apply_gate(results: dict, gate) -> GateVerdict:
     """Judge ``results`` (``run_evaluation``'s output) against a recipe's ``[gate]``."""
     lang = results["settings"]["target_language"]
@@ -63,13 +69,13 @@ def apply_gate(results: dict, gate) -> GateVerdict:
             reasons.append(msg)
             continue
         other_acc = models[other]["languages"][lang]["accuracy"]
-        ok = acc >= other_acc + gate.margin - 1e-12
+        ok = _at_least(acc, other_acc + gate.margin)
         msg = (f"merged {acc:.3f} {'>=' if ok else '<'} {other} {other_acc:.3f} + margin {gate.margin:.3f} "
                f"(n={n})")
         checks.append(msg)
         if not ok:
             reasons.append(msg)
-    ok = acc >= gate.min_accuracy - 1e-12
+    ok = _at_least(acc, gate.min_accuracy)
     msg = f"merged {acc:.3f} {'>=' if ok else '<'} min_accuracy {gate.min_accuracy:.3f}"
     checks.append(msg)
     if not ok:

@@ -1,0 +1,63 @@
+"""The gate at its edges: a tie passes, a hair below fails, and a model that was not evaluated
+(a must_beat model, or the merged model in the target language) fails with a reason naming it."""
+
+from __future__ import annotations
+
+import pytest
+
+from hubswap.evaluate import apply_gate
+from hubswap.recipe import Gate
+
+
+def _results(merged: dict[str, float], **others: dict[str, float]) -> dict:
+    """Results with the given accuracies per model and language, on 100 questions each."""
+    def model(langs):
+        return {"languages": {lang: {"n": 100, "accuracy": acc} for lang, acc in langs.items()}}
+
+    return {"settings": {"target_language": "sw"}, "reference_model": "merged",
+            "models": {"merged": model(merged), **{name: model(langs) for name, langs in others.items()}}}
+
+
+@pytest.mark.parametrize(("merged", "task", "margin"), [
+    (0.40, 0.38, 0.02),  # 0.38 + 0.02 == 0.4 in floating point too
+    (0.30, 0.10, 0.20),  # 0.1 + 0.2 == 0.30000000000000004 > 0.3: still a tie
+    (0.37, 0.37, 0.0),
+])
+def test_a_tie_with_another_model_plus_the_margin_passes(merged, task, margin):
+    verdict = apply_gate(_results({"sw": merged}, task={"sw": task}), Gate(must_beat=["task"], margin=margin))
+    assert verdict.passed, verdict.reasons
+    assert verdict.checks[0].startswith(f"merged {merged:.3f} >= task {task:.3f} + margin {margin:.3f}")
+
+
+def test_a_hair_below_the_margin_fails():
+    verdict = apply_gate(_results({"sw": 0.39}, task={"sw": 0.38}), Gate(must_beat=["task"], margin=0.02))
+    assert not verdict.passed
+    assert verdict.reasons == ["merged 0.390 < task 0.380 + margin 0.020 (n=100)"]
+
+
+def test_min_accuracy_is_met_on_a_tie_and_missed_below():
+    assert apply_gate(_results({"sw": 0.3}), Gate(must_beat=[], min_accuracy=0.1 + 0.2)).passed
+    low = apply_gate(_results({"sw": 0.29}), Gate(must_beat=[], min_accuracy=0.3))
+    assert not low.passed and low.reasons == ["merged 0.290 < min_accuracy 0.300"]
+
+
+def test_a_must_beat_model_that_was_not_evaluated_fails():
+    gate = Gate(must_beat=["task", "language"])
+    # not evaluated at all, and evaluated but not in the target language
+    for results in (_results({"sw": 0.9}, task={"sw": 0.1}),
+                    _results({"sw": 0.9}, task={"sw": 0.1}, language={"en": 0.1})):
+        verdict = apply_gate(results, gate)
+        assert not verdict.passed
+        assert verdict.reasons == ["language was not evaluated in sw, so merged cannot be shown to beat it"]
+        assert verdict.checks[0].startswith("merged 0.900 >= task 0.100")  # the other checks still made
+
+
+def test_a_merged_model_without_a_result_in_the_target_language_fails():
+    for results in (_results({"en": 0.9}, task={"sw": 0.1, "en": 0.1}),
+                    {**_results({"sw": 0.9}), "reference_model": "model"}):  # no such model at all
+        verdict = apply_gate(results, Gate(must_beat=["task"], min_accuracy=0.0))
+        assert not verdict.passed
+        name = results["reference_model"]
+        assert verdict.reasons == [f"{name} was not evaluated in sw"]
+        assert verdict.accuracy is None
+        assert "gate failed" in str(verdict.error())
