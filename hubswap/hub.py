@@ -792,6 +792,7 @@ def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | N
     private = private if private is not None else (pub.private if pub else True)
     api = _write_api(repo, endpoint, token)
     _check_gate(build.folder, force)
+    _check_card(api, build.folder, repo, endpoint)
 
     # What does the repo hold now, and may this build replace it?
     remote = _Remote.read(api, repo, endpoint)
@@ -944,6 +945,27 @@ def _artifact(name: str) -> bool:
     """A file that a hubswap build writes (an older build's leftovers of these are removed);
     anything else that the owner added to a hubswap repo by hand is kept."""
     return name.endswith(".safetensors") or name == "model.safetensors.index.json" or name.startswith("hubswap/")
+
+
+def _check_card(api, folder: Path, repo: str, endpoint: str | None) -> None:
+    """Ask the Hub whether it accepts the card's metadata before the repo is created or anything
+    uploaded: it checks every commit's README.md (huggingface_hub's create_commit asks it too, but
+    only after hubswap has created the repo, and its ValueError would be a traceback). The call is
+    huggingface_hub's own (HfApi._validate_yaml: ModelCard.validate would ask the default endpoint,
+    not this api's)."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return
+    text = readme.read_text(encoding="utf-8")
+    try:
+        _hub_call(lambda: api._validate_yaml(text, repo_type="model"), "checking the card's metadata",
+                  repo=repo, write=True, endpoint=endpoint)
+    except ValueError as e:  # "Invalid metadata in README.md.\n- problem\n- problem"
+        problems = [line.strip().removeprefix("- ") for line in str(e).splitlines()[1:] if line.strip()]
+        raise PublishRefusedError(
+            "the Hub rejects the model card's metadata (README.md): " + ("; ".join(problems) or str(e)),
+            hint="nothing was uploaded; fix the card (hubswap card BUILD re-renders it) and push again",
+        ) from None
 
 
 def _check_gate(folder: Path, force: bool) -> None:

@@ -248,3 +248,23 @@ def test_a_commit_that_lands_while_publishing_is_a_clear_error_and_a_rerun_succe
     assert hub.read("org/race", "README.md").endswith(b"Re-evaluated.\n")
     assert hub.read("org/race", "notes.md") == b"pushed by a colleague meanwhile"  # kept
 
+
+def test_card_metadata_the_hub_rejects_is_caught_before_any_upload(published):
+    hub, build, work = published
+    hub.yaml_errors = ['"base_model" with value "../experts/base" is not a valid model id']
+    before = len(hub.requests)
+    try:
+        r = run_cli("push", str(build), "--repo", "org/badcard", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN=WRITE)
+    finally:
+        hub.yaml_errors = []
+    assert r.returncode == 5, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-2:] == [  # after the warning that the build was not evaluated
+        "error: the Hub rejects the model card's metadata (README.md): "
+        '"base_model" with value "../experts/base" is not a valid model id',
+        "hint: nothing was uploaded; fix the card (hubswap card BUILD re-renders it) and push again",
+    ]
+    assert "org/badcard" not in hub.repos  # checked before the repo was even created
+    # nothing was uploaded nor committed anywhere: the only write-side request was the check
+    writes = [(m, p) for m, p, _ in hub.requests[before:] if m in ("POST", "PUT")]
+    assert writes == [("POST", "/api/validate-yaml")], writes
