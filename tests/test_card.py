@@ -178,12 +178,16 @@ def test_header_parses_back_with_every_field(tmp_path):
     build = make_build(tmp_path / "build")
     card = ModelCard.load(write_card(build))
     data = card.data
+    # every field of the header, and nothing else
+    assert set(data.to_dict()) == {"base_model", "base_model_relation", "library_name", "license", "language",
+                                   "pipeline_tag", "tags", "model-index"}, sorted(data.to_dict())
+    assert data.pipeline_tag == "text-generation"
     assert data.base_model == ["hubswap-test/tiny-math", "hubswap-test/tiny-swahili"]  # not the local base
     assert data.base_model_relation == "merge"
     assert data.library_name == "transformers"
     assert data.license == "apache-2.0"
     assert data.language == ["sw", "en"]
-    assert {"merge", "layer-swapping"} <= set(data.tags)
+    assert data.tags == ["merge", "layer-swapping", "hubswap", "mgsm"]
     assert data.model_name == "hubswap-test/tiny-swahili-math-layerswap"
     results = {(r.dataset_config, r.metric_name): r for r in data.eval_results}
     assert {c for c, _ in results} == {"sw", "en"}

@@ -153,7 +153,7 @@ def test_the_robust_score_reads_a_boxed_answer(text, lang, gold):
     assert score_response(text, lang, gold).correct
 
 
-def test_each_model_stops_on_its_own_eos_set(standins):
+def test_each_models_eos_set_is_read_from_its_own_files(standins):
     """OpenMath2 lists the instruct eos tokens in generation_config.json; Lugha-Llama has none, so
     its tokenizer's eos token is the set."""
     from transformers import AutoTokenizer
