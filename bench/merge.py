@@ -544,8 +544,9 @@ def run_round(cs: list[Contender], shape: str, rnd: int, logs: Path, runs: list[
             f"others {100 * r.others_busy:.0f}%")
 
 
-def verify(cs: list[Contender], shape: str, logs: Path) -> list[str]:
-    """One run of each merger (also warms the page cache), outputs compared with hubswap's."""
+def verify(cs: list[Contender], shape: str, logs: Path, runs: list[Run], once: set[str]) -> list[str]:
+    """One run of each merger (also warms the page cache), outputs compared with hubswap's. The
+    runs of the contenders in ``once`` are kept as their only timed run (round 0)."""
     by_name = {c.name: c for c in cs}
     ref = by_name.get("hubswap")
     if ref is None:
@@ -556,7 +557,11 @@ def verify(cs: list[Contender], shape: str, logs: Path) -> list[str]:
     for c in cs:
         if c.model_dir is None or c.name.startswith("hubswap"):
             continue
-        measure(c, shape, 0, logs, keep=True)
+        r = measure(c, shape, 0, logs, keep=True)
+        if c.name in once:
+            runs.append(r)
+            log(f"{shape} round 0 {c.name:11s} {r.wall_s:7.2f} s  durable {r.durable_s:7.2f} s  "
+                f"rss {r.maxrss_gib * 1024:5.0f} MiB  (its only timed run: --once)")
         problems = compare(ref.model_dir, c.model_dir)
         n = len(tensor_ranges(ref.model_dir))
         if problems:
@@ -581,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-rounds", type=int, default=3, help="rounds for the layer-count shapes (1b)")
     p.add_argument("--only", help=f"comma-separated contenders (default: {ALL}; at 8b, no naive or mergekit)")
     p.add_argument("--no-verify", action="store_true", help="skip the output comparison")
+    p.add_argument("--once", default="", metavar="NAMES",
+                   help="contenders timed once, by their verification run, not in every round (e.g. "
+                        "naive,mergekit: seconds each, far from the others, on a busy machine)")
     p.add_argument("--no-scale", action="store_true", help="skip the 16/32-layer shapes")
     p.add_argument("--keep-experts", action="store_true",
                    help="keep each 8B pair after its runs (they are removed by default, to fit the disk)")
@@ -630,12 +638,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{shape.name}: experts ready after {time.monotonic() - t0:.0f} s")
         cs = contenders(pair, CACHE / "out" / shape.name, mk_exe, which)
         _, read_b, written_b = floor_plan(pair)
-        verification = ["not run (--no-verify)"] if args.no_verify else verify(cs, shape.name, logs)
+        once = {w.strip() for w in args.once.split(",") if w.strip()}
+        verification = ["not run (--no-verify)"] if args.no_verify else verify(cs, shape.name, logs, runs, once)
+        timed = [c for c in cs if args.no_verify or c.name not in once]
         hub = next((c for c in cs if c.name == "hubswap"), None)
         if args.no_verify and hub is not None:  # untimed: fills hubswap's hash cache and the page cache
             measure(hub, shape.name, 0, logs)
         for rnd in range(1, rounds + 1):
-            run_round(cs, shape.name, rnd, logs, runs)
+            run_round(timed, shape.name, rnd, logs, runs)
         profile = []
         if hub is not None and not args.no_profile:
             profile = profile_hubswap(hub, logs)
