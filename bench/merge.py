@@ -282,22 +282,31 @@ def fsync_tree(path: Path) -> None:
             os.close(fd)
 
 
-def _rss_poller(pid: int, stop: threading.Event, peaks: dict) -> None:
-    import psutil
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc (no psutil: GPU hosts may lack it)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
 
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
+
+def _rss_poller(pid: int, stop: threading.Event, peaks: dict) -> None:
     while not stop.is_set():
         rss = anon = 0
-        try:
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            break
-        for p in procs:
+        for p in _tree(pid):
             try:
-                with open(f"/proc/{p.pid}/status") as f:
+                with open(f"/proc/{p}/status") as f:
                     for line in f:
                         if line.startswith("VmRSS:"):
                             rss += int(line.split()[1]) << 10
@@ -370,7 +379,9 @@ def measure(c: Contender, shape: str, rnd: int, logs: Path, keep: bool = False) 
     # GNU time reports its child's ru_maxrss. Measured from this process instead, the value would
     # start at this process's own peak: a forked child's memory high-water mark is copied from its
     # parent's and survives exec.
-    argv = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), "--", *c.argv]
+    # Without GNU time (not every host has it), the peak is the poller's sampled tree RSS.
+    gnu_time = Path("/usr/bin/time").exists()
+    argv = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), "--", *c.argv] if gnu_time else list(c.argv)
     load = os.getloadavg()
     started = dt.datetime.now().strftime("%H:%M:%S")
     with open(log_file, "w") as out:
@@ -391,7 +402,7 @@ def measure(c: Contender, shape: str, rnd: int, logs: Path, keep: bool = False) 
         raise SystemExit(f"{c.name} failed (exit {rc}) on {shape}:\n{log_file.read_text()[-3000:]}")
     if not keep:
         clean(c.output)
-    maxrss_kib = int(rss_file.read_text().split()[-1])
+    maxrss_kib = int(rss_file.read_text().split()[-1]) if gnu_time else peaks["rss"] // 1024
     gib = 1 << 30
     return Run(c.name, shape, rnd, wall, maxrss_kib * 1024 / gib, peaks["rss"] / gib,
                peaks["anon"] / gib, tuple(round(x, 2) for x in load), rc, started, round(others, 2), durable)
