@@ -46,10 +46,13 @@ def verdicts(results: dict) -> list[str]:
         first, naive = summarize(runs, "hubswap 1st", shape), summarize(runs, "naive", shape)
         mk = summarize(runs, "mergekit", shape)
         target = CP_TARGETS[size].get(case["case"])
+        busy = statistics.median([r["others_busy"] for r in runs if r["shape"] == shape] or [0])
+        caveat = (f" (NOT a quiet run: other users took a median {100 * busy:.0f}% of the CPUs before each "
+                  "run, so this ratio is no evidence either way)" if busy > 0.25 else "")
         if cp and hub and target:
             r, d = hub["median"] / cp["median"], hub["durable"] / cp["durable"]
-            out.append(f"{label}: hubswap / cp = {r:.2f}x page-cache (target <= {target}x): {_mark(r <= target)}; "
-                       f"durable {d:.2f}x (no target)")
+            out.append(f"{label}: hubswap / cp = {r:.2f}x page-cache (target <= {target}x): {_mark(r <= target)}"
+                       f"{caveat}; durable {d:.2f}x (no target)")
         if hub and first:
             r = first["median"] / hub["median"]
             out.append(f"{label}: first build / second build = {r:.2f}x page-cache (target <= {FIRST_BUILD}x, "
