@@ -31,6 +31,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -223,6 +224,11 @@ def _child(conn, req: dict) -> None:
     """In the worker process: one engine, every prompt in one call, results back to the parent."""
     logging.basicConfig(level=req["log_level"], format="%(message)s", stream=sys.stderr)
     logging.getLogger("hubswap").setLevel(req["log_level"])
+    # tqdm's default lock is a multiprocessing semaphore, which this process (ending in os._exit)
+    # would leave to the parent's resource tracker to complain about; bars here draw nothing.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     stage = "starting the engine"
 
     def send(**msg) -> None:
