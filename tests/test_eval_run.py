@@ -77,11 +77,13 @@ def test_jsonl_records_are_rescorable(first_run):
 def test_second_run_uses_the_cache(first_run, mgsm_dir):
     root, models, keys, results = first_run
     (root / "eval2").mkdir()
+    workers = set()
     again = run_evaluation(models, _cfg(limit=2), root / "eval2", dataset=mgsm_dir, cache_keys=keys,
-                           cache_dir=root / "cache", progress=False)
+                           cache_dir=root / "cache", progress=False, on_event=lambda e: workers.add(e.model))
     assert again["models"]["task"]["cached"] and again["models"]["language"]["cached"]
     assert not again["models"]["merged"]["cached"]  # no key: always evaluated
-    assert again["models"]["task"]["engine"] is None  # no engine was started for it
+    assert workers == {"merged"}  # no engine was started for the cached ones ...
+    assert again["models"]["task"]["engine"]["dtype"] == "float32"  # ... whose record keeps its settings
     table = format_table(again).splitlines()
     assert [line.split()[0] for line in table[2:]] == ["merged", "merged", "task", "task", "language", "language"]
     assert "task (cached)     sw      2" in table[4]
