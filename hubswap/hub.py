@@ -294,12 +294,16 @@ class HubModelFiles:
         # locked build also preflights a base it never downloads with HF_HUB_OFFLINE=1.
         record = self.records.get(name)
         keep = _header_cache() / f"{record.sha256}.bin" if record else None
+        # The LFS record's size is the file's: the header must describe exactly that many bytes.
+        size = record.size if record else None
         if keep is not None and keep.is_file():
-            return parse_header(keep.read_bytes(), where=where)
+            return parse_header(keep.read_bytes(), where=where, file_size=size)
         head = self._range(name, 0, 7)
         n = header_length(head, where=where)
+        if size is not None and 8 + n > size:
+            return parse_header(head, where=where, file_size=size)  # refuses it, reading no further
         head = head[:8] + self._range(name, 8, 8 + n - 1)
-        header = parse_header(head, where=where)
+        header = parse_header(head, where=where, file_size=size)
         if keep is not None:
             with contextlib.suppress(OSError):
                 atomic_write(keep, head)
@@ -553,13 +557,21 @@ def _local_entry(loaded: LoadedRecipe, role: str, source: ModelSource) -> dict:
 
 
 def make_lock(loaded: LoadedRecipe, *, endpoint: str | None = None, token: str | bool | None = None) -> dict:
-    """Resolve every model of a recipe now and return the lock (see DESIGN.md for the shape)."""
+    """Resolve every model of a recipe now and return the lock (see DESIGN.md for the shape).
+
+    Every weight file's safetensors header is checked first (``compat.tensor_table``): a lock
+    never records the hash of a corrupt file as good.
+    """
+    from hubswap.compat import LocalModelFiles, tensor_table
+
     models = {}
     for role, source in loaded.recipe.models.roles().items():
         if source.is_local:
+            tensor_table(LocalModelFiles(role, loaded.resolve_path(source), display=source.path))
             models[role] = _local_entry(loaded, role, source)
             continue
         m = resolve_model(role, source, endpoint=endpoint, token=token)
+        tensor_table(m)
         models[role] = {"repo": m.repo, "revision": m.revision, "commit": m.commit, "path": None,
                         "files": {n: r.to_json() for n, r in sorted(m.records.items())}}
     return {
