@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hubswap import __version__
+from hubswap.durable import check_free_space, disk_full_is_an_error
 from hubswap.errors import (
     HubError,
     HubswapError,
@@ -478,6 +479,23 @@ def _download_verified(model: HubModelFiles, name: str) -> Path:
     )
 
 
+def _hub_cache() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _check_cache_space(model: HubModelFiles, names: list[str]) -> None:
+    """Refuse, before downloading, files that the Hub cache's filesystem has no room for (their
+    sizes are the lock's or the LFS records'; files already in the cache count for nothing)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    missing = [n for n in names if not isinstance(try_to_load_from_cache(model.repo, n, revision=model.commit), str)]
+    need = sum(model.records[n].size for n in missing if n in model.records)
+    if need:
+        check_free_space(_hub_cache(), need, f"downloading {len(missing)} file(s) of {model.display}")
+
+
 def download_inputs(model: HubModelFiles, files_from: bool = True) -> Path:
     """Download the files a build uses (``model.records``: safetensors shards, configs, tokenizer,
     chat template) into the huggingface_hub cache; return the snapshot folder holding them.
@@ -495,9 +513,11 @@ def download_inputs(model: HubModelFiles, files_from: bool = True) -> Path:
     names = model.files()
     total = sum(r.size for r in model.records.values())
     log.info("%s: fetching %d files (%s) of %s", model.role, len(names), human_size(total), model.display)
+    _check_cache_space(model, names)
     folder = None
     for name in sorted(names, key=lambda n: (is_weight(n), n)):
-        path = _download_verified(model, name)
+        with disk_full_is_an_error(_hub_cache(), f"{name} of {model.display}"):
+            path = _download_verified(model, name)
         folder = path.parents[len(Path(name).parts) - 1]
         seen = model._headers.get(name)
         if seen is not None and read_header_file(path) != seen:

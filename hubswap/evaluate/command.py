@@ -69,6 +69,7 @@ def eval_command(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
                              for err in e.errors(include_url=False))
         raise EvaluationError(f"bad evaluation settings: {problems}") from None
+    from hubswap.durable import disk_full_is_an_error
     from hubswap.evaluate.backends import require_libraries
 
     require_libraries(cfg.backend)  # before resolving (downloading) anything
@@ -78,8 +79,11 @@ def eval_command(args: argparse.Namespace) -> int:
             raise EvaluationError(f"--compare name {name!r} is used twice")
         models[name] = resolve_model(spec)
     out = Path(args.output)
-    results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit, progress=not args.no_progress)
-    (out / "eval_results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with disk_full_is_an_error(out, "the evaluation records"):
+        results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit,
+                                 progress=not args.no_progress)
+        (out / "eval_results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n",
+                                               encoding="utf-8")
     print(format_table(results))
     print(f"results: {out / 'eval_results.json'}; per-question records: {out}/<model>.<lang>.jsonl")
     return 0
