@@ -426,6 +426,7 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
     copies, chunks = _work_items(plan, files)
     fds: list[int] = []
     workers: list[threading.Thread] = []
+    queue = None
     try:
         for path, tensors in zip(paths, plan.shards, strict=True):
             fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
@@ -444,9 +445,14 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
             w.join()
         if queue.error is not None:
             raise queue.error
+    except BaseException as e:  # Ctrl-C while the workers start: they stop after their current item
+        if queue is not None:
+            queue.fail(e)
+        raise
     finally:
         for w in workers:  # on KeyboardInterrupt: the workers stop after their current item
-            w.join()
+            if w.ident is not None:  # started (Ctrl-C can come between two starts)
+                w.join()
         for fd in fds:
             os.close(fd)
 
