@@ -6,6 +6,9 @@ same card from the same build, and a card never claims more than the build recor
 template is package data (``hubswap/templates/``); rendering goes through
 ``huggingface_hub.ModelCard`` and makes no network call (the Hub's YAML validation endpoint is not
 used).
+
+Over 450 lines because the records it reads are still dicts: with issue 10's typed records (branch
+``consolidate-full``) its field-digging and figure code move out (docs/DESIGN.md, Known debts).
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ and its HTTP session for ranged reads), so the token comes from its usual source
     publish(model_dir, force=...)       -> one commit; no-op when the same build is already there
 
 Errors from ``huggingface_hub`` become one-line ``HubError``s with a hint in :func:`_hub_call`.
+
+This module does four jobs (error mapping, resolve and download, the recipe's lock, publishing)
+and is too long for one: its split into a ``hub/`` package, one module per job, is issue 10's
+next step (branch ``consolidate-full``; see docs/DESIGN.md, Known debts).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ comparisons against both experts, is reported on the other, *held-out* half.
 Outputs, in the sweep folder: ``sweep.csv`` and ``sweep.json`` (every configuration, ranked),
 ``sweep.svg`` (selection accuracy over bottom x top, one panel per transition), the per-question
 generations under ``eval/``, and next to the recipe a copy of it with the winning ``[swap]``.
+
+Over 450 lines until issue 10's shared inputs stage and figures module land (branch
+``consolidate-full``; docs/DESIGN.md, Known debts).
 """
 
 from __future__ import annotations
