@@ -11,28 +11,17 @@ loads it like the real thing.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import tempfile
 from pathlib import Path
 
+from hubswap.evaluate.data import write_local
 from hubswap.tinyworld import language as L
 
 LANGS = ("en", "sw")
 _CUES = {"en": "Question: ", "sw": "Swali: "}
-_README = """---
-configs:
-{configs}
----
-# Synthetic MGSM of hubswap's tiny world
-
-Made by `hubswap.tinyworld.mgsm` (not real MGSM): {n} test problems and 8 exemplars per language,
-`sw` being the tiny world's relexified English with MGSM's Swahili cues.
-"""
-
-
 def rows(n_test: int = 250, seed: int = 2025) -> dict[str, dict[str, list[dict]]]:
     rng = random.Random(seed)
     out = {lang: {"train": [], "test": []} for lang in LANGS}
@@ -59,17 +48,8 @@ def write_dataset(root: str | Path, *, n_test: int = 250, seed: int = 2025) -> P
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".mgsm-", dir=root.parent))
     try:
-        data = rows(n_test, seed)
-        configs = []
-        for lang in LANGS:
-            (tmp / lang).mkdir()
-            for split in ("train", "test"):
-                with open(tmp / lang / f"{split}.jsonl", "w", encoding="utf-8") as f:
-                    for r in data[lang][split]:
-                        f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            configs.append(f"- config_name: {lang}\n  data_files:\n  - split: train\n    path: {lang}/train.jsonl\n"
-                           f"  - split: test\n    path: {lang}/test.jsonl")
-        (tmp / "README.md").write_text(_README.format(configs="\n".join(configs), n=n_test), encoding="utf-8")
+        write_local(tmp, rows(n_test, seed), title=f"Synthetic MGSM of hubswap's tiny world ({n_test} test "
+                    "problems and 8 exemplars per language; sw is the relexified English with MGSM's Swahili cues)")
         try:
             os.replace(tmp, root)
         except OSError:
