@@ -89,11 +89,10 @@ def safetensors_files(folder: Path) -> list[Path]:
 
 def header(path: Path) -> tuple[int, dict]:
     """(offset of the data section, header) of a safetensors file."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        head = json.loads(f.read(n))
-    head.pop("__metadata__", None)
-    return 8 + n, head
+    from hubswap.safetensors_format import DATA_START, read_header_file
+
+    head = read_header_file(path)
+    return head.pop(DATA_START), head
 
 
 def tensor_ranges(folder: Path) -> dict[str, tuple[Path, int, int, str, list[int]]]:

@@ -21,12 +21,13 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape
 
+from hubswap import svg
 from hubswap.compat import LocalModelFiles, Preflight, TensorInfo, check_compatible
 from hubswap.errors import HubswapError, IncompatibleModelsError, ModelFilesError
 from hubswap.layermap import LayerStack, layer_map
 from hubswap.recipe import LoadedRecipe, Swap, load_recipe
+from hubswap.safetensors_format import DTYPE_SIZE, NUMPY_DTYPE
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorIn
         path = dirs[role] / info.file
         if path not in fds:
             fds[path] = os.open(path, os.O_RDONLY)
-        return _decode(os.pread(fds[path], count * _SIZE[info.dtype], info.begin + start * _SIZE[info.dtype]),
+        return _decode(os.pread(fds[path], count * DTYPE_SIZE[info.dtype], info.begin + start * DTYPE_SIZE[info.dtype]),
                        info, path, count)
 
     total = sum(tensors[r][n].end - tensors[r][n].begin for r in ("base", *experts) for n in names)
@@ -173,8 +174,8 @@ def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorIn
     try:
         for name in names:
             info = tensors["base"][name]
-            if info.dtype not in _SIZE:
-                raise ModelFilesError(f"{name}: dtype {info.dtype} cannot be analyzed (expected {', '.join(_SIZE)})")
+            if info.dtype not in DTYPE_SIZE:
+                raise ModelFilesError(f"{name}: dtype {info.dtype} cannot be analyzed (expected {', '.join(DTYPE_SIZE)})")
             numel = math.prod(info.shape)
             b_sq, d_sq = 0.0, dict.fromkeys(experts, 0.0)
             for start in range(0, numel, CHUNK_ELEMENTS):
@@ -212,19 +213,13 @@ def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorIn
     return table
 
 
-# safetensors dtypes -> (bytes per element, numpy dtype); BF16 is widened to float32 by hand below.
-_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
-          "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
-_SIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
 def _decode(buf: bytes, info: TensorInfo, path: Path, count: int):
     """``count`` elements of ``info``'s dtype as float64 (numpy has no bfloat16: widen its bits)."""
     import numpy as np
 
-    if len(buf) != count * _SIZE[info.dtype]:
+    if len(buf) != count * DTYPE_SIZE[info.dtype]:
         raise ModelFilesError(f"{path}: truncated while reading tensor {info.name}")
-    x = np.frombuffer(buf, _NUMPY[info.dtype])
+    x = np.frombuffer(buf, NUMPY_DTYPE[info.dtype])
     if info.dtype == "BF16":
         x = (x.astype(np.uint32) << 16).view(np.float32)
     return x.astype(np.float64)
@@ -330,11 +325,7 @@ def write_csv(path: Path, rows: Iterable[Change]) -> None:
 
 
 def render_svg(title: str, task: list[float], language: list[float], s: Suggestion | None = None) -> str:
-    """Grouped bars of both experts' change per layer, the suggested swap shaded behind them.
-
-    Written by hand: a bar chart is a few dozen SVG elements, not worth a plotting dependency
-    (matplotlib would add ~40 MB and a slow import for one figure).
-    """
+    """Grouped bars of both experts' change per layer, the suggested swap shaded behind them."""
     n = len(task)
     left, right, top_m, bottom_m = 64, 16, 46, 56
     slot = max(12.0, min(40.0, 760 / max(n, 1)))
@@ -348,13 +339,7 @@ def render_svg(title: str, task: list[float], language: list[float], s: Suggesti
     def y(v: float) -> float:
         return top_m + plot_h * (1 - v / ymax)
 
-    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height}" '
-          f'viewBox="0 0 {width:.0f} {height}" font-family="sans-serif" font-size="11">',
-          f'<rect width="{width:.0f}" height="{height}" fill="white"/>',
-          f'<text x="{width / 2:.0f}" y="18" text-anchor="middle" font-size="13">{escape(title)}</text>']
-    if s is not None:
-        el.append(f'<text x="{width / 2:.0f}" y="34" text-anchor="middle">suggested swap: '
-                  f'{escape(s.toml())}</text>')
+    el = svg.headings(width, title, f"suggested swap: {s.toml()}" if s is not None else None)
     if s is not None:  # shade the suggested swap: where the language expert's layers go
         lm = layer_map(s.swap(), n)
         for i, src in enumerate(lm.layers):
@@ -389,10 +374,9 @@ def render_svg(title: str, task: list[float], language: list[float], s: Suggesti
     for label, color, opacity in legend:
         el.append(f'<rect x="{lx:.0f}" y="{height - 14}" width="10" height="10" fill="{color}" '
                   f'fill-opacity="{opacity}"/>')
-        el.append(f'<text x="{lx + 14:.0f}" y="{height - 5}">{escape(label)}</text>')
+        el.append(f'<text x="{lx + 14:.0f}" y="{height - 5}">{svg.escape(label)}</text>')
         lx += 30 + 6.2 * len(label)
-    el.append("</svg>")
-    return "\n".join(el) + "\n"
+    return svg.document(width, height, el)
 
 
 def _axis(v: float) -> tuple[float, float]:

@@ -21,7 +21,8 @@ from pathlib import Path
 from hubswap import __version__
 from hubswap.compat import INDEX, SIDE_FILES, LocalModelFiles, ModelFiles, check_compatible, check_layer_map
 from hubswap.errors import GateFailedError, HubswapError
-from hubswap.hashing import cache_root, cached_sha256, file_sha256
+from hubswap.files import human_size, write_json
+from hubswap.hashing import cache_root, cached_sha256, file_sha256, text_sha256
 from hubswap.layermap import LayerMap, layer_map
 from hubswap.recipe import LoadedRecipe, load_recipe
 from hubswap.special_tokens import untrained_token_warnings
@@ -116,7 +117,7 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
         outputs = {name: {"size": (stage / name).stat().st_size}
                    for name in sorted([*plan.shard_names(), INDEX, *side])}
         lock = make_lock(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"])
-        _write_json(stage / "hubswap" / "lock.json", lock)
+        write_json(stage / "hubswap" / "lock.json", lock)
         write_card(stage)
         _replace_dir(stage, model_dir)
     log.info("model written to %s", model_dir)
@@ -211,17 +212,13 @@ def _hash_inputs(pool, dirs: dict[str, Path], inputs: dict[str, ModelFiles], pre
         per_role = []
         for role in dict.fromkeys(t[1] for t in todo):
             mine = [t for t in todo if t[1] == role]
-            per_role.append(f"{role} {_size(sum(t[0] for t in mine))} in {len(mine)} file(s) of {mine[0][3].parent}")
+            per_role.append(f"{role} {human_size(sum(t[0] for t in mine))} in {len(mine)} file(s) of {mine[0][3].parent}")
         log.info("hashing the local inputs on %d threads while merging (once; cached after): %s",
                  min(len(todo), cores()), "; ".join(per_role))
     # Largest first: the longest hash starts at once, the small files fill the other threads.
     for _, role, f, path in sorted(todo, key=lambda t: -t[0]):
         out[role][f] = pool.submit(_file_entry, path)
     return {role: dict(sorted(entries.items())) for role, entries in out.items()}
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def _done(value) -> Future:
@@ -252,7 +249,7 @@ def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, outputs: dic
         "lock_version": 1,
         "hubswap_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "recipe": {"path": loaded.path.name, "name": loaded.recipe.name, "sha256": _sha256_text(loaded.text)},
+        "recipe": {"path": loaded.path.name, "name": loaded.recipe.name, "sha256": text_sha256(loaded.text)},
         "models": models,
         "layer_map": lmap.to_json(names),
         "output": {"dtype": loaded.recipe.swap.dtype, "num_layers": lmap.num_layers,
@@ -286,7 +283,7 @@ def evaluate_build(loaded: LoadedRecipe, model_dir: Path, eval_dir: Path, dirs, 
         entry["source"] = ("this model" if name == "merged" else
                            f"{lock_entry['repo']}@{lock_entry['commit']}" if lock_entry.get("repo")
                            else published_path(lock_entry.get("path")))
-    _write_json(model_dir / "hubswap" / "eval_results.json", results)
+    write_json(model_dir / "hubswap" / "eval_results.json", results)
     return results
 
 
@@ -326,13 +323,7 @@ def write_card(model_dir: Path) -> Path:
 def _model_key(entry: dict) -> str:
     if entry.get("commit"):
         return entry["commit"]
-    return _sha256_text(json.dumps(entry["files"], sort_keys=True))
-
-
-def _sha256_text(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()
+    return text_sha256(json.dumps(entry["files"], sort_keys=True))
 
 
 def _shard_size(size: str | int) -> int:
@@ -340,12 +331,6 @@ def _shard_size(size: str | int) -> int:
         return parse_size(size)
     except ValueError as e:
         raise HubswapError(f"--max-shard-size: {e}") from None
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _staging:

@@ -12,32 +12,29 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
+from hubswap import svg
 from hubswap.errors import ModelFilesError
+from hubswap.evaluate.data import HUB_DATASET, TEST_QUESTIONS
+from hubswap.evaluate.languages import language_name
+from hubswap.files import atomic_write, human_size
 from hubswap.recipe import LoadedRecipe, parse_recipe
+from hubswap.records import RECORDS_DIR, find_model_dir
+from hubswap.svg import escape
 
 log = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
 PICTURE_FILE = "hubswap/layer_map.svg"
-RECORDS_DIR = "hubswap"
 
 # Package data, so an installed wheel renders the same card as a checkout.
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
 
-MGSM_REPO = "juletxara/mgsm"
-MGSM_QUESTIONS = 250
-LANGUAGE_NAMES = {
-    "bn": "Bengali", "de": "German", "en": "English", "es": "Spanish", "fr": "French",
-    "ja": "Japanese", "ru": "Russian", "sw": "Swahili", "te": "Telugu", "th": "Thai", "zh": "Chinese",
-}
 ROLE_NAMES = {"task": "task expert", "language": "language expert", "base": "base model", "merged": "merged"}
 _HF = "https://huggingface.co"
 # Hub user access tokens; a card must never carry one, whatever ended up in the records.
@@ -57,18 +54,6 @@ class BuildRecords:
     @property
     def evaluated(self) -> bool:
         return bool(self.eval_results and self.eval_results.get("models"))
-
-
-def find_model_dir(path: str | Path) -> Path:
-    """The model folder of a build: ``path`` itself or ``path/model``."""
-    path = Path(path)
-    for candidate in (path, path / "model"):
-        if (candidate / RECORDS_DIR / "lock.json").is_file():
-            return candidate
-    raise ModelFilesError(
-        f"{path} is not a hubswap build: no {RECORDS_DIR}/lock.json in it or in its model/ folder",
-        hint="pass the build folder that `hubswap build` wrote (or its model/ folder)",
-    )
 
 
 def read_records(model_dir: str | Path) -> BuildRecords:
@@ -124,22 +109,13 @@ def write_card(model_dir: str | Path) -> Path:
     """
     model_dir = find_model_dir(model_dir)
     rec = read_records(model_dir)
-    _atomic_write(model_dir / PICTURE_FILE, layer_map_svg(_layers(rec), _labels(rec)))
+    atomic_write(model_dir / PICTURE_FILE, layer_map_svg(_layers(rec), _labels(rec)))
     readme = model_dir / CARD_FILE
-    _atomic_write(readme, render_card(model_dir))
+    atomic_write(readme, render_card(model_dir))
     log.info("wrote the model card %s", readme)
     return readme
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- the YAML header -----------------------------------------------------------------------------
@@ -195,8 +171,8 @@ def _eval_results(rec: BuildRecords) -> list:
             out.append(EvalResult(
                 task_type="text-generation",
                 task_name="Multilingual grade-school math (MGSM)",
-                dataset_type=settings.get("dataset") if hub_dataset else settings.get("hub_dataset") or MGSM_REPO,
-                dataset_name=f"MGSM ({LANGUAGE_NAMES.get(lang, lang)})",
+                dataset_type=settings.get("dataset") if hub_dataset else settings.get("hub_dataset") or HUB_DATASET,
+                dataset_name=f"MGSM ({language_name(lang)})",
                 dataset_config=lang,
                 dataset_split="test",
                 dataset_revision=settings.get("dataset_revision") if hub_dataset else None,
@@ -390,13 +366,7 @@ def _output(rec: BuildRecords) -> dict:
 
 
 def _size(n: Any) -> str:
-    if not isinstance(n, int):
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return "?"
+    return human_size(n) if isinstance(n, int) else "?"
 
 
 def _versions(rec: BuildRecords) -> list[dict]:
@@ -466,7 +436,7 @@ def _evaluation(rec: BuildRecords) -> dict:
     table = {
         "header": ["Language", "n", "merged", *(ROLE_NAMES.get(o, o) for o in others),
                    *(f"merged − {ROLE_NAMES.get(o, o)}" for o in compared)],
-        "rows": [[f"{LANGUAGE_NAMES.get(lang, lang)} (`{lang}`)" + (" ★" if lang == target else ""),
+        "rows": [[f"{language_name(lang)} (`{lang}`)" + (" ★" if lang == target else ""),
                   str(result(ref, lang).get("n", "–")), cell(ref, lang), *(cell(o, lang) for o in others),
                   *(diff(o, lang) for o in compared)] for lang in languages],
     }
@@ -506,18 +476,18 @@ def _evaluation(rec: BuildRecords) -> dict:
         device = f"{count} × {gpu}" if count > 1 else gpu
     else:
         device = f"the CPU ({hardware.get('cpu') or 'unknown'})"
-    dataset = settings.get("dataset") or MGSM_REPO
+    dataset = settings.get("dataset") or HUB_DATASET
     hub = _is_hub_id(dataset)
     scores = settings.get("scores") or {}
     return {
         "table": table,
         "detail": detail,
-        "target": f"{LANGUAGE_NAMES.get(target, target)} (`{target}`)" if target else None,
+        "target": f"{language_name(target)} (`{target}`)" if target else None,
         "gate": verdict,
         "sources": sources,
         "dataset": dataset,
         "dataset_link": f"{_HF}/datasets/{dataset}" if hub else None,
-        "hub_dataset": settings.get("hub_dataset") or MGSM_REPO,
+        "hub_dataset": settings.get("hub_dataset") or HUB_DATASET,
         "dataset_revision": settings.get("dataset_revision") if hub else None,
         # A local copy has no Hub revision; the evaluation records a hash of each language's file.
         "file_hashes": None if hub else ", ".join(
@@ -531,7 +501,7 @@ def _evaluation(rec: BuildRecords) -> dict:
         "eval_dtype": settings.get("dtype"),
         "seed": settings.get("seed"),
         "limit": limit,
-        "questions": f"the first {limit} of {MGSM_QUESTIONS}" if limit else f"all {MGSM_QUESTIONS}",
+        "questions": f"the first {limit} of {TEST_QUESTIONS}" if limit else f"all {TEST_QUESTIONS}",
         "vllm": json.dumps(settings["vllm"], sort_keys=True) if settings.get("vllm") else None,
         "device": device,
         "date": ev.get("created") or ev.get("date"),
@@ -539,10 +509,7 @@ def _evaluation(rec: BuildRecords) -> dict:
     }
 
 
-# --- the layer-map picture ----------------------------------------------------------------------
-# An SVG written from strings: a few dozen rectangles and labels need no plotting library (the
-# project does not depend on matplotlib), the output is byte-for-byte reproducible, and the Hub
-# shows it in the card as an image.
+# --- the layer-map picture (an SVG, see hubswap.svg) ------------------------------------------
 
 _LANG_COLOUR = "#E69F00"  # Okabe-Ito orange and blue: distinguishable with any colour vision
 _TASK_COLOUR = "#0072B2"
@@ -566,10 +533,6 @@ def layer_map_svg(layers: list[dict], labels: dict[str, str]) -> str:
     height = top + bar + 96
     every = 1 if cell >= 20 else 2 if cell >= 12 else 4
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="11">',
-        f"<title>Layer map of {escape(labels['title'])}</title>",
-        f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
         f'<text x="{left}" y="20" font-size="14" font-weight="bold">'
         f"Layer map of {escape(labels['title'])}</text>",
         f'<text x="{left}" y="38" fill="#444444">share of each expert in every layer, '
@@ -611,5 +574,5 @@ def layer_map_svg(layers: list[dict], labels: dict[str, str]) -> str:
         y += 20
     out.append(f'<text x="{left}" y="{y}" fill="#444444">numbers above a bar: the language expert\'s weight '
                f"in a blended transition layer</text>")
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    return svg.document(width, height, out, font="Helvetica, Arial, sans-serif", background="#ffffff",
+                        title=f"Layer map of {labels['title']}")

@@ -7,16 +7,16 @@ safetensors *headers*, never a weight. The same checks run on local folders and,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from hubswap.errors import IncompatibleModelsError, ModelFilesError, UnsafeWeightsError
+from hubswap.hashing import text_sha256
 from hubswap.layermap import LayerStack, LayerStackError, find_layer_stack
+from hubswap.safetensors_format import DATA_START, read_header_file
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -36,7 +36,6 @@ STRUCTURAL_KEYS = (
 )
 # Keys whose difference is reported but tolerated (fine-tunes legitimately change them).
 SOFT_KEYS = ("rope", "rms_norm_eps", "max_position_embeddings")
-_MAX_HEADER = 100 << 20
 log = logging.getLogger(__name__)
 
 
@@ -49,34 +48,6 @@ class ModelFiles(Protocol):
     def files(self) -> list[str]: ...
     def read_text(self, name: str) -> str | None: ...
     def safetensors_header(self, name: str) -> dict: ...
-
-
-def parse_header(head: bytes, *, where: str) -> dict:
-    """Decode a safetensors header from its first bytes (8-byte little-endian length + JSON).
-
-    Written by hand because the safetensors library exposes tensors, not their byte offsets,
-    and the merge copies raw byte ranges without building tensors.
-    """
-    if len(head) < 8:
-        raise ModelFilesError(f"{where}: not a safetensors file (too short)")
-    (n,) = struct.unpack("<Q", head[:8])
-    if n > _MAX_HEADER or len(head) < 8 + n:
-        raise ModelFilesError(f"{where}: corrupt safetensors header (length {n})")
-    try:
-        header = json.loads(head[8 : 8 + n])
-    except ValueError as e:
-        raise ModelFilesError(f"{where}: corrupt safetensors header ({e})") from None
-    header.pop("__metadata__", None)
-    return {"__data_start__": 8 + n, **header}
-
-
-def read_header_file(path: Path) -> dict:
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) == 8:
-            (n,) = struct.unpack("<Q", head)
-            head += f.read(min(n, _MAX_HEADER + 1))
-    return parse_header(head, where=str(path))
 
 
 class LocalModelFiles:
@@ -153,7 +124,7 @@ def tensor_table(model: ModelFiles) -> dict[str, TensorInfo]:
     table: dict[str, TensorInfo] = {}
     for f in weight_files(model):
         header = model.safetensors_header(f)
-        start = header.pop("__data_start__")
+        start = header.pop(DATA_START)
         for name, meta in header.items():
             if name in table:
                 raise ModelFilesError(f"{model.role} model {model.display}: tensor {name} is stored twice")
@@ -207,11 +178,11 @@ def vocabulary_fingerprint(model: ModelFiles) -> tuple[str, dict[str, int]] | No
         for t in tok.get("added_tokens") or []:
             vocab.setdefault(t["content"], t["id"])
         blob = json.dumps([sorted(vocab.items()), _merges(tok.get("model") or {})], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest(), vocab
+        return text_sha256(blob), vocab
     raw = model.read_text("vocab.json")
     if raw is not None:
         vocab = json.loads(raw)
-        return hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest(), vocab
+        return text_sha256(json.dumps(sorted(vocab.items()))), vocab
     return None
 
 

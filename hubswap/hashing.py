@@ -7,6 +7,7 @@ same function its uploads use.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -44,10 +45,18 @@ def cached_sha256(path: str | Path) -> str | None:
         return _load().get(key)
 
 
-def file_sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path, *, fresh: bool = False) -> str:
+    """sha256 (hex) of a file, from the cache when its (device, inode, size, mtime, ctime) are known.
+
+    ``fresh`` reads the bytes whatever the cache says: a file just rewritten in place may reuse
+    its inode within the mtime's resolution (a corrupt download fetched again, say).
+    """
     from huggingface_hub.utils.sha import sha_fileobj
 
     path = Path(path)
+    if fresh:
+        with open(path, "rb") as f:
+            return sha_fileobj(f).hex()
     key = _key(path)
     with _lock:
         cache = _load()
@@ -70,11 +79,25 @@ def _load() -> dict[str, str]:
 
 
 def _save(cache: dict[str, str]) -> None:
-    f = _cache_file()
+    from hubswap.files import write_json
+
     try:
-        f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, f)
+        write_json(_cache_file(), cache, indent=None)
     except OSError:  # a read-only cache only costs speed
         pass
+
+
+def text_sha256(text: str) -> str:
+    """sha256 (hex) of a text's UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def json_sha256(obj) -> str:
+    """sha256 of a JSON value in a canonical form (sorted keys, no spaces): equal values, equal digests."""
+    return text_sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")))
+
+
+def git_blob_sha1(path: str | Path) -> str:
+    """The git object id of a file (what the Hub reports for files not stored in LFS)."""
+    data = Path(path).read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()

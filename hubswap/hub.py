@@ -20,8 +20,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,14 +36,16 @@ from hubswap.errors import (
     ModelFilesError,
     PublishRefusedError,
 )
+from hubswap.files import atomic_write, human_size, write_json
+from hubswap.hashing import json_sha256, text_sha256
 from hubswap.recipe import ROLES, LoadedRecipe, ModelSource, load_recipe, parse_recipe
+from hubswap.records import find_model_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOCK_VERSION = 1
 ATTEMPTS = 3  # tries of one Hub call on a transient failure (5xx, 429, dropped connection)
-_MAX_HEADER = 100 << 20
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ class HubModelFiles:
     def _read_header(self, name: str) -> dict:
         from huggingface_hub import try_to_load_from_cache
 
-        from hubswap.compat import parse_header, read_header_file
+        from hubswap.safetensors_format import header_length, parse_header, read_header_file
 
         cached = try_to_load_from_cache(self.repo, name, revision=self.commit)
         if isinstance(cached, str):
@@ -297,19 +297,12 @@ class HubModelFiles:
         if keep is not None and keep.is_file():
             return parse_header(keep.read_bytes(), where=where)
         head = self._range(name, 0, 7)
-        if len(head) < 8:
-            raise ModelFilesError(f"{where}: not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", head[:8])
-        if n > _MAX_HEADER:
-            raise ModelFilesError(f"{where}: corrupt safetensors header (length {n})")
+        n = header_length(head, where=where)
         head = head[:8] + self._range(name, 8, 8 + n - 1)
         header = parse_header(head, where=where)
         if keep is not None:
             with contextlib.suppress(OSError):
-                keep.parent.mkdir(parents=True, exist_ok=True)
-                tmp = keep.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_bytes(head)
-                os.replace(tmp, keep)
+                atomic_write(keep, head)
         return header
 
     def read_range(self, name: str, start: int, length: int) -> bytes:
@@ -484,11 +477,11 @@ def download_inputs(model: HubModelFiles, files_from: bool = True) -> Path:
     The merge copies byte ranges found in the headers that preflight read remotely, so each
     downloaded shard's header must be the one preflight saw.
     """
-    from hubswap.compat import read_header_file
+    from hubswap.safetensors_format import read_header_file
 
     names = model.files()
     total = sum(r.size for r in model.records.values())
-    log.info("%s: fetching %d files (%s) of %s", model.role, len(names), _human(total), model.display)
+    log.info("%s: fetching %d files (%s) of %s", model.role, len(names), human_size(total), model.display)
     folder = None
     for name in sorted(names, key=lambda n: (is_weight(n), n)):
         path = _download_verified(model, name)
@@ -533,24 +526,12 @@ def _git_sha1(path: Path) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 # -- the lock file ------------------------------------------------------------------------------
 
 
 def lock_path(recipe_path: str | Path) -> Path:
     p = Path(recipe_path)
     return p.with_name(f"{p.stem}.lock.json")
-
-
-def recipe_sha256(loaded: LoadedRecipe) -> str:
-    return hashlib.sha256(loaded.text.encode("utf-8")).hexdigest()
 
 
 def _local_entry(loaded: LoadedRecipe, role: str, source: ModelSource) -> dict:
@@ -575,7 +556,7 @@ def make_lock(loaded: LoadedRecipe, *, endpoint: str | None = None, token: str |
     return {
         "lock_version": LOCK_VERSION,
         "hubswap_version": __version__,
-        "recipe": {"path": loaded.path.name, "name": loaded.recipe.name, "sha256": recipe_sha256(loaded)},
+        "recipe": {"path": loaded.path.name, "name": loaded.recipe.name, "sha256": text_sha256(loaded.text)},
         "models": models,
     }
 
@@ -585,10 +566,7 @@ def write_lock(recipe_path: str | Path, *, endpoint: str | None = None,
     """``hubswap lock``: resolve the recipe's models and write ``<recipe stem>.lock.json`` beside it."""
     loaded = load_recipe(recipe_path)
     lock = make_lock(loaded, endpoint=endpoint, token=token)
-    out = lock_path(loaded.path)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(lock, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    out = write_json(lock_path(loaded.path), lock)
     return out, lock
 
 
@@ -720,17 +698,6 @@ class _LocalFile:
     git_sha1: str | None  # only for files small enough to be regular git blobs
 
 
-def model_folder(build_dir: str | Path) -> Path:
-    """The model folder of a build (``<build>/model``), or the folder itself when given directly."""
-    p = Path(build_dir)
-    if (p / "model" / "hubswap" / "lock.json").is_file():
-        return p / "model"
-    if (p / "hubswap" / "lock.json").is_file():
-        return p
-    raise ModelFilesError(f"{p} is not a hubswap build (no model/hubswap/lock.json)",
-                          hint="give the folder that `hubswap build` wrote (builds/<name> by default)")
-
-
 def _manifest(folder: Path) -> dict[str, _LocalFile]:
     out = {}
     for p in sorted(folder.rglob("*")):
@@ -752,11 +719,7 @@ def build_identity(lock: dict, recipe_text: str) -> dict:
     inputs = {role: {"repo": m.get("repo"), "commit": m.get("commit"),
                      "files": {n: f.get("sha256") for n, f in sorted((m.get("files") or {}).items())}}
               for role, m in sorted((lock.get("models") or {}).items())}
-    return {"recipe": _digest(merge), "inputs": _digest(inputs), "name": merge.get("name")}
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return {"recipe": json_sha256(merge), "inputs": json_sha256(inputs), "name": merge.get("name")}
 
 
 def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | None = None,
@@ -771,7 +734,7 @@ def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | N
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-    build = _Build(model_folder(model_dir))
+    build = _Build(find_model_dir(model_dir))
     pub = build.loaded.recipe.publish
     repo = repo or (pub.repo if pub else None)
     if repo is None:
@@ -799,7 +762,7 @@ def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | N
     ops: list = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(f.path)) for n, f in build.files.items()]
     ops += [CommitOperationDelete(path_in_repo=n) for n in stale]
     log.info("publishing %d files (%s) to %s in one commit", len(build.files),
-             _human(sum(f.size for f in build.files.values())), repo)
+             human_size(sum(f.size for f in build.files.values())), repo)
     info = _hub_call(
         lambda: api.create_commit(repo, ops, commit_message=build.commit_message(),
                                   commit_description=build.commit_description(), parent_commit=remote.head),
@@ -841,7 +804,7 @@ class _Build:
             f"hubswap-recipe: {self.loaded.recipe.name}",
             f"hubswap-recipe-sha256: {self.identity['recipe']}",
             f"hubswap-inputs-sha256: {self.identity['inputs']}",
-            f"hubswap-build-sha256: {_digest({n: f.sha256 for n, f in self.files.items()})}",
+            f"hubswap-build-sha256: {json_sha256({n: f.sha256 for n, f in self.files.items()})}",
         ])
 
 

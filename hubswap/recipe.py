@@ -15,9 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hubswap.errors import RecipeError, RecipeProblem
+from hubswap.evaluate.languages import LANGUAGES as MGSM_LANGUAGES
 
 SCHEMA_VERSION = 1
-MGSM_LANGUAGES = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
 ROLES = ("base", "task", "language")
 
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")

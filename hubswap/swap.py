@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hubswap.compat import SIDE_FILES, TensorInfo
 from hubswap.layermap import LayerMap
+from hubswap.safetensors_format import DTYPE_SIZE, encode_header
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ CHUNK_BYTES = 16 << 20
 # Blends and casts go through float32 slices of 1 MiB, which stay in the CPU cache across the passes
 # numpy makes over them: 3x faster than 16 MiB slices, bit for bit the same result.
 SLICE_ELEMENTS = 256 << 10
-# safetensors dtype names and their sizes in bytes.
-DTYPE_SIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 _NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 _TORCH = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
@@ -146,14 +145,7 @@ def plan_merge(
 
 
 def _header_bytes(tensors: Iterable[OutTensor]) -> bytes:
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for t in tensors:
-        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
-        offset += t.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the format pads the header so tensor data stays aligned
-    return len(raw).to_bytes(8, "little") + raw
+    return encode_header((t.name, t.dtype, t.shape, t.nbytes) for t in tensors)
 
 
 class _Files:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import random
@@ -30,11 +29,11 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from xml.sax.saxutils import escape
 
-from hubswap import __version__
+from hubswap import __version__, svg
 from hubswap.errors import HubswapError
 from hubswap.evaluate.stats import Paired, paired_comparison, wilson_interval
+from hubswap.hashing import json_sha256
 from hubswap.layermap import layer_map
 from hubswap.recipe import LoadedRecipe, Swap, key_lines, load_recipe, parse_recipe
 
@@ -283,11 +282,7 @@ def write_csv(path: Path, rows: list[Ranked]) -> None:
 
 
 def render_svg(title: str, rows: list[Ranked], experts: dict[str, float]) -> str:
-    """Selection accuracy over bottom (rows) x top (columns), one panel per transition size.
-
-    Written by hand: a heat map is a grid of rects, not worth a plotting dependency
-    (matplotlib would add ~40 MB and a slow import for one figure).
-    """
+    """Selection accuracy over bottom (rows) x top (columns), one panel per transition size."""
     bottoms = sorted({r.config.bottom for r in rows})
     tops = sorted({r.config.top for r in rows})
     transitions = sorted({r.config.transition for r in rows})
@@ -308,12 +303,7 @@ def render_svg(title: str, rows: list[Ranked], experts: dict[str, float]) -> str
         r, g, b = (round(255 + (c - 255) * f) for c in (8, 69, 148))
         return f"rgb({r},{g},{b})"
 
-    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-          f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-          f'<rect width="{width}" height="{height}" fill="white"/>',
-          f'<text x="{width / 2:.0f}" y="18" text-anchor="middle" font-size="13">{escape(title)}</text>',
-          f'<text x="{width / 2:.0f}" y="34" text-anchor="middle">accuracy on the selection half; '
-          f'outlined: chosen ({escape(chosen.name)})</text>']
+    el = svg.headings(width, title, f"accuracy on the selection half; outlined: chosen ({chosen.name})")
     for p, t in enumerate(transitions):
         x0 = left + p * (panel_w + gap)
         el.append(f'<text x="{x0 + panel_w / 2:.0f}" y="{top_m - 22}" text-anchor="middle">transition = {t}</text>')
@@ -332,16 +322,15 @@ def render_svg(title: str, rows: list[Ranked], experts: dict[str, float]) -> str
                 dark = hi > lo and (v - lo) / (hi - lo) > 0.6
                 if c == chosen:  # outlined after every cell, so no neighbour paints over it
                     outline = (f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="none" '
-                               f'stroke="black" stroke-width="3"><title>chosen: {escape(c.name)}</title></rect>')
+                               f'stroke="black" stroke-width="3"><title>chosen: {svg.escape(c.name)}</title></rect>')
                 el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{color(v)}" stroke="#ccc">'
-                          f'<title>{escape(c.name)}: {v:.3f}</title></rect>')
+                          f'<title>{svg.escape(c.name)}: {v:.3f}</title></rect>')
                 el.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle" '
                           f'fill="{"white" if dark else "black"}">{v:.2f}</text>')
     el.append(outline)
     el.append(f'<text x="{left - 8}" y="{top_m - 6}" text-anchor="end">bottom \\ top</text>')
-    el.append(f'<text x="{left}" y="{height - 14}">{escape(expert_text)}</text>')
-    el.append("</svg>")
-    return "\n".join(el) + "\n"
+    el.append(f'<text x="{left}" y="{height - 14}">{svg.escape(expert_text)}</text>')
+    return svg.document(width, height, el)
 
 
 def write_recipe(loaded: LoadedRecipe, chosen: Config, dest: Path, note: list[str]) -> Path:
@@ -450,8 +439,7 @@ def sweep(
             copy_side_files(dirs[r.swap.files_from], folder, r.swap.dtype)
             # A merge is a pure function of the experts and the [swap]: key its generations by
             # them, so a sweep run again (or widened) generates only the new configurations.
-            key = hashlib.sha256(json.dumps([__version__, keys["task"], keys["language"],
-                                             c.swap(r.swap).model_dump()], sort_keys=True).encode()).hexdigest()
+            key = json_sha256([__version__, keys["task"], keys["language"], c.swap(r.swap).model_dump()])
             verdicts.update(evaluate_verdicts({c.name: folder}, cfg, eval_dir, dataset=dataset, limit=lim,
                                               cache_keys={c.name: f"swap-{key}"}, progress=progress))
         finally:
@@ -507,8 +495,7 @@ def content_key(model, folder: Path) -> str:
     if commit:
         return commit
     names = sorted({*weight_files(model), *(f for f in SIDE_FILES if (folder / f).is_file())})
-    blob = json.dumps({f: file_sha256(folder / f) for f in names}, sort_keys=True)
-    return "local-" + hashlib.sha256(blob.encode()).hexdigest()
+    return "local-" + json_sha256({f: file_sha256(folder / f) for f in names})
 
 
 def evaluate_verdicts(models: dict[str, Path], cfg, eval_dir: Path, *, dataset: str, limit: int | None,

@@ -350,7 +350,7 @@ def test_a_locked_commit_removed_by_a_force_push(hub_env, tmp_path, tiny_llama):
 
 
 def test_header_reads_survive_a_server_that_ignores_range(hub_env, tmp_path, monkeypatch):
-    from hubswap.compat import parse_header
+    from hubswap.safetensors_format import parse_header
 
     monkeypatch.setenv("HUBSWAP_CACHE", str(tmp_path / "hubswap-cache"))
     files = _big_repo(hub_env, "org/norange", mb=12)

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 HUB_DATASET = "juletxara/mgsm"
 PARQUET_REVISION = "refs/convert/parquet"
+TEST_QUESTIONS = 250  # per language
 
 
 @dataclass(frozen=True)

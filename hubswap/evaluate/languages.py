@@ -118,3 +118,9 @@ def get_language(code: str) -> Language:
         raise EvaluationError(
             f"unknown MGSM language {code!r}", hint=f"choose from {', '.join(LANGUAGES)}"
         ) from None
+
+
+def language_name(code: str) -> str:
+    """``Swahili`` for ``sw``; an unknown code as it is."""
+    lang = LANGUAGES.get(code)
+    return lang.name if lang is not None else code

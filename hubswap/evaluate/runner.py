@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,8 @@ from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation, open_backe
 from hubswap.evaluate.data import HUB_DATASET, is_local, load_language
 from hubswap.evaluate.prompts import FEWSHOT_SEED, Prompt, build_prompts
 from hubswap.evaluate.stats import paired_comparison, wilson_interval
+from hubswap.files import atomic_write, write_json
+from hubswap.hashing import text_sha256
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def _cache_id(key: str, lang: str, settings: dict) -> str:
         format=CACHE_FORMAT, key=key, lang=lang, dataset_revision=settings["dataset_revisions"][lang],
         engine_version=versions(settings["backend"]).get(settings["backend"]), device=hardware()["gpu"] or "cpu",
     )
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return text_sha256(json.dumps(relevant, sort_keys=True, default=str))[:24]
 
 
 def _cache_payload(cache_dir: Path, key: str, lang: str, settings: dict) -> dict:
@@ -203,15 +204,12 @@ def _cache_read(cache_dir: Path, key: str, lang: str, settings: dict, n: int):
 
 
 def _cache_write(cache_dir: Path, key: str, lang: str, settings: dict, rows, engine=None) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
     f = cache_dir / f"{_cache_id(key, lang, settings)}.json"
     payload = {"key": key, "lang": lang, "engine": engine, "rows": [
         {"prompt": p, "text": g.text, "finish_reason": g.finish_reason, "prompt_tokens": g.prompt_tokens,
          "tokens": g.tokens} for p, g in rows
     ]}
-    tmp = f.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, f)
+    write_json(f, payload, indent=None)
 
 
 # --- scoring and records ------------------------------------------------------------------
@@ -229,11 +227,7 @@ def _record(model: str, prompt: Prompt, gen: Generation, rendered: str, s: dict)
 
 
 def _write_jsonl(path: Path, records: list[Record]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records))
 
 
 def _load_metric():
