@@ -413,9 +413,9 @@ def fetch_models(loaded: LoadedRecipe) -> tuple[dict[str, Path], Preflight]:
         if isinstance(m, LocalModelFiles):
             dirs[role] = m.path
         else:
-            from hubswap.hub import download_inputs
+            from hubswap.hub.download import download_model
 
-            dirs[role] = download_inputs(m, files_from=False)
+            dirs[role] = download_model(m)
     return dirs, pre
 
 

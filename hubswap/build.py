@@ -116,8 +116,8 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
             hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
         outputs = {name: {"size": (stage / name).stat().st_size}
                    for name in sorted([*plan.shard_names(), INDEX, *side])}
-        lock = make_lock(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"])
-        write_json(stage / "hubswap" / "lock.json", lock)
+        record = make_build_record(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"])
+        write_json(stage / "hubswap" / "lock.json", record)
         write_card(stage)
         _replace_dir(stage, model_dir)
     log.info("model written to %s", model_dir)
@@ -125,7 +125,7 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
     # 5-6. Evaluate against the experts, then apply the gate.
     results = None
     if opts.evaluate:
-        results = evaluate_build(loaded, model_dir, build_dir / "eval", dirs, lock, limit=opts.limit)
+        results = evaluate_build(loaded, model_dir, build_dir / "eval", dirs, record, limit=opts.limit)
         write_card(model_dir)
         if not results["gate"]["passed"]:
             raise GateFailedError(
@@ -136,7 +136,7 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
     # 7. Publish the model folder in one commit.
     published = None
     if opts.push:
-        from hubswap.hub import publish
+        from hubswap.hub.publish import publish
 
         published = publish(model_dir, force=opts.force)
     return BuildResult(build_dir, model_dir, lmap, results, published, (*pre.warnings, *late))
@@ -147,7 +147,7 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
 
 def resolve_inputs(loaded: LoadedRecipe) -> dict[str, ModelFiles]:
     """Each role's files, pinned: a local folder as it is, a Hub repo at a commit SHA."""
-    from hubswap.hub import resolve_hub_inputs
+    from hubswap.hub.lock import resolve_hub_inputs
 
     # Also for all-local recipes: a lock file beside the recipe is checked (and used for Hub repos).
     hub_roles = {r: s for r, s in loaded.recipe.models.roles().items() if not s.is_local}
@@ -168,9 +168,9 @@ def fetch_inputs(loaded: LoadedRecipe, inputs: dict[str, ModelFiles],
         if isinstance(m, LocalModelFiles):
             dirs[role] = m.path
         else:
-            from hubswap.hub import download_inputs
+            from hubswap.hub.download import download_model
 
-            dirs[role] = download_inputs(m, files_from=loaded.recipe.swap.files_from == role)
+            dirs[role] = download_model(m)
     return dirs
 
 
@@ -231,8 +231,9 @@ def _file_entry(path: Path) -> dict:
     return {"sha256": file_sha256(path), "size": path.stat().st_size}
 
 
-def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, outputs: dict[str, dict], *,
-              names=()) -> dict:
+def make_build_record(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, outputs: dict[str, dict], *,
+                      names=()) -> dict:
+    """The build record, `model/hubswap/lock.json` (not the recipe's lock, hubswap.hub.lock)."""
     from importlib.metadata import version
 
     models = {}

@@ -72,9 +72,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:
-    from hubswap.hub import write_lock
+    from hubswap.hub.lock import write_recipe_lock
 
-    path, lock = write_lock(args.recipe)
+    path, lock = write_recipe_lock(args.recipe)
     print(f"wrote {path}")
     for role, m in lock["models"].items():
         size = sum(f["size"] for f in m["files"].values())
@@ -84,7 +84,7 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from hubswap.hub import publish
+    from hubswap.hub.publish import publish
 
     print(f"published {publish(args.build, repo=args.repo, force=args.force)}")
     return 0

@@ -248,7 +248,7 @@ def _valid_lock(root: Path) -> dict:
 def test_a_mutated_lock_is_read_or_refused(workdir, data):
     """What ``build`` does with a lock before it downloads anything: read it, check it against the
     recipe and the local files, and pin the Hub model to the locked commit and hashes."""
-    from hubswap.hub import resolve_hub_inputs
+    from hubswap.hub.lock import resolve_hub_inputs
     from hubswap.recipe import load_recipe
 
     recipe = workdir / "lock.toml"

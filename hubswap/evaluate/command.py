@@ -40,21 +40,22 @@ def resolve_model(spec: str, revision: str | None = None, *, endpoint: str | Non
         return p.resolve()
     if p.is_absolute() or spec.startswith((".", "~")):
         raise EvaluationError(f"model folder {p} does not exist")
-    from hubswap.hub import download_inputs
-    from hubswap.hub import resolve_model as resolve_hub_model
+    from hubswap.hub.download import download_model
+    from hubswap.hub.resolve import resolve_model as resolve_hub_model
     from hubswap.recipe import ModelSource
 
     try:
         source = ModelSource(repo=spec, revision=revision)
     except ValueError as e:
         raise EvaluationError(f"{spec!r} is neither a model folder nor a Hub repo id: {e}") from None
-    return download_inputs(resolve_hub_model("model", source, endpoint=endpoint))
+    return download_model(resolve_hub_model("model", source, endpoint=endpoint))
 
 
 def eval_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from hubswap.evaluate import format_table, run_evaluation
+    from hubswap.files import write_json
     from hubswap.recipe import EvalConfig
 
     vllm_options = {k: _parse_value(v) for k, v in _pairs(args.vllm, "--vllm").items()}
@@ -79,7 +80,7 @@ def eval_command(args: argparse.Namespace) -> int:
         models[name] = resolve_model(spec)
     out = Path(args.output)
     results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit, progress=not args.no_progress)
-    (out / "eval_results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out / "eval_results.json", results)
     print(format_table(results))
     print(f"results: {out / 'eval_results.json'}; per-question records: {out}/<model>.<lang>.jsonl")
     return 0
