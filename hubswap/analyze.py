@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubswap import svg
-from hubswap.compat import LocalModelFiles, Preflight, TensorInfo, check_compatible
+from hubswap.compat import TensorInfo
 from hubswap.errors import HubswapError, IncompatibleModelsError, ModelFilesError
+from hubswap.inputs import prepare_inputs
 from hubswap.layermap import LayerStack, layer_map
 from hubswap.recipe import LoadedRecipe, Swap, load_recipe
 from hubswap.safetensors_format import DTYPE_SIZE, NUMPY_DTYPE
@@ -390,35 +391,6 @@ def _axis(v: float) -> tuple[float, float]:
 # The command
 
 
-def fetch_models(loaded: LoadedRecipe) -> tuple[dict[str, Path], Preflight]:
-    """Preflight all three models as the build does, then local folders of their weights.
-
-    Local paths are used as they are; Hub repos are resolved and downloaded by the build's own
-    steps (only config, index and safetensors shards are needed here).
-    """
-    from hubswap.build import resolve_inputs
-
-    inputs = resolve_inputs(loaded)
-    pre = check_compatible(inputs)
-    for w in pre.warnings:
-        log.warning("preflight: %s", w)
-    # The merge tolerates a tensor an expert lacks where the layer map never takes it from that
-    # expert; measuring every layer's change needs each of the base's tensors in both experts.
-    lacking = [f"{role} expert lacks {n}, which the base has" for role in EXPERTS if role in pre.tensors
-               for n in pre.tensors.get("base", {}) if n not in pre.tensors[role]]
-    if lacking:
-        raise IncompatibleModelsError(lacking)
-    dirs = {}
-    for role, m in inputs.items():
-        if isinstance(m, LocalModelFiles):
-            dirs[role] = m.path
-        else:
-            from hubswap.hub.download import download_model
-
-            dirs[role] = download_model(m)
-    return dirs, pre
-
-
 def analyze(recipe: str | Path | LoadedRecipe, output: str | Path | None = None, *,
             progress: bool = True) -> Analysis:
     """Measure where each expert changed the base, write the table and figure, suggest a swap."""
@@ -430,7 +402,15 @@ def analyze(recipe: str | Path | LoadedRecipe, output: str | Path | None = None,
             hint="add [models.base] with the model both experts were fine-tuned from",
         )
     out = Path(output) if output else Path("analysis") / r.name
-    dirs, pre = fetch_models(loaded)
+    inputs = prepare_inputs(loaded)
+    pre = inputs.preflight
+    # The merge tolerates a tensor an expert lacks where the layer map never takes it from that
+    # expert; measuring every layer's change needs each of the base's tensors in both experts.
+    lacking = [f"{role} expert lacks {n}, which the base has" for role in EXPERTS if role in pre.tensors
+               for n in pre.tensors.get("base", {}) if n not in pre.tensors[role]]
+    if lacking:
+        raise IncompatibleModelsError(lacking)
+    dirs = inputs.folders(list(inputs.models))  # only config, index and safetensors shards are read
     num_layers = pre.num_layers
     log.info("measuring the change of each expert from the base %s", r.models.base.display())
     rows = measure_changes(dirs, pre.tensors, pre.stack, progress=progress)

@@ -381,9 +381,9 @@ def sweep(
     max_shard_size: str | int = "5GB",
     progress: bool = True,
 ) -> SweepResult:
-    from hubswap.build import dataset_location, fetch_inputs, resolve_inputs
-    from hubswap.compat import check_compatible
+    from hubswap.build import dataset_location
     from hubswap.evaluate.backends import require_libraries
+    from hubswap.inputs import prepare_inputs
     from hubswap.swap import copy_side_files, merge, parse_size, plan_merge
 
     loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
@@ -404,21 +404,19 @@ def sweep(
                     ", ".join(_relative_paths(loaded)), dest.parent)
 
     # 1. Resolve, preflight and download once, exactly as the build does.
-    inputs = resolve_inputs(loaded)
-    pre = check_compatible(inputs)
-    for w in pre.warnings:
-        log.warning("preflight: %s", w)
+    inputs = prepare_inputs(loaded)
+    pre = inputs.preflight
     configs, skipped = grid(bottoms, tops, transitions, pre.num_layers)
     if not configs:
         raise HubswapError(f"no configuration of the grid fits in {pre.num_layers} layers",
                            hint="bottom + top + 2 x transition must leave at least one middle layer")
     log.info("sweeping %d configurations of %s (%d layers) on MGSM-%s", len(configs), r.name, pre.num_layers, lang)
-    dirs = fetch_inputs(loaded, inputs)
+    dirs = inputs.folders(EXPERTS)
     dataset = dataset_location(loaded)
     eval_dir = out / "eval"
     scratch = out / "scratch"
     eval_dir.mkdir(parents=True, exist_ok=True)
-    keys = {role: content_key(inputs[role], dirs[role]) for role in EXPERTS}
+    keys = {role: inputs.key(role) for role in EXPERTS}
 
     # 2. Both experts once, on the same questions as every configuration.
     verdicts = evaluate_verdicts({role: dirs[role] for role in EXPERTS}, cfg, eval_dir,
@@ -482,20 +480,6 @@ def _relative_paths(loaded: LoadedRecipe) -> list[str]:
     if Path(r.eval.dataset).expanduser().exists() or r.eval.dataset.startswith("."):
         paths.append(r.eval.dataset)
     return [p for p in paths if not Path(p).expanduser().is_absolute()]
-
-
-def content_key(model, folder: Path) -> str:
-    """What identifies an expert's generations in the evaluation cache: its commit on the Hub, or
-    for a local folder the sha256 of its weights, config and tokenizer (hashes are cached by
-    path, size and mtime, so this reads a folder once)."""
-    from hubswap.compat import SIDE_FILES, weight_files
-    from hubswap.hashing import file_sha256
-
-    commit = getattr(model, "commit", None)
-    if commit:
-        return commit
-    names = sorted({*weight_files(model), *(f for f in SIDE_FILES if (folder / f).is_file())})
-    return "local-" + json_sha256({f: file_sha256(folder / f) for f in names})
 
 
 def evaluate_verdicts(models: dict[str, Path], cfg, eval_dir: Path, *, dataset: str, limit: int | None,

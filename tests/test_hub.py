@@ -110,7 +110,8 @@ def test_lock_pins_commits_and_every_file_hash_without_downloading_weights(hub_e
 
 
 def test_build_uses_the_locked_commit_after_the_branch_moves(hub_env, tmp_path):
-    from hubswap.hub.lock import resolve_hub_inputs, write_recipe_lock
+    from hubswap.hub.lock import write_recipe_lock
+    from hubswap.inputs import resolve
     from hubswap.recipe import load_recipe
 
     recipe = write_recipe(tmp_path, recipe_text())
@@ -119,7 +120,7 @@ def test_build_uses_the_locked_commit_after_the_branch_moves(hub_env, tmp_path):
     hub_env.commit_files("org/task", {"notes.txt": b"a later commit"}, message="move main")
     try:
         hub_env.requests.clear()
-        models = resolve_hub_inputs(load_recipe(recipe), endpoint=hub_env.url)
+        models = resolve(load_recipe(recipe), endpoint=hub_env.url)
         assert models["task"].commit == locked != hub_env.head("org/task").sha
         assert hub_env.requests == []  # the lock answers without asking the Hub
     finally:
@@ -165,14 +166,14 @@ def test_local_models_are_locked_by_path_and_hash(hub_env, tmp_path, tiny_llama)
 
 def test_preflight_reads_safetensors_headers_by_ranged_requests(hub_env, tmp_path, tiny_llama, monkeypatch):
     from hubswap.compat import check_compatible
-    from hubswap.hub.lock import resolve_hub_inputs
+    from hubswap.inputs import resolve
     from hubswap.recipe import load_recipe
 
     monkeypatch.setenv("HUBSWAP_CACHE", str(tmp_path / "hubswap-cache"))  # no headers kept from before
     for role, path in tiny_llama.items():  # fresh commits: nothing of them is in the Hub cache
         hub_env.upload_folder(f"pre/{role}", path)
     text = recipe_text(org="pre", task_repo="pre/task")
-    models = resolve_hub_inputs(load_recipe(write_recipe(tmp_path, text)), endpoint=hub_env.url)
+    models = resolve(load_recipe(write_recipe(tmp_path, text)), endpoint=hub_env.url)
     pre = check_compatible(models)
     assert pre.num_layers == 8 and len(pre.tensors["task"]) > 0
     shard_gets = [(p, r) for m, p, r in hub_env.requests if m == "GET" and p.endswith(".safetensors")]
@@ -334,7 +335,8 @@ def test_cli_lock_and_offline_mode(hub_env, tmp_path):
 def test_a_locked_commit_removed_by_a_force_push(hub_env, tmp_path, tiny_llama):
     from hubswap.errors import HubError
     from hubswap.hub.download import download_model
-    from hubswap.hub.lock import resolve_hub_inputs, write_recipe_lock
+    from hubswap.hub.lock import write_recipe_lock
+    from hubswap.inputs import resolve
     from hubswap.recipe import load_recipe
 
     hub_env.upload_folder("org/forced", tiny_llama["task"])
@@ -344,7 +346,7 @@ def test_a_locked_commit_removed_by_a_force_push(hub_env, tmp_path, tiny_llama):
     repo = hub_env.repos["org/forced"]
     repo.refs["main"] = repo.commits[gone].parent  # history rewritten: the locked commit is gone
     del repo.commits[gone]
-    model = resolve_hub_inputs(load_recipe(recipe), endpoint=hub_env.url)["task"]
+    model = resolve(load_recipe(recipe), endpoint=hub_env.url)["task"]
     with pytest.raises(HubError) as e:
         download_model(model)
     assert str(e.value) == f"commit {gone} no longer exists in org/forced"

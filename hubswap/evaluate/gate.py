@@ -34,13 +34,10 @@ class GateVerdict:
 
     def message(self) -> str:
         head = "gate passed" if self.passed else "gate failed"
-        return f"{head} ({self.target_language}): " + "; ".join(self.reasons or self.checks)
+        return f"{head}: " + "; ".join(self.reasons or self.checks)
 
-    def error(self) -> GateFailedError:
-        return GateFailedError(
-            self.message(),
-            hint="nothing was published; the results are in the build's eval/ folder and eval_results.json",
-        )
+    def error(self, results_at: str = "the build's eval/ folder and eval_results.json") -> GateFailedError:
+        return GateFailedError(self.message(), hint=f"results are in {results_at}; nothing was published")
 
 
 def apply_gate(results: dict, gate) -> GateVerdict:

@@ -7,7 +7,8 @@ which also records the layer map, the outputs and the tool versions.
 
     write_recipe_lock(recipe)       ``hubswap lock``: resolve now, write the file
     read_recipe_lock(loaded)        the lock, or None; refuses one that no longer matches the recipe
-    resolve_hub_inputs(loaded)      the recipe's Hub models pinned: from the lock, else resolved now
+
+``hubswap.inputs`` pins a build's Hub models from it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from hubswap import __version__
 from hubswap.errors import LockMismatchError
 from hubswap.files import write_json
 from hubswap.hashing import file_sha256, text_sha256
-from hubswap.hub.resolve import FileRecord, HubModelFiles, resolve_model, select_files
+from hubswap.hub.resolve import FileRecord, resolve_model, select_files
 from hubswap.recipe import ROLES, LoadedRecipe, ModelSource, load_recipe
 
 log = logging.getLogger(__name__)
@@ -174,23 +175,3 @@ def _local_changes(loaded: LoadedRecipe, role: str, source: ModelSource, entry: 
     if changed:
         return [f"models.{role} ({source.path}) changed since it was locked: {', '.join(changed[:3])}"]
     return []
-
-
-def resolve_hub_inputs(loaded: LoadedRecipe, roles: dict[str, ModelSource] | None = None, *,
-                       endpoint: str | None = None, token: str | bool | None = None) -> dict[str, HubModelFiles]:
-    """The Hub models of a recipe pinned to commits: from the lock file when there is one (no network),
-    else resolved now. A lock that no longer matches the recipe is refused."""
-    roles = roles if roles is not None else {r: s for r, s in loaded.recipe.models.roles().items() if not s.is_local}
-    lock = read_recipe_lock(loaded)
-    out = {}
-    for role, source in roles.items():
-        if lock is not None:
-            entry = lock["models"][role]
-            records = {n: FileRecord(f["sha256"], f["size"]) for n, f in entry["files"].items()}
-            out[role] = HubModelFiles(role, source.repo, source.ref, entry["commit"], records,
-                                      endpoint=endpoint, token=token)
-        else:
-            out[role] = resolve_model(role, source, endpoint=endpoint, token=token)
-    if lock is None and roles:
-        log.info("no lock file: resolved %s now; `hubswap lock %s` pins them", ", ".join(roles), loaded.path)
-    return out

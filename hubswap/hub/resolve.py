@@ -20,7 +20,7 @@ from hubswap import __version__
 from hubswap.errors import HubError, ModelFilesError
 from hubswap.files import atomic_write
 from hubswap.hashing import file_sha256, git_blob_sha1
-from hubswap.hub.download import download_verified, evict, fetch, header_cache
+from hubswap.hub.download import download_model, download_verified, evict, fetch, header_cache
 from hubswap.hub.errors import hub_call
 from hubswap.recipe import ModelSource
 
@@ -83,9 +83,22 @@ class HubModelFiles:
         self.token = token
         self.display = f"{repo}@{revision}" + ("" if revision == commit else f" ({commit[:12]})")
         self._headers: dict[str, dict] = {}
+        self._folder: Path | None = None
 
     def files(self) -> list[str]:
         return sorted(self.records)
+
+    def folder(self) -> Path:
+        """The snapshot folder holding every needed file, downloaded (and checked) on first use."""
+        if self._folder is None:
+            self._folder = download_model(self)
+        return self._folder
+
+    def record(self, name: str) -> FileRecord:
+        return self.records[name]
+
+    def known_record(self, name: str) -> FileRecord:
+        return self.records[name]
 
     def local_path(self, name: str) -> Path:
         """The file in the cache, downloading it (and checking its sha256) when needed."""
