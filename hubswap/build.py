@@ -16,17 +16,35 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hubswap import __version__
 from hubswap.compat import INDEX, check_layer_map
 from hubswap.errors import HubswapError
-from hubswap.files import write_json
+from hubswap.files import atomic_write, write_json
 from hubswap.hashing import cache_root, text_sha256
 from hubswap.inputs import Inputs, prepare_inputs
 from hubswap.layermap import LayerMap, layer_map
 from hubswap.recipe import LoadedRecipe, load_recipe
+from hubswap.records import (
+    BUILD_RECORD,
+    EVAL_RESULTS,
+    LOCK_VERSION,
+    RECIPE_COPY,
+    BuildRecord,
+    FileEntry,
+    LayerMapRecord,
+    ModelEntry,
+    Output,
+    OutputFile,
+    RecipeRef,
+)
 from hubswap.special_tokens import untrained_token_warnings
 from hubswap.swap import copy_side_files, cores, merge, parse_size, plan_merge
+
+if TYPE_CHECKING:
+    from hubswap.evaluate.gate import GateVerdict
+    from hubswap.evaluate.results import EvalResults
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +65,7 @@ class BuildResult:
     build_dir: Path
     model_dir: Path
     layer_map: LayerMap
-    eval_results: dict | None = None
+    eval_results: EvalResults | None = None
     published: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
@@ -59,8 +77,8 @@ class BuildResult:
             from hubswap.evaluate import format_table
 
             lines.append(format_table(self.eval_results))
-            gate = self.eval_results.get("gate") or {}
-            lines.append(f"gate: {'passed' if gate.get('passed') else 'FAILED'}")
+            gate = self.eval_results.gate
+            lines.append(f"gate: {'passed' if gate is not None and gate.passed else 'FAILED'}")
         if self.published:
             lines.append(f"published {self.published}")
         return "\n".join(lines)
@@ -108,13 +126,12 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
             plan = plan_merge(lmap, pre.tensors, dirs, out_dtype=recipe.swap.dtype, max_shard_size=max_shard)
             merge(plan, stage, progress=opts.progress)
             side = copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
-            (stage / "hubswap").mkdir()
-            (stage / "hubswap" / "recipe.toml").write_text(loaded.text, encoding="utf-8")
-            hashes = {role: {f: e.result().to_json() for f, e in entries.items()} for role, entries in pending.items()}
-        outputs = {name: {"size": (stage / name).stat().st_size}
+            atomic_write(stage / RECIPE_COPY, loaded.text)
+            hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
+        outputs = {name: OutputFile(size=(stage / name).stat().st_size)
                    for name in sorted([*plan.shard_names(), INDEX, *side])}
         record = make_build_record(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"])
-        write_json(stage / "hubswap" / "lock.json", record)
+        write_json(stage / BUILD_RECORD, record.to_json())
         write_card(stage)
         _replace_dir(stage, model_dir)
     log.info("model written to %s", model_dir)
@@ -125,7 +142,7 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
         results, verdict = evaluate_build(inputs, model_dir, build_dir / "eval", dirs, limit=opts.limit)
         write_card(model_dir)
         if not verdict.passed:
-            raise verdict.error(f"{build_dir / 'eval'} and {model_dir / 'hubswap' / 'eval_results.json'}")
+            raise verdict.error(f"{build_dir / 'eval'} and {model_dir / EVAL_RESULTS}")
 
     # 7. Publish the model folder in one commit.
     published = None
@@ -139,35 +156,32 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
 # -- stages -----------------------------------------------------------------------------------
 
 
-def make_build_record(loaded: LoadedRecipe, inputs: Inputs, hashes, lmap: LayerMap, outputs: dict[str, dict], *,
-                      names=()) -> dict:
-    """The build record, `model/hubswap/lock.json` (not the recipe's lock, hubswap.hub.lock)."""
+def make_build_record(loaded: LoadedRecipe, inputs: Inputs, hashes: dict[str, dict[str, FileEntry]], lmap: LayerMap,
+                      outputs: dict[str, OutputFile], *, names=()) -> BuildRecord:
+    """The build record, ``model/hubswap/lock.json`` (not the recipe's lock: ``hubswap.hub.lock``)."""
     from importlib.metadata import version
 
-    models = {}
-    for role, src in loaded.recipe.models.roles().items():
-        models[role] = {
-            "repo": src.repo,
-            "revision": src.revision if src.repo else None,
-            "commit": inputs.models[role].commit,
-            "path": published_path(src.path),
-            "files": hashes.get(role, {}),
-        }
-    return {
-        "lock_version": 1,
-        "hubswap_version": __version__,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "recipe": {"path": loaded.path.name, "name": loaded.recipe.name, "sha256": text_sha256(loaded.text)},
-        "models": models,
-        "layer_map": lmap.to_json(names),
-        "output": {"dtype": loaded.recipe.swap.dtype, "num_layers": lmap.num_layers,
-                   "shards": sorted(f for f in outputs if f.endswith(".safetensors")), "files": outputs},
-        # What the merge ran on: core dependencies only (the merge never imports torch or transformers).
-        "versions": {"hubswap": __version__, **{p: version(p) for p in ("numpy", "safetensors", "huggingface_hub")}},
+    models = {
+        role: ModelEntry(repo=src.repo, revision=src.revision if src.repo else None,
+                         commit=inputs.models[role].commit, path=published_path(src.path), files=hashes.get(role, {}))
+        for role, src in loaded.recipe.models.roles().items()
     }
+    return BuildRecord(
+        lock_version=LOCK_VERSION,
+        hubswap_version=__version__,
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        recipe=RecipeRef(path=loaded.path.name, name=loaded.recipe.name, sha256=text_sha256(loaded.text)),
+        models=models,
+        layer_map=LayerMapRecord.model_validate(lmap.to_json(names)),
+        output=Output(dtype=loaded.recipe.swap.dtype, num_layers=lmap.num_layers,
+                      shards=sorted(f for f in outputs if f.endswith(".safetensors")), files=outputs),
+        # What the merge ran on: core dependencies only (the merge never imports torch or transformers).
+        versions={"hubswap": __version__, **{p: version(p) for p in ("numpy", "safetensors", "huggingface_hub")}},
+    )
 
 
-def evaluate_build(inputs: Inputs, model_dir: Path, eval_dir: Path, dirs: dict[str, Path], *, limit):
+def evaluate_build(inputs: Inputs, model_dir: Path, eval_dir: Path, dirs: dict[str, Path], *,
+                   limit: int | None) -> tuple[EvalResults, GateVerdict]:
     """MGSM on the merged model and the models to compare, then the gate; writes eval_results.json.
     Returns the results and the gate's verdict."""
     from hubswap.evaluate import apply_gate, run_evaluation
@@ -185,16 +199,18 @@ def evaluate_build(inputs: Inputs, model_dir: Path, eval_dir: Path, dirs: dict[s
         cache_keys=keys, cache_dir=cache_root() / "eval", limit=limit,
     )
     verdict = apply_gate(results, recipe.gate)
-    results["gate"] = verdict.to_json()
     # What is published names the data and the models as the recipe does, never by a folder of
     # this machine (the Hub cache, the build folder, the dataset copy).
-    results["settings"]["dataset"] = published_path(cfg.dataset)
     roles = recipe.models.roles()
-    for name, entry in results["models"].items():
-        src = roles.get(name)
-        entry["source"] = ("this model" if src is None else
-                           f"{src.repo}@{inputs.models[name].commit}" if src.repo else published_path(src.path))
-    write_json(model_dir / "hubswap" / "eval_results.json", results)
+    sources = {name: ("this model" if (src := roles.get(name)) is None else
+                      f"{src.repo}@{inputs.models[name].commit}" if src.repo else published_path(src.path))
+               for name in results.models}
+    results = results.model_copy(update={
+        "gate": verdict.record(),
+        "settings": results.settings.model_copy(update={"dataset": published_path(cfg.dataset)}),
+        "models": {name: m.model_copy(update={"source": sources[name]}) for name, m in results.models.items()},
+    })
+    results.write(model_dir / EVAL_RESULTS)
     return results, verdict
 
 

@@ -76,10 +76,10 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
     path, lock = write_recipe_lock(args.recipe)
     print(f"wrote {path}")
-    for role, m in lock["models"].items():
-        size = sum(f["size"] for f in m["files"].values())
-        where = m["path"] if m["repo"] is None else f"{m['repo']}@{m['revision']} -> {m['commit'][:12]}"
-        print(f"  {role:<9} {where}  ({len(m['files'])} files, {size / 1e6:.1f} MB)")
+    for role, m in lock.models.items():
+        size = sum(f.size for f in m.files.values())
+        where = m.path if m.repo is None else f"{m.repo}@{m.revision} -> {(m.commit or '')[:12]}"
+        print(f"  {role:<9} {where}  ({len(m.files)} files, {size / 1e6:.1f} MB)")
     return 0
 
 

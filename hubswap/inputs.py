@@ -35,8 +35,9 @@ from hubswap.compat import (
 )
 from hubswap.files import human_size
 from hubswap.hashing import cached_sha256, file_sha256, json_sha256
-from hubswap.hub.resolve import FileRecord, HubModelFiles, resolve_model
+from hubswap.hub.resolve import HubModelFiles, resolve_model
 from hubswap.recipe import LoadedRecipe
+from hubswap.records import FileEntry
 from hubswap.swap import cores
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ class InputModel(ModelFiles, Protocol):
     commit: str | None
 
     def folder(self) -> Path: ...
-    def record(self, name: str) -> FileRecord: ...
-    def known_record(self, name: str) -> FileRecord | None: ...
+    def record(self, name: str) -> FileEntry: ...
+    def known_record(self, name: str) -> FileEntry | None: ...
 
 
 class LocalInput(LocalModelFiles):
@@ -62,15 +63,15 @@ class LocalInput(LocalModelFiles):
     def folder(self) -> Path:
         return self.path
 
-    def record(self, name: str) -> FileRecord:
+    def record(self, name: str) -> FileEntry:
         p = self.path / name
-        return FileRecord(file_sha256(p), p.stat().st_size)
+        return FileEntry(sha256=file_sha256(p), size=p.stat().st_size)
 
-    def known_record(self, name: str) -> FileRecord | None:
+    def known_record(self, name: str) -> FileEntry | None:
         """The record without reading the file, when the hash cache has it."""
         p = self.path / name
         digest = cached_sha256(p)
-        return None if digest is None else FileRecord(digest, p.stat().st_size)
+        return None if digest is None else FileEntry(sha256=digest, size=p.stat().st_size)
 
 
 def resolve(loaded: LoadedRecipe, *, endpoint: str | None = None,
@@ -89,9 +90,8 @@ def resolve(loaded: LoadedRecipe, *, endpoint: str | None = None,
         if src.is_local:
             out[role] = LocalInput(role, loaded.resolve_path(src), display=src.path)
         elif lock is not None:
-            entry = lock["models"][role]
-            records = {n: FileRecord(f["sha256"], f["size"]) for n, f in entry["files"].items()}
-            out[role] = HubModelFiles(role, src.repo, src.ref, entry["commit"], records,
+            entry = lock.models[role]
+            out[role] = HubModelFiles(role, src.repo, src.ref, entry.commit, entry.files,
                                       endpoint=endpoint, token=token)
         else:
             out[role] = resolve_model(role, src, endpoint=endpoint, token=token)
@@ -138,7 +138,7 @@ class Inputs:
         return sorted(set(small + weights))
 
     def file_records(self, pool: Executor, fetched: list[str] | tuple[str, ...]) -> dict[str, dict[str, Future]]:
-        """Futures of the ``FileRecord`` of every file the build reads, per role.
+        """Futures of the ``FileEntry`` of every file the build reads, per role.
 
         A Hub file's record is the Hub's LFS sha256 that the download verified; a local file is
         hashed on ``pool`` unless the hash cache knows it, largest file first (the longest hash

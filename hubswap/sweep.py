@@ -484,19 +484,10 @@ def _relative_paths(loaded: LoadedRecipe) -> list[str]:
 
 def evaluate_verdicts(models: dict[str, Path], cfg, eval_dir: Path, *, dataset: str, limit: int | None,
                       cache_keys: dict[str, str] | None = None, progress: bool = True) -> dict[str, list[bool]]:
-    """Per-question correctness on the target language for each model, in question order.
-
-    ``run_evaluation`` writes one jsonl record per question with its ``index`` and robust
-    ``correct`` verdict; the sweep pairs models on those.
-    """
+    """Per-question correctness on the target language for each model, in question order."""
     from hubswap.evaluate import run_evaluation
     from hubswap.hashing import cache_root
 
-    run_evaluation(models, cfg, eval_dir, dataset=dataset, cache_keys=cache_keys,
-                   cache_dir=cache_root() / "eval", limit=limit or 0, progress=progress)
-    out = {}
-    for name in models:
-        path = eval_dir / f"{name}.{cfg.target_language}.jsonl"
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-        out[name] = [bool(r["correct"]) for r in sorted(records, key=lambda r: r["index"])]
-    return out
+    results = run_evaluation(models, cfg, eval_dir, dataset=dataset, cache_keys=cache_keys,
+                             cache_dir=cache_root() / "eval", limit=limit or 0, progress=progress)
+    return {name: results.verdicts[name][cfg.target_language] for name in models}

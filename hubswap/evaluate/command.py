@@ -55,7 +55,6 @@ def eval_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from hubswap.evaluate import format_table, run_evaluation
-    from hubswap.files import write_json
     from hubswap.recipe import EvalConfig
 
     vllm_options = {k: _parse_value(v) for k, v in _pairs(args.vllm, "--vllm").items()}
@@ -80,7 +79,7 @@ def eval_command(args: argparse.Namespace) -> int:
         models[name] = resolve_model(spec)
     out = Path(args.output)
     results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit, progress=not args.no_progress)
-    write_json(out / "eval_results.json", results)
+    results.write(out / "eval_results.json")
     print(format_table(results))
     print(f"results: {out / 'eval_results.json'}; per-question records: {out}/<model>.<lang>.jsonl")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hubswap.errors import GateFailedError
+from hubswap.evaluate.results import EvalResults, GateRecord
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,13 @@ class GateVerdict:
     target_language: str | None = None
     accuracy: float | None = None
 
-    def to_json(self) -> dict:
-        return {
-            "passed": self.passed, "reasons": list(self.reasons), "checks": list(self.checks),
-            "must_beat": list(self.must_beat), "margin": self.margin, "min_accuracy": self.min_accuracy,
-            "target_language": self.target_language, "accuracy": self.accuracy,
-        }
+    def record(self) -> GateRecord:
+        """The verdict as eval_results.json keeps it."""
+        return GateRecord(
+            passed=self.passed, reasons=list(self.reasons), checks=list(self.checks),
+            must_beat=list(self.must_beat), margin=self.margin, min_accuracy=self.min_accuracy,
+            target_language=self.target_language, accuracy=self.accuracy,
+        )
 
     def message(self) -> str:
         head = "gate passed" if self.passed else "gate failed"
@@ -40,26 +42,26 @@ class GateVerdict:
         return GateFailedError(self.message(), hint=f"results are in {results_at}; nothing was published")
 
 
-def apply_gate(results: dict, gate) -> GateVerdict:
-    """Judge ``results`` (``run_evaluation``'s output) against a recipe's ``[gate]``."""
-    lang = results["settings"]["target_language"]
-    merged = results.get("reference_model", "merged")
-    models = results["models"]
+def apply_gate(results: EvalResults, gate) -> GateVerdict:
+    """Judge ``results`` (``run_evaluation``'s) against a recipe's ``[gate]``."""
+    lang = results.settings.target_language
+    merged = results.reference_model
     common = dict(must_beat=list(gate.must_beat), margin=gate.margin, min_accuracy=gate.min_accuracy,
                   target_language=lang)
-    if merged not in models or lang not in models[merged]["languages"]:
+    mine = results.scores(merged, lang)
+    if mine is None:
         reason = f"{merged} was not evaluated in {lang}"
         return GateVerdict(False, [reason], [reason], **common)
-    acc = models[merged]["languages"][lang]["accuracy"]
-    n = models[merged]["languages"][lang]["n"]
+    acc, n = mine.accuracy, mine.n
     checks, reasons = [], []
     for other in gate.must_beat:
-        if other not in models or lang not in models[other]["languages"]:
+        theirs = results.scores(other, lang)
+        if theirs is None:
             msg = f"{other} was not evaluated in {lang}, so merged cannot be shown to beat it"
             checks.append(msg)
             reasons.append(msg)
             continue
-        other_acc = models[other]["languages"][lang]["accuracy"]
+        other_acc = theirs.accuracy
         ok = acc >= other_acc + gate.margin - 1e-12
         msg = (f"merged {acc:.3f} {'>=' if ok else '<'} {other} {other_acc:.3f} + margin {gate.margin:.3f} "
                f"(n={n})")

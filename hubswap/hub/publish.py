@@ -9,7 +9,6 @@ unless ``force``. After the commit, the remote files' hashes are checked against
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,15 @@ from hubswap.hashing import file_sha256, git_blob_sha1, json_sha256
 from hubswap.hub.errors import WRITE_TOKEN_HINT, hub_call
 from hubswap.hub.resolve import hub_api
 from hubswap.recipe import parse_recipe
-from hubswap.records import find_model_dir
+from hubswap.records import (
+    BUILD_RECORD,
+    EVAL_RESULTS,
+    RECIPE_COPY,
+    BuildRecord,
+    ModelEntry,
+    find_model_dir,
+    read_build_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +65,15 @@ def _manifest(folder: Path) -> dict[str, _LocalFile]:
     return out
 
 
-def build_identity(lock: dict, recipe_text: str) -> dict:
+def build_identity(models: dict[str, ModelEntry], recipe_text: str) -> dict:
     """What makes two builds "the same build": the recipe's models and swap, and the exact inputs."""
     try:
         r = parse_recipe(recipe_text, Path("recipe.toml")).recipe
         merge = {"name": r.name, "models": r.models.model_dump(mode="json"), "swap": r.swap.model_dump(mode="json")}
     except HubswapError:  # a recipe of another schema: fall back to its exact text
         merge = {"text": recipe_text}
-    inputs = {role: {"repo": m.get("repo"), "commit": m.get("commit"),
-                     "files": {n: f.get("sha256") for n, f in sorted((m.get("files") or {}).items())}}
-              for role, m in sorted((lock.get("models") or {}).items())}
+    inputs = {role: {"repo": m.repo, "commit": m.commit, "files": {n: f.sha256 for n, f in sorted(m.files.items())}}
+              for role, m in sorted(models.items())}
     return {"recipe": json_sha256(merge), "inputs": json_sha256(inputs), "name": merge.get("name")}
 
 
@@ -134,14 +140,14 @@ class _Build:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.lock = json.loads((folder / "hubswap" / "lock.json").read_text(encoding="utf-8"))
-        self.recipe_text = (folder / "hubswap" / "recipe.toml").read_text(encoding="utf-8")
-        self.loaded = parse_recipe(self.recipe_text, folder / "hubswap" / "recipe.toml")
-        self.identity = build_identity(self.lock, self.recipe_text)
+        self.record = read_build_record(folder)
+        self.recipe_text = (folder / RECIPE_COPY).read_text(encoding="utf-8")
+        self.loaded = parse_recipe(self.recipe_text, folder / RECIPE_COPY)
+        self.identity = build_identity(self.record.models, self.recipe_text)
         self.files = _manifest(folder)
 
     def commit_message(self) -> str:
-        source = Path((self.lock.get("recipe") or {}).get("path") or "recipe.toml").name
+        source = Path(self.record.recipe.path).name
         return f"hubswap {__version__}: publish '{self.loaded.recipe.name}' built from {source}"
 
     def commit_description(self) -> str:
@@ -165,7 +171,7 @@ class _Remote:
         self.head = info.sha if info is not None else None
         self.files = {s.rfilename: s for s in info.siblings or []} if info is not None else {}
         self.content = {n for n in self.files if n != ".gitattributes"}
-        self.by_hubswap = "hubswap/lock.json" in self.files
+        self.by_hubswap = BUILD_RECORD in self.files
         self.identity = identity
 
     @classmethod
@@ -180,7 +186,7 @@ class _Remote:
                 return None
 
         info = hub_call(current, "reading the repo", repo=repo, endpoint=endpoint)
-        if info is None or "hubswap/lock.json" not in {s.rfilename for s in info.siblings or []}:
+        if info is None or BUILD_RECORD not in {s.rfilename for s in info.siblings or []}:
             return cls(info, None)
 
         def text(name: str) -> str:
@@ -190,8 +196,12 @@ class _Remote:
             return Path(path).read_text(encoding="utf-8")
 
         names = {s.rfilename for s in info.siblings or []}
-        recipe = text("hubswap/recipe.toml") if "hubswap/recipe.toml" in names else ""
-        return cls(info, build_identity(json.loads(text("hubswap/lock.json")), recipe))
+        recipe = text(RECIPE_COPY) if RECIPE_COPY in names else ""
+        try:
+            models = BuildRecord.model_validate_json(text(BUILD_RECORD)).models
+        except ValueError:  # a build record of another hubswap version: not the same build
+            return cls(info, {"recipe": None, "inputs": None, "name": None})
+        return cls(info, build_identity(models, recipe))
 
 
 def _write_api(repo: str, endpoint: str | None, token: str | None):
@@ -247,13 +257,15 @@ def _artifact(name: str) -> bool:
 
 def _check_gate(folder: Path, force: bool) -> None:
     """A build whose evaluation failed its gate is not published (unless forced)."""
-    results = folder / "hubswap" / "eval_results.json"
+    from hubswap.evaluate.results import read_eval_results
+
+    results = folder / EVAL_RESULTS
     if not results.is_file():
         log.warning("%s was not evaluated: publishing it without a gate", folder)
         return
-    gate = json.loads(results.read_text(encoding="utf-8")).get("gate") or {}
-    if gate.get("passed") is False:
-        reasons = "; ".join(gate.get("reasons") or []) or "see hubswap/eval_results.json"
+    gate = read_eval_results(results).gate
+    if gate is not None and not gate.passed:
+        reasons = "; ".join(gate.reasons) or f"see {EVAL_RESULTS}"
         if not force:
             raise PublishRefusedError(f"this build failed its gate ({reasons}); refusing to publish it",
                                       hint="pass --force to publish it anyway")

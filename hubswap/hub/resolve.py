@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from hubswap import __version__
@@ -23,17 +22,9 @@ from hubswap.hashing import file_sha256, git_blob_sha1
 from hubswap.hub.download import download_model, download_verified, evict, fetch, header_cache
 from hubswap.hub.errors import hub_call
 from hubswap.recipe import ModelSource
+from hubswap.records import FileEntry
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    sha256: str
-    size: int
-
-    def to_json(self) -> dict:
-        return {"sha256": self.sha256, "size": self.size}
 
 
 # -- which files a build needs -----------------------------------------------------------------
@@ -72,7 +63,7 @@ class HubModelFiles:
     what lets a locked build run with HF_HUB_OFFLINE=1.
     """
 
-    def __init__(self, role: str, repo: str, revision: str, commit: str, records: dict[str, FileRecord],
+    def __init__(self, role: str, repo: str, revision: str, commit: str, records: dict[str, FileEntry],
                  *, endpoint: str | None = None, token: str | bool | None = None):
         self.role = role
         self.repo = repo
@@ -94,10 +85,10 @@ class HubModelFiles:
             self._folder = download_model(self)
         return self._folder
 
-    def record(self, name: str) -> FileRecord:
+    def record(self, name: str) -> FileEntry:
         return self.records[name]
 
-    def known_record(self, name: str) -> FileRecord:
+    def known_record(self, name: str) -> FileEntry:
         return self.records[name]
 
     def local_path(self, name: str) -> Path:
@@ -199,7 +190,7 @@ def resolve_model(role: str, source: ModelSource, *, endpoint: str | None = None
 
     def small(name: str) -> Path:
         path = fetch(model, name)
-        model.records[name] = FileRecord(file_sha256(path), path.stat().st_size)
+        model.records[name] = FileEntry(sha256=file_sha256(path), size=path.stat().st_size)
         return path
 
     listing = _Listing(role, source.display(), list(siblings),
@@ -208,7 +199,7 @@ def resolve_model(role: str, source: ModelSource, *, endpoint: str | None = None
     for name in names:
         s = siblings[name]
         if s.lfs is not None:
-            model.records[name] = FileRecord(s.lfs.sha256, s.lfs.size)
+            model.records[name] = FileEntry(sha256=s.lfs.sha256, size=s.lfs.size)
         elif name not in model.records:
             path = small(name)
             if s.blob_id and git_blob_sha1(path) != s.blob_id:
