@@ -451,11 +451,8 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
             os.close(fd)
 
 
-def merge(plan: MergePlan, out_dir: Path, *, progress: bool = True, on_shard=None) -> dict[str, str]:
-    """Write the plan's shards and the index into ``out_dir`` (which must exist). Returns weight_map.
-
-    ``on_shard(path)`` is called for each shard once all are complete.
-    """
+def merge(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[str, str]:
+    """Write the plan's shards and the index into ``out_dir`` (which must exist). Returns weight_map."""
     from tqdm.auto import tqdm
 
     names = plan.shard_names()
@@ -467,9 +464,6 @@ def merge(plan: MergePlan, out_dir: Path, *, progress: bool = True, on_shard=Non
         files.close()
         bar.close()
     weight_map = {t.name: name for name, tensors in zip(names, plan.shards, strict=True) for t in tensors}
-    if on_shard is not None:
-        for name in names:
-            on_shard(out_dir / name)
     index = {"metadata": {"total_size": plan.total_size}, "weight_map": weight_map}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return weight_map
