@@ -30,9 +30,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hubswap import __version__, svg
+from hubswap import __version__
 from hubswap.errors import HubswapError
 from hubswap.evaluate.stats import Paired, paired_comparison, wilson_interval
+from hubswap.figures import sweep_heatmap
 from hubswap.hashing import json_sha256
 from hubswap.layermap import layer_map
 from hubswap.recipe import LoadedRecipe, Swap, key_lines, load_recipe, parse_recipe
@@ -281,58 +282,6 @@ def write_csv(path: Path, rows: list[Ranked]) -> None:
                         f"{r.vs_task.mcnemar_p:.4g}", f"{r.vs_language.diff:.6g}", f"{r.vs_language.mcnemar_p:.4g}"])
 
 
-def render_svg(title: str, rows: list[Ranked], experts: dict[str, float]) -> str:
-    """Selection accuracy over bottom (rows) x top (columns), one panel per transition size."""
-    bottoms = sorted({r.config.bottom for r in rows})
-    tops = sorted({r.config.top for r in rows})
-    transitions = sorted({r.config.transition for r in rows})
-    acc = {r.config: r.accuracy for r in rows}
-    chosen = rows[0].config
-    outline = ""
-    cell, gap, left, top_m = 44, 36, 100, 70
-    panel_w = cell * len(tops)
-    expert_text = "on the same questions: " + ", ".join(f"{k} expert {v:.3f}" for k, v in experts.items())
-    width = round(max(420, left + len(transitions) * (panel_w + gap) + 20, 2 * left + 6.2 * len(expert_text)))
-    height = top_m + cell * len(bottoms) + 44
-    lo = min([*acc.values(), *experts.values()])
-    hi = max([*acc.values(), *experts.values()])
-
-    def color(v: float) -> str:
-        # White (worst) to dark blue (best) on this sweep's own scale.
-        f = 0.5 if hi == lo else (v - lo) / (hi - lo)
-        r, g, b = (round(255 + (c - 255) * f) for c in (8, 69, 148))
-        return f"rgb({r},{g},{b})"
-
-    el = svg.headings(width, title, f"accuracy on the selection half; outlined: chosen ({chosen.name})")
-    for p, t in enumerate(transitions):
-        x0 = left + p * (panel_w + gap)
-        el.append(f'<text x="{x0 + panel_w / 2:.0f}" y="{top_m - 22}" text-anchor="middle">transition = {t}</text>')
-        for j, u in enumerate(tops):
-            el.append(f'<text x="{x0 + cell * (j + 0.5):.0f}" y="{top_m - 6}" text-anchor="middle">{u}</text>')
-        for i, b in enumerate(bottoms):
-            if p == 0:
-                el.append(f'<text x="{x0 - 8}" y="{top_m + cell * (i + 0.5) + 4:.0f}" text-anchor="end">{b}</text>')
-            for j, u in enumerate(tops):
-                c = Config(b, u, t)
-                x, y = x0 + cell * j, top_m + cell * i
-                if c not in acc:
-                    el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="#f4f4f4" stroke="#ccc"/>')
-                    continue
-                v = acc[c]
-                dark = hi > lo and (v - lo) / (hi - lo) > 0.6
-                if c == chosen:  # outlined after every cell, so no neighbour paints over it
-                    outline = (f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="none" '
-                               f'stroke="black" stroke-width="3"><title>chosen: {svg.escape(c.name)}</title></rect>')
-                el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{color(v)}" stroke="#ccc">'
-                          f'<title>{svg.escape(c.name)}: {v:.3f}</title></rect>')
-                el.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle" '
-                          f'fill="{"white" if dark else "black"}">{v:.2f}</text>')
-    el.append(outline)
-    el.append(f'<text x="{left - 8}" y="{top_m - 6}" text-anchor="end">bottom \\ top</text>')
-    el.append(f'<text x="{left}" y="{height - 14}">{svg.escape(expert_text)}</text>')
-    return svg.document(width, height, el)
-
-
 def write_recipe(loaded: LoadedRecipe, chosen: Config, dest: Path, note: list[str]) -> Path:
     """A copy of the recipe with the chosen ``[swap]`` sizes, comments and all else kept.
 
@@ -459,7 +408,7 @@ def sweep(
     write_csv(files["csv"], rows)
     files["json"].write_text(json.dumps(result.to_json(), indent=2) + "\n")
     experts_sel = {e: accuracy([verdicts[e][i] for i in select]) for e in EXPERTS}
-    files["svg"].write_text(render_svg(f"{r.name}: MGSM-{lang} accuracy over bottom x top", rows, experts_sel))
+    files["svg"].write_text(sweep_heatmap(f"{r.name}: MGSM-{lang} accuracy over bottom x top", rows, experts_sel))
     c = result.chosen
     h = heldout
     note = [
