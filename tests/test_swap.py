@@ -28,7 +28,7 @@ def load_all(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def expected_tensor(name, lang, task, swap: Swap, num_layers: int, dtype: torch.dtype) -> torch.Tensor:
-    """DESIGN.md's table, written independently of hubswap.layermap."""
+    """docs/DESIGN.md's "Layer map" table, written independently of hubswap.layermap."""
     b, u, tb, tu, n = swap.bottom, swap.top, swap.tb, swap.tu, num_layers
     m = re.match(r"model\.layers\.(\d+)\.", name)  # both tiny families keep their layers there
     i = int(m.group(1)) if m else None

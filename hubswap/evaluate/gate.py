@@ -1,4 +1,4 @@
-"""The gate of DESIGN.md: may the merged model be published?
+"""The gate (docs/DESIGN.md, "Gate"): may the merged model be published?
 
 The merged model's accuracy in the target language must be at least each ``must_beat`` model's
 plus ``margin``, and at least ``min_accuracy``. ``apply_gate`` only judges; the build writes every
