@@ -24,9 +24,6 @@ from hubswap.evaluate.languages import language_name
 from hubswap.figures import layer_map_svg
 from hubswap.files import atomic_write, human_size
 from hubswap.recipe import LoadedRecipe, parse_recipe
-
-if TYPE_CHECKING:
-    from hubswap.evaluate.results import EvalResults
 from hubswap.records import (
     EVAL_RESULTS,
     RECIPE_COPY,
@@ -35,6 +32,9 @@ from hubswap.records import (
     find_model_dir,
     read_build_record,
 )
+
+if TYPE_CHECKING:
+    from hubswap.evaluate.results import EvalResults
 
 log = logging.getLogger(__name__)
 

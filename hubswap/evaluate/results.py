@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from hubswap.errors import ModelFilesError
+from hubswap.evaluate.stats import Paired
 from hubswap.files import write_json
 from hubswap.records import Record, load_record
 
@@ -90,19 +91,6 @@ class ModelResult(Record):
     languages: dict[str, LanguageScores]
 
 
-class Comparison(Record):
-    """``reference - other`` on the same questions (``stats.Paired``)."""
-
-    n: int
-    diff: float
-    ci95: tuple[float, float]
-    mcnemar_p: float
-    both: int
-    merged_only: int
-    other_only: int
-    neither: int
-
-
 class GateRecord(Record):
     passed: bool
     reasons: list[str]
@@ -121,7 +109,7 @@ class EvalResults(Record):
     hardware: Hardware
     models: dict[str, ModelResult]
     reference_model: str
-    comparisons: dict[str, dict[str, Comparison]]
+    comparisons: dict[str, dict[str, Paired]]  # reference - other, on the same questions
     gate: GateRecord | None = None
     verdicts: dict[str, dict[str, list[bool]]] = Field(default_factory=dict, exclude=True)
     """Per model and language, each question's robust verdict in question order (not written)."""
