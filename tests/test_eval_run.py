@@ -72,9 +72,10 @@ def test_jsonl_records_are_rescorable(first_run):
                 again = score_response(r["generation"], lang, r["gold"])
                 assert (again.strict_match, again.flexible_extract, again.correct) == (
                     r["strict_match"], r["flexible_extract"], r["correct"])
-            summary = results["models"][name]["languages"][lang]
-            assert summary["accuracy"] == sum(r["correct"] for r in rows) / LIMIT
-            assert summary["truncation_rate"] == sum(r["finish_reason"] == "length" for r in rows) / LIMIT
+            summary = results.scores(name, lang)
+            assert summary.accuracy == sum(r["correct"] for r in rows) / LIMIT
+            assert summary.truncation_rate == sum(r["finish_reason"] == "length" for r in rows) / LIMIT
+            assert results.verdicts[name][lang] == [r["correct"] for r in rows]
 
 
 def test_second_run_uses_the_cache(first_run, mgsm_dir):

@@ -90,7 +90,8 @@ def test_lock_pins_commits_and_every_file_hash_without_downloading_weights(hub_e
     from hubswap.hub.lock import recipe_lock_path, write_recipe_lock
 
     recipe = write_recipe(tmp_path, recipe_text())
-    out, lock = write_recipe_lock(recipe, endpoint=hub_env.url)
+    out, typed = write_recipe_lock(recipe, endpoint=hub_env.url)
+    lock = typed.to_json()
 
     assert out == recipe_lock_path(recipe) == tmp_path / "merge.lock.json"
     on_disk = json.loads(out.read_text())
@@ -116,7 +117,7 @@ def test_build_uses_the_locked_commit_after_the_branch_moves(hub_env, tmp_path):
 
     recipe = write_recipe(tmp_path, recipe_text())
     _, lock = write_recipe_lock(recipe, endpoint=hub_env.url)
-    locked = lock["models"]["task"]["commit"]
+    locked = lock.models["task"].commit
     hub_env.commit_files("org/task", {"notes.txt": b"a later commit"}, message="move main")
     try:
         hub_env.requests.clear()
@@ -148,12 +149,13 @@ def test_local_models_are_locked_by_path_and_hash(hub_env, tmp_path, tiny_llama)
 
     text = recipe_text().replace('repo = "org/language"', f'path = "{tiny_llama["language"]}"')
     recipe = write_recipe(tmp_path, text)
-    _, lock = write_recipe_lock(recipe, endpoint=hub_env.url)
+    _, typed = write_recipe_lock(recipe, endpoint=hub_env.url)
+    lock = typed.to_json()
     entry = lock["models"]["language"]
     assert entry["repo"] is None and entry["commit"] is None and entry["path"] == str(tiny_llama["language"])
     cfg = (tiny_llama["language"] / "config.json").read_bytes()
     assert entry["files"]["config.json"] == {"sha256": sha256(cfg), "size": len(cfg)}
-    assert read_recipe_lock(load_recipe(recipe)) == lock
+    assert read_recipe_lock(load_recipe(recipe)) == typed
 
     lock["models"]["language"]["files"]["config.json"]["sha256"] = "0" * 64  # as if the folder changed
     (tmp_path / "merge.lock.json").write_text(json.dumps(lock))
@@ -227,8 +229,8 @@ def test_http_500_then_success(hub_env, tmp_path, tiny_llama):
     _, lock = write_recipe_lock(write_recipe(tmp_path, recipe_text(task_repo="org/flaky")), endpoint=hub_env.url)
     model = _resolve(hub_env, "org/flaky")
     folder = download_model(model)
-    for name, rec in lock["models"]["task"]["files"].items():
-        assert sha256((folder / name).read_bytes()) == rec["sha256"]
+    for name, rec in lock.models["task"].files.items():
+        assert sha256((folder / name).read_bytes()) == rec.sha256
     assert hub_env.count("GET", "/api/models/org/flaky/revision/main") >= 2
     assert all(f.times == 0 for f in hub_env.faults)
 
@@ -286,7 +288,7 @@ def test_gated_repo(hub_env, tmp_path, monkeypatch, tiny_llama):
 
     hub_env.repos["gated/task"].granted.add("alice")
     _, lock = write_recipe_lock(recipe, endpoint=hub_env.url)
-    assert lock["models"]["task"]["commit"] == hub_env.head("gated/task").sha
+    assert lock.models["task"].commit == hub_env.head("gated/task").sha
 
 
 def test_missing_revision_and_missing_repo(hub_env, tmp_path):
@@ -342,7 +344,7 @@ def test_a_locked_commit_removed_by_a_force_push(hub_env, tmp_path, tiny_llama):
     hub_env.upload_folder("org/forced", tiny_llama["task"])
     recipe = write_recipe(tmp_path, recipe_text(task_repo="org/forced"))
     _, lock = write_recipe_lock(recipe, endpoint=hub_env.url)
-    gone = lock["models"]["task"]["commit"]
+    gone = lock.models["task"].commit
     repo = hub_env.repos["org/forced"]
     repo.refs["main"] = repo.commits[gone].parent  # history rewritten: the locked commit is gone
     del repo.commits[gone]

@@ -205,8 +205,11 @@ def test_a_build_that_failed_its_gate_is_not_published(published, tmp_path):
     hub, build, _ = published
 
     def failed(model: Path) -> None:
-        gate = {"passed": False, "reasons": ["merged 0.10 < task 0.20 + margin 0.00 on sw"]}
-        (model / "hubswap" / "eval_results.json").write_text(json.dumps({"gate": gate}))
+        from test_card import _eval_results
+
+        results = _eval_results(passed=False)
+        results["gate"]["reasons"] = ["merged 0.10 < task 0.20 + margin 0.00 on sw"]
+        (model / "hubswap" / "eval_results.json").write_text(json.dumps(results))
 
     with pytest.raises(PublishRefusedError) as e:
         publish(_variant(build, tmp_path / "failed", failed), repo="org/gated-out", endpoint=hub.url, token=WRITE)

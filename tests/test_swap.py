@@ -176,7 +176,7 @@ def test_first_build_hashes_local_inputs_in_parallel_and_says_so(tiny_llama, tmp
     monkeypatch.setenv("HUBSWAP_CACHE", str(tmp_path / "cache"))
     recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
     opts = BuildOptions(output=tmp_path / "b", evaluate=False, progress=False)
-    with caplog.at_level(logging.INFO, logger="hubswap.build"):
+    with caplog.at_level(logging.INFO, logger="hubswap.inputs"):
         lock_path = build(recipe, opts).model_dir / "hubswap" / "lock.json"
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hashing ")]
     assert len(said) == 1, said
@@ -189,7 +189,7 @@ def test_first_build_hashes_local_inputs_in_parallel_and_says_so(tiny_llama, tmp
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}, name
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="hubswap.build"):
+    with caplog.at_level(logging.INFO, logger="hubswap.inputs"):
         again = json.loads(build(recipe, opts).model_dir.joinpath("hubswap", "lock.json").read_text())
     assert not [r for r in caplog.records if r.getMessage().startswith("hashing ")]
     assert again["models"]["language"]["files"] == files
