@@ -236,11 +236,11 @@ def _non_layer_source(rec: BuildRecords) -> str:
 
 def _vision(rec: BuildRecords) -> dict | None:
     """The vision side of a multimodal build as the lock records it: its source and top modules."""
-    recorded = rec.lock.get("layer_map") or {}
-    if not recorded.get("vision"):
+    recorded = rec.build.layer_map
+    if not recorded.vision:
         return None
-    modules = (recorded.get("modules") or {}).get("vision") or []
-    return {"source": recorded["vision"], "modules": ", ".join(f"`{m}`" for m in modules)}
+    modules = (recorded.modules or {}).get("vision", [])
+    return {"source": recorded.vision, "modules": ", ".join(f"`{m}`" for m in modules)}
 
 
 def _ranges(indices: list[int]) -> str:

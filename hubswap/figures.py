@@ -7,6 +7,7 @@ reproducible, and the Hub shows it in a card as an image.
     layer_map_svg(layers, labels)          every layer as a bar split by the experts' weights (card)
     change_bars(title, task, language, s)  each expert's change per layer, the suggested swap shaded (analyze)
     sweep_heatmap(title, rows, experts)    selection accuracy over bottom x top per transition (sweep)
+    accuracy_bars(results)                 accuracy with its interval per model and language (tiny world)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hubswap.layermap import layer_map
 
 if TYPE_CHECKING:
     from hubswap.analyze import Suggestion
+    from hubswap.evaluate.results import EvalResults
     from hubswap.sweep import Ranked
 
 
@@ -222,4 +224,45 @@ def sweep_heatmap(title: str, rows: list[Ranked], experts: dict[str, float]) -> 
     el.append(outline)
     el.append(f'<text x="{left - 8}" y="{top_m - 6}" text-anchor="end">bottom \\ top</text>')
     el.append(f'<text x="{left}" y="{height - 14}">{escape(expert_text)}</text>')
+    return document(width, height, el)
+
+
+# -- an evaluation: accuracy per model and language -----------------------------------------------
+
+
+def accuracy_bars(results: EvalResults) -> str:
+    """Grouped bars: accuracy with its 95% interval per model, one group per language."""
+    langs = results.settings.languages
+    models = list(results.models)
+    colors = {"merged": "#08458f", "task": "#e6850e", "language": "#3a9a3a", "base": "#888888"}
+    bar, gap, left, top_m, h = 34, 36, 60, 50, 220
+    width = left + len(langs) * (len(models) * bar + gap) + 150
+    height = top_m + h + 50
+
+    def y(v: float) -> float:
+        return top_m + h * (1 - v)
+
+    el = headings(width, "MGSM: accuracy per model and language (95% interval)")
+    for t in range(0, 11, 2):
+        el.append(f'<line x1="{left}" x2="{width - 150}" y1="{y(t / 10):.1f}" y2="{y(t / 10):.1f}" stroke="#ddd"/>')
+        el.append(f'<text x="{left - 6}" y="{y(t / 10) + 4:.1f}" text-anchor="end">{t * 10}%</text>')
+    for g, lang in enumerate(langs):
+        x0 = left + gap / 2 + g * (len(models) * bar + gap)
+        el.append(f'<text x="{x0 + len(models) * bar / 2:.0f}" y="{top_m + h + 18}" text-anchor="middle" '
+                  f'font-size="12">{escape(lang)}</text>')
+        for i, name in enumerate(models):
+            s = results.models[name].languages[lang]
+            x = x0 + i * bar
+            el.append(f'<rect x="{x + 3:.1f}" y="{y(s.accuracy):.1f}" width="{bar - 6}" '
+                      f'height="{h * s.accuracy:.1f}" fill="{colors.get(name, "#555")}">'
+                      f'<title>{escape(name)} {lang}: {s.accuracy:.3f}</title></rect>')
+            lo, hi = s.ci95
+            cx = x + bar / 2
+            el.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(lo):.1f}" y2="{y(hi):.1f}" stroke="black"/>')
+            el.append(f'<text x="{cx:.1f}" y="{y(hi) - 4:.1f}" text-anchor="middle" font-size="9">'
+                      f'{100 * s.accuracy:.0f}</text>')
+    for i, name in enumerate(models):
+        ly = top_m + 10 + 18 * i
+        el.append(f'<rect x="{width - 130}" y="{ly}" width="12" height="12" fill="{colors.get(name, "#555")}"/>')
+        el.append(f'<text x="{width - 112}" y="{ly + 10}">{escape(name)}</text>')
     return document(width, height, el)
