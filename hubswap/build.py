@@ -101,7 +101,7 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
     loaded.check_layers(pre.num_layers)
     lmap = layer_map(recipe.swap, pre.num_layers, pre.stack)
     check_layer_map(pre, lmap)
-    late = untrained_token_warnings(inputs, pre, non_layer=recipe.swap.non_layer,
+    late = untrained_token_warnings(inputs.models, pre, non_layer=recipe.swap.non_layer,
                                     files_from=recipe.swap.files_from, prompt=recipe.eval.prompt)
     for w in late:
         log.warning("preflight: %s", w)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 
 from hubswap.compat import ModelFiles, Preflight, read_json
+from hubswap.safetensors_format import DTYPE_SIZE, NUMPY_DTYPE
 
 log = logging.getLogger(__name__)
 
 EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
-_NP = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}
+_FLOATS = ("F32", "F16", "BF16")
 
 
 def needed_tokens(model: ModelFiles, prompt: str) -> dict[str, list[str]]:
@@ -57,10 +58,10 @@ def _rows(model: ModelFiles, info, ids: list[int]):
     """float32 rows ``ids`` of a 2-D tensor, read as one byte range from the lowest to the highest."""
     import numpy as np
 
-    width = info.shape[1] * {"F32": 4, "F16": 2, "BF16": 2}[info.dtype]
+    width = info.shape[1] * DTYPE_SIZE[info.dtype]
     lo, hi = min(ids), max(ids)
     raw = model.read_range(info.file, info.begin + lo * width, (hi - lo + 1) * width)
-    a = np.frombuffer(raw, dtype=_NP[info.dtype]).reshape(hi - lo + 1, info.shape[1])
+    a = np.frombuffer(raw, dtype=NUMPY_DTYPE[info.dtype]).reshape(hi - lo + 1, info.shape[1])
     a = (a.astype(np.uint32) << 16).view(np.float32) if info.dtype == "BF16" else a.astype(np.float32)
     return a[[i - lo for i in ids]]
 
@@ -84,7 +85,7 @@ def untrained_token_warnings(models: dict[str, ModelFiles], pre: Preflight, *, n
     same = np.ones(len(rows), bool)
     for tensor in EMBEDDINGS:
         a, b = expert.get(tensor), base.get(tensor)
-        if a is None or b is None or a.dtype not in _NP or b.dtype not in _NP or max(rows) >= a.shape[0]:
+        if a is None or b is None or a.dtype not in _FLOATS or b.dtype not in _FLOATS or max(rows) >= a.shape[0]:
             return []
         same &= (_rows(models[non_layer], a, rows) == _rows(models["base"], b, rows)).all(axis=1)
     untrained = [t for t, s in zip(names, same, strict=True) if s]
