@@ -271,7 +271,7 @@ def test_a_mutated_lock_is_read_or_refused(workdir, data):
     ("corrupt", "says"),
     [
         (lambda lock: "{ not json", ":1:3: not valid JSON"),
-        (lambda lock: {**lock, "models": None}, "models: Input should be a valid dictionary"),
+        (lambda lock: {**lock, "models": None}, "models: Input should be an object"),
         (lambda lock: {**lock, "lock_version": 99}, "lock_version 99"),
         (lambda lock: _set(lock, ["models", "base", "files", "config.json", "size"], "282"), "should be a valid integer"),
         (lambda lock: _set(lock, ["models", "base", "files", "config.json", "sha256"], "abc"), "should match pattern"),
