@@ -11,6 +11,8 @@ read headers through this module.
 from __future__ import annotations
 
 import json
+import math
+import os
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,31 +40,99 @@ def header_length(first8: bytes, *, where: str) -> int:
     return n
 
 
-def parse_header(head: bytes, *, where: str) -> dict:
-    """Decode a safetensors header from a file's first bytes (8-byte length + JSON).
+def parse_header(head: bytes, *, where: str, file_size: int | None = None) -> dict:
+    """Decode and check a safetensors header from a file's first bytes (8-byte length + JSON).
 
     Returns ``{DATA_START: offset, name: {"dtype", "shape", "data_offsets"}, ...}`` without
-    ``__metadata__``.
+    ``__metadata__``. ``file_size`` (the size on disk, or the Hub's LFS record) lets
+    :func:`check_header` check that the data fills the file exactly.
     """
     n = header_length(head, where=where)
-    if len(head) < 8 + n:
-        raise ModelFilesError(f"{where}: corrupt safetensors header (length {n})")
+    if len(head) < 8 + n or (file_size is not None and 8 + n > file_size):
+        raise ModelFilesError(f"{where}: corrupt safetensors header (length {n}"
+                              + (f", file size {file_size})" if file_size is not None else ")"))
     try:
         header = json.loads(head[8 : 8 + n])
     except ValueError as e:
         raise ModelFilesError(f"{where}: corrupt safetensors header ({e})") from None
-    header.pop("__metadata__", None)
+    if not isinstance(header, dict):
+        raise ModelFilesError(f"{where}: corrupt safetensors header (not a JSON object)")
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise ModelFilesError(f"{where}: corrupt safetensors header (__metadata__ is not a map of strings)")
+    check_header(header, data_start=8 + n, file_size=file_size, where=where)
     return {DATA_START: 8 + n, **header}
 
 
 def read_header_file(path: Path) -> dict:
-    """The parsed header of a safetensors file on disk (reads only the header's bytes)."""
+    """The checked header of a safetensors file on disk (reads only the header's bytes)."""
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) == 8:
             (n,) = struct.unpack("<Q", head)
             head += f.read(min(n, MAX_HEADER + 1))
-    return parse_header(head, where=str(path))
+    return parse_header(head, where=str(path), file_size=size)
+
+
+# Bits per element of every dtype the safetensors format defines (safetensors 0.6+), so that a
+# header is checked as the library checks it, including dtypes hubswap itself never writes.
+FORMAT_DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F4": 4,
+                     "F6_E2M3": 6, "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32,
+                     "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64}
+
+
+def check_header(header: dict, *, data_start: int, file_size: int | None, where: str) -> None:
+    """Refuse a header the safetensors library would refuse, naming the file, tensor and problem.
+
+    Checked as ``safetensors`` does when it opens a file (its ``Metadata::validate``): each entry
+    has a known dtype, a shape of non-negative integers and ``data_offsets`` [begin, end] whose
+    length is the shape's element count times the dtype's size; sorted by offset the ranges start
+    at 0, follow each other with no gap and no overlap; and, when the file's size is known, the
+    last one ends exactly at the end of the file. Done by hand because the library checks only
+    when it maps the whole file, and preflight reads the header alone (over the Hub: 2 ranged GETs).
+    """
+    def bad(problem: str) -> ModelFilesError:
+        return ModelFilesError(f"{where}: corrupt safetensors file ({problem})",
+                               hint="the file is damaged or was not fully written: download or save it again")
+
+    ranges: list[tuple[int, int, str]] = []
+    for name, meta in header.items():
+        if not isinstance(meta, dict):
+            raise bad(f"entry {name!r} is not a tensor description")
+        dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+        if dtype not in FORMAT_DTYPE_BITS:
+            raise bad(f"tensor {name}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise bad(f"tensor {name}: shape {shape!r} is not a list of non-negative integers")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(o) is int and o >= 0 for o in offsets)):
+            raise bad(f"tensor {name}: data_offsets {offsets!r} are not two non-negative integers")
+        begin, end = offsets
+        if end < begin:
+            raise bad(f"tensor {name}: data_offsets [{begin}, {end}] end before they begin")
+        bits = math.prod(shape) * FORMAT_DTYPE_BITS[dtype]
+        if bits % 8 or bits // 8 != end - begin:
+            raise bad(f"tensor {name}: {dtype} {shape} is {bits / 8:g} bytes but data_offsets "
+                      f"[{begin}, {end}] hold {end - begin}")
+        if file_size is not None and data_start + end > file_size:
+            raise bad(f"tensor {name}: its data ends at byte {data_start + end}, past the end of the file "
+                      f"({file_size} bytes): truncated or a wrong offset")
+        ranges.append((begin, end, name))
+    ranges.sort()
+    pos, prev = 0, None
+    for begin, end, name in ranges:
+        if begin < pos:
+            raise bad(f"tensors {prev} and {name} overlap (bytes {begin}-{pos} of the data)")
+        if begin > pos:
+            raise bad(f"a gap of {begin - pos} bytes before tensor {name} (data_offsets start at {begin}, "
+                      f"expected {pos})")
+        pos, prev = end, name
+    if file_size is not None and data_start + pos != file_size:
+        if data_start + pos > file_size:
+            raise bad(f"truncated: the header needs {data_start + pos} bytes, the file has {file_size}")
+        raise bad(f"{file_size - data_start - pos} bytes after the last tensor's data "
+                  f"(the header describes {data_start + pos} bytes, the file has {file_size})")
 
 
 def encode_header(tensors: Iterable[tuple[str, str, tuple[int, ...], int]]) -> bytes:

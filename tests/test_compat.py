@@ -18,16 +18,19 @@ from tests.helpers import local_recipe
 
 
 def headers_only(src: Path, dst: Path) -> Path:
-    """A copy of a model folder whose safetensors files stop right after their header.
+    """A copy of a model folder whose safetensors files keep their header and size, but whose
+    weights are a hole of zeros (sparse: nothing of them is on disk).
 
-    Reading any weight from it fails, so a check that passes or fails cleanly on it has read
-    no weight.
+    The files are well formed (preflight refuses a truncated one), and a check that read a weight
+    would see only zeros, so one that passes or fails on them as on the real model read none.
     """
     shutil.copytree(src, dst)
     for f in dst.glob("*.safetensors"):
+        size = f.stat().st_size
         with open(f, "r+b") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             fh.truncate(8 + n)
+            fh.truncate(size)
     return dst
 
 

@@ -149,6 +149,7 @@ def test_a_truncated_input_fails_the_pool_cleanly(tiny_llama, tmp_path, monkeypa
     """A worker's error reaches the caller; nothing is left half-written."""
     import shutil
 
+    import hubswap.build
     import hubswap.swap
 
     monkeypatch.setattr(hubswap.swap, "WORKERS", 3)
@@ -157,8 +158,16 @@ def test_a_truncated_input_fails_the_pool_cleanly(tiny_llama, tmp_path, monkeypa
     lang = tmp_path / "language"
     shutil.copytree(tiny_llama["language"], lang)
     last = sorted(lang.glob("*.safetensors"))[-1]
-    with open(last, "r+b") as f:  # the header still promises the bytes cut off here
-        f.truncate(last.stat().st_size - 5000)
+    real_plan = hubswap.build.plan_merge
+
+    def truncate_after_preflight(*args, **kwargs):
+        # Preflight refuses a truncated file (tests/test_corrupt_inputs.py); one cut after it passed
+        # (a disk error, a file changed meanwhile) reaches the workers.
+        with open(last, "r+b") as f:  # the header still promises the bytes cut off here
+            f.truncate(last.stat().st_size - 5000)
+        return real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(hubswap.build, "plan_merge", truncate_after_preflight)
     recipe = local_recipe(tmp_path / "r.toml", {**tiny_llama, "language": lang}, dtype="bfloat16")
     with pytest.raises(OSError, match="truncated|short copy"):
         build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False))

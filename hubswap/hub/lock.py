@@ -42,13 +42,21 @@ def _local_entry(loaded: LoadedRecipe, role: str, source: ModelSource) -> ModelE
 
 def resolve_recipe_lock(loaded: LoadedRecipe, *, endpoint: str | None = None,
                         token: str | bool | None = None) -> RecipeLock:
-    """Resolve every model of a recipe now and return its lock."""
+    """Resolve every model of a recipe now and return its lock.
+
+    Every weight file's safetensors header is checked first (``compat.tensor_table``): a lock
+    never records the hash of a corrupt file as good.
+    """
+    from hubswap.compat import LocalModelFiles, tensor_table
+
     models = {}
     for role, source in loaded.recipe.models.roles().items():
         if source.is_local:
+            tensor_table(LocalModelFiles(role, loaded.resolve_path(source), display=source.path))
             models[role] = _local_entry(loaded, role, source)
             continue
         m = resolve_model(role, source, endpoint=endpoint, token=token)
+        tensor_table(m)
         models[role] = ModelEntry(repo=m.repo, revision=m.revision, commit=m.commit, path=None,
                                   files=dict(sorted(m.records.items())))
     return RecipeLock(

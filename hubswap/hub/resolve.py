@@ -118,12 +118,16 @@ class HubModelFiles:
         # locked build also preflights a base it never downloads with HF_HUB_OFFLINE=1.
         record = self.records.get(name)
         keep = header_cache() / f"{record.sha256}.bin" if record else None
+        # The LFS record's size is the file's: the header must describe exactly that many bytes.
+        size = record.size if record else None
         if keep is not None and keep.is_file():
-            return parse_header(keep.read_bytes(), where=where)
+            return parse_header(keep.read_bytes(), where=where, file_size=size)
         head = self._range(name, 0, 7)
         n = header_length(head, where=where)
+        if size is not None and 8 + n > size:
+            return parse_header(head, where=where, file_size=size)  # refuses it, reading no further
         head = head[:8] + self._range(name, 8, 8 + n - 1)
-        header = parse_header(head, where=where)
+        header = parse_header(head, where=where, file_size=size)
         if keep is not None:
             with contextlib.suppress(OSError):
                 atomic_write(keep, head)
