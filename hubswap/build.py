@@ -9,6 +9,7 @@ model, so a killed build never leaves a half-written ``model/``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubswap import __version__
-from hubswap.compat import INDEX, check_layer_map
+from hubswap.compat import INDEX, SIDE_FILES, check_layer_map
+from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error
 from hubswap.errors import HubswapError
-from hubswap.files import atomic_write, write_json
+from hubswap.files import atomic_write, fsync_path, fsync_tree, write_json
 from hubswap.hashing import cache_root, text_sha256
 from hubswap.inputs import Inputs, prepare_inputs
 from hubswap.layermap import LayerMap, layer_map
@@ -85,6 +87,12 @@ class BuildResult:
 
 
 def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> BuildResult:
+    # Whatever happens inside, the build folder's lock is released and a full disk is one line.
+    with contextlib.ExitStack() as held:
+        return _build(recipe_path, opts, held)
+
+
+def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitStack) -> BuildResult:
     loaded = load_recipe(recipe_path)
     recipe = loaded.recipe
     build_dir = (opts.output or Path("builds") / recipe.name).resolve()
@@ -114,8 +122,13 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
     compared = [r for r in recipe.eval.compare if r not in ("task", "language")] if opts.evaluate else []
     dirs = inputs.folders(["task", "language", *compared])
 
-    # 4. Swap, into a staging folder renamed into place when complete.
+    # 4. Swap, into a staging folder renamed into place when complete; refused before anything is
+    # written when it cannot fit, or while another build writes the same folder.
     model_dir = build_dir / "model"
+    plan = plan_merge(lmap, pre.tensors, dirs, out_dtype=recipe.swap.dtype, max_shard_size=max_shard)
+    check_free_space(build_dir, _output_size(plan, dirs[recipe.swap.files_from]), "the merged model")
+    held.enter_context(disk_full_is_an_error(build_dir, "the build"))
+    held.enter_context(build_lock(build_dir))
     with _staging(build_dir) as stage:
         # Inputs are hashed while the merge streams, one file per thread, largest first, as many
         # threads as cores. Outputs are not hashed here: at 1.5 GB/s sha256 would cost more than
@@ -123,7 +136,6 @@ def build(recipe_path: str | Path, opts: BuildOptions = BuildOptions()) -> Build
         with ThreadPoolExecutor(max_workers=cores(), thread_name_prefix="hubswap-sha256") as pool:
             pool.submit(_preload_card_libraries)  # ~0.3 s of imports, hidden behind the kernel's copies
             pending = inputs.file_records(pool, fetched=list(dirs))
-            plan = plan_merge(lmap, pre.tensors, dirs, out_dtype=recipe.swap.dtype, max_shard_size=max_shard)
             merge(plan, stage, progress=opts.progress)
             side = copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
             atomic_write(stage / RECIPE_COPY, loaded.text)
@@ -273,13 +285,25 @@ class _staging:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
+def _output_size(plan, side_from: Path) -> int:
+    """What the model folder will take: the tensors, the side files, and 1 MiB for headers, index,
+    records and card."""
+    side = sum((side_from / f).stat().st_size for f in SIDE_FILES if (side_from / f).is_file())
+    return plan.total_size + side + (1 << 20)
+
+
 def _replace_dir(new: Path, dest: Path) -> None:
-    """Move ``new`` to ``dest``, replacing an older build there (two renames, never a mix)."""
+    """Move ``new`` to ``dest``, replacing an older build there (two renames, never a mix).
+
+    Durable: every file and folder of ``new`` reaches the disk before the rename publishes it, and
+    the rename itself (the parent folder) after."""
+    fsync_tree(new)
     old = None
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         os.rename(dest, old)
     os.rename(new, dest)
+    fsync_path(dest.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -100,3 +100,15 @@ class EvaluationError(HubswapError):
     """Evaluation could not run (missing dataset, engine not installed, ...)."""
 
     exit_code = 7
+
+
+class DiskSpaceError(HubswapError):
+    """Not enough free disk space for what is about to be written, or the disk filled up meanwhile."""
+
+    exit_code = 8
+
+
+class BuildBusyError(HubswapError):
+    """Another build is writing the same build folder."""
+
+    exit_code = 9

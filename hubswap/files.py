@@ -1,32 +1,64 @@
-"""Small file helpers every stage uses: atomic writes, JSON documents, sizes for messages.
+"""Small file helpers every stage uses: atomic and durable writes, JSON documents, sizes for messages.
 
 A reader (another process, a crashed build run again) never sees half a file: each write goes to
-a hidden temporary sibling that is renamed over the destination once complete.
+a hidden temporary sibling that is renamed over the destination once complete. A rename is atomic
+but not durable: after a power loss the new name can point at data that never reached the disk,
+so the temporary file is fsynced before the rename and its folder after (:func:`fsync_path`).
+A full disk is one line naming the folder, and the temporary file is removed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from hubswap.errors import DiskSpaceError
+
+# "No space left on device", "disk quota exceeded", "file too large" (RLIMIT_FSIZE, FAT's 4 GB).
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` (text as UTF-8 with ``\\n`` line ends, or bytes) to ``path`` atomically."""
+    """Write ``data`` (text as UTF-8 with ``\\n`` line ends, or bytes) to ``path`` atomically and
+    durably; a full disk raises ``DiskSpaceError`` naming the folder, leaving ``path`` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-                f.write(data)
+        with open(tmp, "wb") as f:
+            f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_path(path.parent)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise DiskSpaceError(f"{os.strerror(e.errno).lower()} in {path.parent} while writing {path.name}",
+                             hint="nothing was left half-written; free some space, or write elsewhere") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's data, or a folder's entries, to the disk."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """fsync every file under ``folder``, then every folder from the deepest up to ``folder``."""
+    for dirpath, _dirs, files in os.walk(folder, topdown=False):
+        for f in files:
+            fsync_path(os.path.join(dirpath, f))
+        fsync_path(dirpath)
 
 
 def write_json(path: str | Path, data: Any, *, indent: int | None = 2) -> Path:

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hubswap.durable import check_free_space, disk_full_is_an_error
 from hubswap.errors import HubError, ModelFilesError
 from hubswap.files import human_size
 from hubswap.hashing import cache_root, file_sha256
@@ -28,6 +29,24 @@ log = logging.getLogger(__name__)
 def header_cache() -> Path:
     """Safetensors headers read over the network, kept by the file's sha256 (content-addressed)."""
     return cache_root() / "safetensors-headers"
+
+
+def hub_cache() -> Path:
+    """huggingface_hub's cache folder (``HF_HUB_CACHE``), where downloads land."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _check_cache_space(model: HubModelFiles, names: list[str]) -> None:
+    """Refuse, before downloading, files that the Hub cache's filesystem has no room for (their
+    sizes are the lock's or the LFS records'; files already in the cache count for nothing)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    missing = [n for n in names if not isinstance(try_to_load_from_cache(model.repo, n, revision=model.commit), str)]
+    need = sum(model.records[n].size for n in missing if n in model.records)
+    if need:
+        check_free_space(hub_cache(), need, f"downloading {len(missing)} file(s) of {model.display}")
 
 
 def fetch(model: HubModelFiles, name: str, *, force: bool = False) -> Path:
@@ -81,9 +100,11 @@ def download_model(model: HubModelFiles) -> Path:
     names = model.files()
     total = sum(r.size for r in model.records.values())
     log.info("%s: fetching %d files (%s) of %s", model.role, len(names), human_size(total), model.display)
+    _check_cache_space(model, names)
     folder = None
     for name in sorted(names, key=lambda n: (n.endswith(".safetensors"), n)):  # small files first
-        path = download_verified(model, name)
+        with disk_full_is_an_error(hub_cache(), f"{name} of {model.display}"):
+            path = download_verified(model, name)
         folder = path.parents[len(Path(name).parts) - 1]
         seen = model._headers.get(name)
         if seen is not None and read_header_file(path) != seen:

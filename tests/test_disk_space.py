@@ -1,0 +1,151 @@
+"""A disk too small, or one that fills up, on real small filesystems (tmpfs mounts).
+
+Each test mounts a tmpfs of a few MB (root only: CI runs as root; elsewhere the tests skip and
+say why). No function is patched: the kernel answers ENOSPC.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hub_server import HubServer
+
+from hubswap.demo import make_family
+from tests.helpers import local_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """``small_fs(size)``: a fresh tmpfs of that size (``mount -o size=``), unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        d = tmp_path / f"tmpfs-{len(mounted)}"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a {size} tmpfs to fill up ({r.stderr.strip() or r.returncode}): "
+                        "these tests need root (CI runs them as root)")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def _cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hubswap.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=300)
+
+
+def _errors(stderr: str) -> list[str]:
+    lines = [line.rsplit("\r", 1)[-1] for line in stderr.splitlines()]
+    return [line for line in lines if line.startswith(("error:", "hint:", "Traceback"))]
+
+
+def _fill(folder: Path) -> Path:
+    """Write zeros into ``folder`` until its filesystem is full."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 16))
+                f.flush()
+        except OSError as e:
+            assert e.errno == 28, e
+    return filler
+
+
+def test_a_model_that_does_not_fit_is_refused_before_anything_is_written(tiny_llama, small_fs, tmp_path):
+    disk = small_fs("512k")
+    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
+    r = _cli("build", str(recipe), "--no-eval", "-o", str(disk / "build"))
+    assert r.returncode == 8, r.stderr
+    error = _errors(r.stderr)
+    assert len(error) == 2, r.stderr
+    assert error[0].startswith("error: the merged model needs ") and f" in {disk / 'build'}, but its filesystem has " in error[0]
+    assert error[1].startswith("hint: free some space, or write elsewhere (build: --output")
+    assert os.listdir(disk) == []
+
+
+@pytest.fixture(scope="module")
+def medium(tmp_path_factory) -> dict[str, Path]:
+    """A 16-layer model of ~46M parameters (177 MB in fp32): its bf16 merge takes seconds."""
+    return make_family(tmp_path_factory.mktemp("medium"), num_layers=16, hidden=512, vocab_size=8192,
+                       max_shard_size="50MB")
+
+
+def test_the_disk_filling_up_during_the_merge_is_one_line_and_leaves_nothing(medium, small_fs, tmp_path):
+    disk = small_fs("160m")  # room for the 89 MB bf16 model, which a filler takes away mid-merge
+    recipe = local_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
+    out = disk / "build"
+    proc = subprocess.Popen([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "--no-eval", "-o", str(out)],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(s.stat().st_size for s in out.glob(".model.partial-*/model-*.safetensors")):
+        assert proc.poll() is None, f"the merge ended before the disk was filled: {proc.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    filler = _fill(disk)  # another process takes the space the merge counted on
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 8, err
+    error = _errors(err)
+    assert error[0] == f"error: no space left on device in {out} while writing the build", err
+    assert error[1].startswith("hint: nothing was left half-written"), err
+    assert sorted(os.listdir(out)) == [".hubswap.lock"]  # no model, no staging folder
+
+    filler.unlink()
+    again = _cli("build", str(recipe), "--no-eval", "-o", str(out))
+    assert again.returncode == 0, again.stderr
+    assert (out / "model" / "model.safetensors.index.json").is_file()
+
+
+def test_a_full_disk_while_writing_the_card_keeps_the_old_card(tiny_llama, small_fs, tmp_path):
+    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
+    built = tmp_path / "build"
+    assert _cli("build", str(recipe), "--no-eval", "-o", str(built)).returncode == 0
+    disk = small_fs("8m")
+    model = Path(shutil.copytree(built / "model", disk / "model"))
+    card = (model / "README.md").read_bytes()
+    (model / "README.md").write_text("an older card\n")  # the new card is bigger: it needs new blocks
+    _fill(disk)
+    r = _cli("card", str(model))
+    assert r.returncode == 8, r.stderr
+    error = _errors(r.stderr)
+    assert re.fullmatch(rf"error: no space left on device in {re.escape(str(model))} while writing (README.md|\S+\.svg)",
+                        error[0]), r.stderr
+    assert (model / "README.md").read_text() == "an older card\n"  # never half a card
+    assert not [p for p in os.listdir(model) if p.endswith(".tmp")]
+    assert card  # the card that did not fit was a real one
+
+
+def test_downloads_that_do_not_fit_the_hub_cache_are_refused_before_fetching(tiny_llama, small_fs, tmp_path):
+    cache = small_fs("512k")
+    recipe = tmp_path / "merge.toml"
+    recipe.write_text('schema_version = 1\nname = "hub-disk"\n\n[models.task]\nrepo = "org/task"\n\n'
+                      '[models.language]\nrepo = "org/language"\n\n[swap]\nbottom = 2\ntop = 1\ntransition = 1\n'
+                      'dtype = "float32"\n')
+    with HubServer() as hub:
+        hub.upload_folder("org/task", tiny_llama["task"])
+        hub.upload_folder("org/language", tiny_llama["language"])
+        r = _cli("build", str(recipe), "--no-eval", "-o", str(tmp_path / "build"), cwd=tmp_path,
+                 env={"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache / "hub")})
+        whole = [p for m, p, rng in hub.requests if m == "GET" and p.endswith(".safetensors") and rng is None]
+    assert r.returncode == 8, r.stderr
+    error = _errors(r.stderr)
+    assert error[0].startswith("error: downloading ") and "of org/task@main (" in error[0], r.stderr
+    assert f" in {cache / 'hub'}, but its filesystem has " in error[0], r.stderr
+    assert not whole, f"weights downloaded: {whole}"
+    assert not (tmp_path / "build" / "model").exists()

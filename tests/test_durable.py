@@ -1,0 +1,47 @@
+"""Durable builds: every file and folder of the model reaches the disk before the rename that
+publishes it, and the rename itself after. Seen from outside, in the system calls the build makes
+(strace), not by patching os.fsync."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import local_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_output_is_fsynced_before_the_rename_that_publishes_it(tiny_llama, tmp_path):
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (apt-get install strace)")
+    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
+    out, log = tmp_path / "build", tmp_path / "strace.log"
+    cmd = [strace, "-f", "-y", "-qq", "-e", "trace=fsync,rename,renameat,renameat2", "-o", str(log),
+           sys.executable, "-m", "hubswap.cli", "build", str(recipe), "--no-eval", "-o", str(out)]
+    cmd[-4:-4] = ["--max-shard-size", "200KB"]  # several shards
+    r = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    if r.returncode and "ptrace" in r.stderr:
+        pytest.skip(f"strace cannot trace here: {r.stderr.strip()[:200]}")
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+
+    published = next(i for i, c in enumerate(calls)
+                     if re.search(r"rename\w*\(.*\.model\.partial-\d+\".*\"" + re.escape(str(out / "model")) + '"', c))
+    stage = re.search(r'"([^"]*\.model\.partial-\d+)"', calls[published]).group(1)
+    synced_before = {m.group(1) for c in calls[:published] if (m := re.search(r"fsync\(\d+<([^>]*)>", c))}
+    model = out / "model"
+    outputs = [p.relative_to(model) for p in model.rglob("*")]
+    assert len([p for p in outputs if str(p).endswith(".safetensors")]) > 1
+    for rel in outputs:  # every file and folder, weights, index, side files, records and card
+        assert f"{stage}/{rel}" in synced_before, f"{rel} was not fsynced before the model was published"
+    assert stage in synced_before
+    after = [m.group(1) for c in calls[published + 1:] if (m := re.search(r"fsync\(\d+<([^>]*)>", c))]
+    assert str(out) in after  # the build folder, which holds the new name

@@ -1,0 +1,158 @@
+"""Ctrl-C and two builds at once, with real processes and real signals.
+
+- SIGINT during the merge: exit 130, one line, the previous build untouched, no staging left.
+- SIGINT during the evaluation: exit 130, one line, the model built before it whole, the
+  compared models' generations already cached kept (a rerun takes them from the cache).
+- Two builds into one folder: the second refuses at once naming the folder and the first's pid
+  (a lock file held with fcntl.flock), and the first finishes as if alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hubswap.demo import make_family
+from tests.helpers import local_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def medium(tmp_path_factory) -> dict[str, Path]:
+    """A 16-layer model of ~46M parameters (177 MB in fp32): its bf16 merge takes seconds."""
+    return make_family(tmp_path_factory.mktemp("medium"), num_layers=16, hidden=512, vocab_size=8192,
+                       max_shard_size="50MB")
+
+
+def _env(**extra: str) -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), **extra)
+
+
+def _build(recipe: Path, out: Path, *more: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out), *more],
+                            env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the build ended ({proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {what} after {timeout} s")
+        time.sleep(0.002)
+
+
+def _writing_shards(out: Path) -> bool:
+    return any(s.stat().st_size > 0 for s in out.glob(".model.partial-*/model-*.safetensors"))
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _errors(stderr: str) -> list[str]:
+    """stderr without progress bars (carriage-return lines) and log lines."""
+    lines = [line.rsplit("\r", 1)[-1] for line in stderr.splitlines()]
+    return [line for line in lines if line.startswith(("error:", "hint:", "interrupted", "Traceback"))]
+
+
+def test_ctrl_c_during_the_merge_exits_130_and_keeps_the_previous_build(medium, tmp_path):
+    recipe = local_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")  # every tensor is cast: a slow merge
+    out = tmp_path / "build"
+    first = subprocess.run([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out), "--no-eval"],
+                           env=_env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    before = _digests(out / "model")
+
+    local_recipe(tmp_path / "r.toml", medium, dtype="float16", bottom=3)  # another merge into the same folder
+    proc = _build(recipe, out, "--no-eval")
+    _wait_for(proc, lambda: _writing_shards(out), "shard being written")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert _errors(err) == ["interrupted"], err
+    assert _digests(out / "model") == before  # the previous build, byte for byte
+    assert not list(out.glob(".model*"))  # no staging folder nor half-replaced model left
+
+
+def test_a_second_build_into_the_same_folder_refuses_while_the_first_runs(medium, tmp_path):
+    recipe = local_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
+    out = tmp_path / "build"
+    first = _build(recipe, out, "--no-eval")
+    _wait_for(first, lambda: _writing_shards(out), "shard being written")
+    second = subprocess.run([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out), "--no-eval"],
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert first.poll() is None, "the first build ended before the second one started: not concurrent"
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+
+    assert second.returncode == 9, second.stderr
+    error = _errors(second.stderr)
+    assert error[0] == f"error: another hubswap build (pid {first.pid}) is writing {out}", second.stderr
+    assert error[1].startswith("hint: "), second.stderr
+    # The first build is whole: every shard its index names, with the sizes its record gives.
+    model = out / "model"
+    index = json.loads((model / "model.safetensors.index.json").read_text())
+    record = json.loads((model / "hubswap" / "lock.json").read_text())
+    for shard in set(index["weight_map"].values()):
+        assert (model / shard).stat().st_size == record["output"]["files"][shard]["size"]
+    assert not list(out.glob(".model.*"))
+
+    # Once the first is done the folder is free again.
+    third = subprocess.run([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out), "--no-eval"],
+                           env=_env(), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr
+
+
+EVAL = """
+[eval]
+dataset = "{mgsm}"
+languages = ["sw"]
+prompt = "direct"
+num_fewshot = 0
+max_new_tokens = 16
+compare = ["task", "language", "base"]
+backend = "vllm"
+limit = 4
+
+[eval.vllm]
+max_model_len = 1024
+"""
+
+
+def test_ctrl_c_during_the_evaluation_keeps_the_model_and_the_cached_results(tiny_llama_vllm, mgsm_dir, tmp_path):
+    recipe = local_recipe(tmp_path / "r.toml", tiny_llama_vllm, extra=EVAL.format(mgsm=mgsm_dir))
+    out, cache = tmp_path / "build", tmp_path / "cache"
+    env = _env(HUBSWAP_CACHE=str(cache), VLLM_ENABLE_V1_MULTIPROCESSING="0", OMP_NUM_THREADS="1",
+               TMPDIR=str(tmp_path))
+    proc = _build(recipe, out, env=env)
+    cached = lambda: list((cache / "eval").rglob("*.json")) if (cache / "eval").is_dir() else []  # noqa: E731
+    _wait_for(proc, lambda: bool(cached()), "cached evaluation of the task expert", timeout=600)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert _errors(err) == ["interrupted"], err
+
+    kept = cached()
+    assert kept and all(json.loads(p.read_text()) for p in kept)  # whole JSON documents
+    index = json.loads((out / "model" / "model.safetensors.index.json").read_text())
+    assert all((out / "model" / s).is_file() for s in index["weight_map"].values())
+    assert not list(out.glob(".model*"))
+
+    rerun = subprocess.run([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out)],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode in (0, 6), rerun.stderr  # 6: the random tiny model may fail the gate
+    results = json.loads((out / "model" / "hubswap" / "eval_results.json").read_text())
+    assert results["models"]["task"]["cached"] is True
