@@ -92,9 +92,12 @@ def test_a_second_build_into_the_same_folder_refuses_while_the_first_runs(medium
     out = tmp_path / "build"
     first = _build(recipe, out, "--no-eval")
     _wait_for(first, lambda: _writing_shards(out), "shard being written")
-    second = subprocess.run([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out), "--no-eval"],
-                            env=_env(), capture_output=True, text=True, timeout=300)
-    assert first.poll() is None, "the first build ended before the second one started: not concurrent"
+    first.send_signal(signal.SIGSTOP)  # held mid-merge (lock taken, shards half written) while the second runs
+    try:
+        second = subprocess.run([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out),
+                                 "--no-eval"], env=_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
 

@@ -247,7 +247,7 @@ def test_rebuild_replaces_the_model_folder(tiny_llama, tmp_path):
     (first / "stray.txt").write_text("left from an older build")
     second = build(recipe, opts).model_dir
     assert second == first and not (second / "stray.txt").exists()
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["model"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".hubswap.lock", "model"]  # the lock file stays (durable.build_lock)
 
 
 def test_bfloat16_conversion_matches_torch_bit_for_bit():
