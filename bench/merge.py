@@ -418,7 +418,7 @@ def help_startup(n: int) -> list[float]:
 
 PHASES = [  # (label, file suffix, function): cumulative times picked from one cProfile run
     ("whole command (main thread)", "hubswap/cli.py", "main"),
-    ("resolve inputs", "hubswap/build.py", "resolve_inputs"),
+    ("resolve inputs", "hubswap/inputs.py", "resolve"),
     ("preflight (headers, configs, tokenizers)", "hubswap/compat.py", "check_compatible"),
     ("merge (swap.merge)", "hubswap/swap.py", "merge"),
     ("  raw byte copies (os.copy_file_range), main thread", "~", "<built-in method posix.copy_file_range>"),

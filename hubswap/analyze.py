@@ -22,9 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubswap import svg
-from hubswap.compat import LocalModelFiles, Preflight, TensorInfo, check_compatible
+from hubswap.compat import TensorInfo
 from hubswap.errors import HubswapError, IncompatibleModelsError, ModelFilesError
+from hubswap.figures import change_bars
+from hubswap.inputs import prepare_inputs
 from hubswap.layermap import LayerStack, layer_map
 from hubswap.recipe import LoadedRecipe, Swap, load_recipe
 from hubswap.safetensors_format import DTYPE_SIZE, NUMPY_DTYPE
@@ -324,99 +325,8 @@ def write_csv(path: Path, rows: Iterable[Change]) -> None:
                         f"{r.task:.6g}", f"{r.language:.6g}"])
 
 
-def render_svg(title: str, task: list[float], language: list[float], s: Suggestion | None = None) -> str:
-    """Grouped bars of both experts' change per layer, the suggested swap shaded behind them."""
-    n = len(task)
-    left, right, top_m, bottom_m = 64, 16, 46, 56
-    slot = max(12.0, min(40.0, 760 / max(n, 1)))
-    width = max(560.0, left + right + slot * n)
-    slot = (width - left - right) / max(n, 1)
-    height = 300
-    plot_h = height - top_m - bottom_m
-    ymax, step = _axis(max([*task, *language, 1e-12]))
-    colors = {"task": "#1f77b4", "language": "#ff7f0e"}
-
-    def y(v: float) -> float:
-        return top_m + plot_h * (1 - v / ymax)
-
-    el = svg.headings(width, title, f"suggested swap: {s.toml()}" if s is not None else None)
-    if s is not None:  # shade the suggested swap: where the language expert's layers go
-        lm = layer_map(s.swap(), n)
-        for i, src in enumerate(lm.layers):
-            if src.source != "task":
-                op = 0.25 * src.language_weight
-                el.append(f'<rect x="{left + slot * i:.1f}" y="{top_m}" width="{slot:.1f}" '
-                          f'height="{plot_h}" fill="{colors["language"]}" fill-opacity="{op:.3f}"/>')
-    for k in range(round(ymax / step) + 1):  # y grid and ticks
-        v = step * k
-        el.append(f'<line x1="{left}" x2="{width - right:.0f}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
-                  f'stroke="#ddd"/>')
-        el.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
-    bar = slot * 0.38
-    for i in range(n):
-        x0 = left + slot * i + slot * 0.12
-        for j, (role, vals) in enumerate((("task", task), ("language", language))):
-            el.append(f'<rect x="{x0 + j * bar:.1f}" y="{y(vals[i]):.1f}" width="{bar:.1f}" '
-                      f'height="{y(0) - y(vals[i]):.1f}" fill="{colors[role]}">'
-                      f'<title>layer {i} {role}: {vals[i]:.4g}</title></rect>')
-        if n <= 40 or i % 2 == 0:
-            el.append(f'<text x="{left + slot * (i + 0.5):.1f}" y="{y(0) + 14:.1f}" '
-                      f'text-anchor="middle">{i}</text>')
-    el.append(f'<line x1="{left}" x2="{width - right:.0f}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="black"/>')
-    el.append(f'<line x1="{left}" x2="{left}" y1="{top_m}" y2="{y(0):.1f}" stroke="black"/>')
-    el.append(f'<text x="{left + slot * n / 2:.0f}" y="{height - 24}" text-anchor="middle">layer</text>')
-    el.append(f'<text x="14" y="{top_m + plot_h / 2:.0f}" text-anchor="middle" '
-              f'transform="rotate(-90 14 {top_m + plot_h / 2:.0f})">||expert - base|| / ||base||</text>')
-    legend = [("task expert", colors["task"], 1.0), ("language expert", colors["language"], 1.0)]
-    if s is not None:
-        legend.append(("swapped in from the language expert", colors["language"], 0.25))
-    lx = left
-    for label, color, opacity in legend:
-        el.append(f'<rect x="{lx:.0f}" y="{height - 14}" width="10" height="10" fill="{color}" '
-                  f'fill-opacity="{opacity}"/>')
-        el.append(f'<text x="{lx + 14:.0f}" y="{height - 5}">{svg.escape(label)}</text>')
-        lx += 30 + 6.2 * len(label)
-    return svg.document(width, height, el)
-
-
-def _axis(v: float) -> tuple[float, float]:
-    """A round axis maximum at or above ``v`` and its tick step (1, 2 or 5 x 10^k, at most 5 ticks)."""
-    k = 10 ** math.floor(math.log10(v))
-    step = next(m * k / 10 for m in (1, 2, 5, 10, 20) if v / (m * k / 10) <= 5 + 1e-9)
-    return math.ceil(v / step - 1e-9) * step, step
-
-
 # ---------------------------------------------------------------------------------------------
 # The command
-
-
-def fetch_models(loaded: LoadedRecipe) -> tuple[dict[str, Path], Preflight]:
-    """Preflight all three models as the build does, then local folders of their weights.
-
-    Local paths are used as they are; Hub repos are resolved and downloaded by the build's own
-    steps (only config, index and safetensors shards are needed here).
-    """
-    from hubswap.build import resolve_inputs
-
-    inputs = resolve_inputs(loaded)
-    pre = check_compatible(inputs)
-    for w in pre.warnings:
-        log.warning("preflight: %s", w)
-    # The merge tolerates a tensor an expert lacks where the layer map never takes it from that
-    # expert; measuring every layer's change needs each of the base's tensors in both experts.
-    lacking = [f"{role} expert lacks {n}, which the base has" for role in EXPERTS if role in pre.tensors
-               for n in pre.tensors.get("base", {}) if n not in pre.tensors[role]]
-    if lacking:
-        raise IncompatibleModelsError(lacking)
-    dirs = {}
-    for role, m in inputs.items():
-        if isinstance(m, LocalModelFiles):
-            dirs[role] = m.path
-        else:
-            from hubswap.hub import download_inputs
-
-            dirs[role] = download_inputs(m, files_from=False)
-    return dirs, pre
 
 
 def analyze(recipe: str | Path | LoadedRecipe, output: str | Path | None = None, *,
@@ -430,7 +340,15 @@ def analyze(recipe: str | Path | LoadedRecipe, output: str | Path | None = None,
             hint="add [models.base] with the model both experts were fine-tuned from",
         )
     out = Path(output) if output else Path("analysis") / r.name
-    dirs, pre = fetch_models(loaded)
+    inputs = prepare_inputs(loaded)
+    pre = inputs.preflight
+    # The merge tolerates a tensor an expert lacks where the layer map never takes it from that
+    # expert; measuring every layer's change needs each of the base's tensors in both experts.
+    lacking = [f"{role} expert lacks {n}, which the base has" for role in EXPERTS if role in pre.tensors
+               for n in pre.tensors.get("base", {}) if n not in pre.tensors[role]]
+    if lacking:
+        raise IncompatibleModelsError(lacking)
+    dirs = inputs.folders(list(inputs.models))  # only config, index and safetensors shards are read
     num_layers = pre.num_layers
     log.info("measuring the change of each expert from the base %s", r.models.base.display())
     rows = measure_changes(dirs, pre.tensors, pre.stack, progress=progress)
@@ -453,5 +371,5 @@ def analyze(recipe: str | Path | LoadedRecipe, output: str | Path | None = None,
                        "transition_top": s.transition_top, "reasons": list(s.reasons),
                        "layer_map": layer_map(s.swap(), num_layers).picture()},
     }, indent=2) + "\n")
-    files["svg"].write_text(render_svg(f"{r.name}: change from the base per layer", task, lang, s))
+    files["svg"].write_text(change_bars(f"{r.name}: change from the base per layer", task, lang, s))
     return Analysis(r.name, num_layers, tuple(rows), s, files)

@@ -11,24 +11,42 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import logging
 import os
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hubswap import __version__
-from hubswap.compat import INDEX, SIDE_FILES, LocalModelFiles, ModelFiles, check_compatible, check_layer_map
+from hubswap.compat import INDEX, SIDE_FILES, check_layer_map
 from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error
-from hubswap.errors import GateFailedError, HubswapError
-from hubswap.files import fsync_path, fsync_tree, human_size, write_json
-from hubswap.hashing import cache_root, cached_sha256, file_sha256, text_sha256
+from hubswap.errors import HubswapError
+from hubswap.files import atomic_write, fsync_path, fsync_tree, write_json
+from hubswap.hashing import cache_root, text_sha256
+from hubswap.inputs import Inputs, prepare_inputs
 from hubswap.layermap import LayerMap, layer_map
 from hubswap.recipe import LoadedRecipe, load_recipe
+from hubswap.records import (
+    BUILD_RECORD,
+    EVAL_RESULTS,
+    LOCK_VERSION,
+    RECIPE_COPY,
+    BuildRecord,
+    FileEntry,
+    LayerMapRecord,
+    ModelEntry,
+    Output,
+    OutputFile,
+    RecipeRef,
+)
 from hubswap.special_tokens import untrained_token_warnings
 from hubswap.swap import copy_side_files, cores, merge, parse_size, plan_merge
+
+if TYPE_CHECKING:
+    from hubswap.evaluate.gate import GateVerdict
+    from hubswap.evaluate.results import EvalResults
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +67,7 @@ class BuildResult:
     build_dir: Path
     model_dir: Path
     layer_map: LayerMap
-    eval_results: dict | None = None
+    eval_results: EvalResults | None = None
     published: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
@@ -61,8 +79,8 @@ class BuildResult:
             from hubswap.evaluate import format_table
 
             lines.append(format_table(self.eval_results))
-            gate = self.eval_results.get("gate") or {}
-            lines.append(f"gate: {'passed' if gate.get('passed') else 'FAILED'}")
+            gate = self.eval_results.gate
+            lines.append(f"gate: {'passed' if gate is not None and gate.passed else 'FAILED'}")
         if self.published:
             lines.append(f"published {self.published}")
         return "\n".join(lines)
@@ -84,17 +102,14 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
 
         require_libraries(recipe.eval.backend)
 
-    # 1. Resolve every model to something pinned (a commit SHA or a local folder).
-    inputs = resolve_inputs(loaded)
-
-    # 2. Preflight from configs, tokenizers and safetensors headers: no weight is read.
-    pre = check_compatible(inputs)
-    for w in pre.warnings:
-        log.warning("preflight: %s", w)
+    # 1-2. Resolve every model to something pinned (a commit SHA or a local folder), then
+    # preflight from configs, tokenizers and safetensors headers: no weight is read.
+    inputs = prepare_inputs(loaded)
+    pre = inputs.preflight
     loaded.check_layers(pre.num_layers)
     lmap = layer_map(recipe.swap, pre.num_layers, pre.stack)
     check_layer_map(pre, lmap)
-    late = untrained_token_warnings(inputs, pre, non_layer=recipe.swap.non_layer,
+    late = untrained_token_warnings(inputs.models, pre, non_layer=recipe.swap.non_layer,
                                     files_from=recipe.swap.files_from, prompt=recipe.eval.prompt)
     for w in late:
         log.warning("preflight: %s", w)
@@ -105,7 +120,7 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
 
     # 3. Download only what the swap (and the comparison) needs: a no-op for local folders.
     compared = [r for r in recipe.eval.compare if r not in ("task", "language")] if opts.evaluate else []
-    dirs = fetch_inputs(loaded, inputs, ["task", "language", *compared])
+    dirs = inputs.folders(["task", "language", *compared])
 
     # 4. Swap, into a staging folder renamed into place when complete; refused before anything is
     # written when it cannot fit, or while another build writes the same folder.
@@ -120,16 +135,15 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
         # the whole merge, and publishing hashes them anyway.
         with ThreadPoolExecutor(max_workers=cores(), thread_name_prefix="hubswap-sha256") as pool:
             pool.submit(_preload_card_libraries)  # ~0.3 s of imports, hidden behind the kernel's copies
-            pending = _hash_inputs(pool, dirs, inputs, pre, recipe.swap.files_from)
+            pending = inputs.file_records(pool, fetched=list(dirs))
             merge(plan, stage, progress=opts.progress)
             side = copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
-            (stage / "hubswap").mkdir()
-            (stage / "hubswap" / "recipe.toml").write_text(loaded.text, encoding="utf-8")
+            atomic_write(stage / RECIPE_COPY, loaded.text)
             hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
-        outputs = {name: {"size": (stage / name).stat().st_size}
+        outputs = {name: OutputFile(size=(stage / name).stat().st_size)
                    for name in sorted([*plan.shard_names(), INDEX, *side])}
-        lock = make_lock(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"])
-        write_json(stage / "hubswap" / "lock.json", lock)
+        record = make_build_record(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"])
+        write_json(stage / BUILD_RECORD, record.to_json())
         write_card(stage)
         _replace_dir(stage, model_dir)
     log.info("model written to %s", model_dir)
@@ -137,18 +151,15 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
     # 5-6. Evaluate against the experts, then apply the gate.
     results = None
     if opts.evaluate:
-        results = evaluate_build(loaded, model_dir, build_dir / "eval", dirs, lock, limit=opts.limit)
+        results, verdict = evaluate_build(inputs, model_dir, build_dir / "eval", dirs, limit=opts.limit)
         write_card(model_dir)
-        if not results["gate"]["passed"]:
-            raise GateFailedError(
-                "gate failed: " + "; ".join(results["gate"]["reasons"]),
-                hint=f"results are in {build_dir / 'eval'} and {model_dir / 'hubswap' / 'eval_results.json'}; nothing was published",
-            )
+        if not verdict.passed:
+            raise verdict.error(f"{build_dir / 'eval'} and {model_dir / EVAL_RESULTS}")
 
     # 7. Publish the model folder in one commit.
     published = None
     if opts.push:
-        from hubswap.hub import publish
+        from hubswap.hub.publish import publish
 
         published = publish(model_dir, force=opts.force)
     return BuildResult(build_dir, model_dir, lmap, results, published, (*pre.warnings, *late))
@@ -157,146 +168,62 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
 # -- stages -----------------------------------------------------------------------------------
 
 
-def resolve_inputs(loaded: LoadedRecipe) -> dict[str, ModelFiles]:
-    """Each role's files, pinned: a local folder as it is, a Hub repo at a commit SHA."""
-    from hubswap.hub import resolve_hub_inputs
-
-    # Also for all-local recipes: a lock file beside the recipe is checked (and used for Hub repos).
-    hub_roles = {r: s for r, s in loaded.recipe.models.roles().items() if not s.is_local}
-    inputs: dict[str, ModelFiles] = dict(resolve_hub_inputs(loaded, hub_roles))
-    for role, src in loaded.recipe.models.roles().items():
-        if src.is_local:
-            inputs[role] = LocalModelFiles(role, loaded.resolve_path(src), display=src.path)
-    return {r: inputs[r] for r in loaded.recipe.models.roles()}
-
-
-def fetch_inputs(loaded: LoadedRecipe, inputs: dict[str, ModelFiles],
-                 roles: tuple[str, ...] | list[str] = ("task", "language")) -> dict[str, Path]:
-    """Local folders of ``roles`` (the experts, and the base when it is evaluated), downloading
-    Hub repos' needed files."""
-    dirs = {}
-    for role in roles:
-        m = inputs[role]
-        if isinstance(m, LocalModelFiles):
-            dirs[role] = m.path
-        else:
-            from hubswap.hub import download_inputs
-
-            dirs[role] = download_inputs(m, files_from=loaded.recipe.swap.files_from == role)
-    return dirs
-
-
-def _used_files(role: str, m: ModelFiles, pre, files_from: str, fetched: bool) -> list[str]:
-    """The files of ``role`` the build reads: configs always, tokenizer files of ``files_from``,
-    and weights of the models it merges or evaluates (``fetched``)."""
-    present = set(m.files())
-    small = [f for f in ("config.json", INDEX) if f in present]
-    if role == files_from or (fetched and role not in ("task", "language")):
-        small = [f for f in SIDE_FILES if f in present] + ([INDEX] if INDEX in present else [])
-    weights = sorted({t.file for t in pre.tensors[role].values()}) if fetched else []
-    return sorted(set(small + weights))
-
-
-def _hash_inputs(pool, dirs: dict[str, Path], inputs: dict[str, ModelFiles], pre, files_from: str) -> dict:
-    """Futures of the sha256 and size of every input file the build uses, per role.
-
-    Hub files carry the Hub's LFS sha256 from the lock, which the download has verified; local
-    files are hashed (once: the hash cache keeps them across builds).
-    """
-    out: dict[str, dict[str, Future]] = {}
-    todo: list[tuple[int, str, str, Path]] = []  # (size, role, file, path) of files not hashed yet
-    for role, m in inputs.items():
-        records = getattr(m, "records", {})
-        folder = dirs.get(role, getattr(m, "path", None))
-        entries: dict[str, Future] = {}
-        for f in _used_files(role, m, pre, files_from, fetched=role in dirs):
-            if f in records:
-                entries[f] = _done(records[f].to_json())
-            elif folder is not None and (folder / f).is_file():
-                path = folder / f
-                size = path.stat().st_size
-                if (digest := cached_sha256(path)) is not None:
-                    entries[f] = _done({"sha256": digest, "size": size})
-                else:
-                    todo.append((size, role, f, path))
-        out[role] = entries
-    if todo:
-        per_role = []
-        for role in dict.fromkeys(t[1] for t in todo):
-            mine = [t for t in todo if t[1] == role]
-            per_role.append(f"{role} {human_size(sum(t[0] for t in mine))} in {len(mine)} file(s) of {mine[0][3].parent}")
-        log.info("hashing the local inputs on %d threads while merging (once; cached after): %s",
-                 min(len(todo), cores()), "; ".join(per_role))
-    # Largest first: the longest hash starts at once, the small files fill the other threads.
-    for _, role, f, path in sorted(todo, key=lambda t: -t[0]):
-        out[role][f] = pool.submit(_file_entry, path)
-    return {role: dict(sorted(entries.items())) for role, entries in out.items()}
-
-
-def _done(value) -> Future:
-    f: Future = Future()
-    f.set_result(value)
-    return f
-
-
-def _file_entry(path: Path) -> dict:
-    return {"sha256": file_sha256(path), "size": path.stat().st_size}
-
-
-def make_lock(loaded: LoadedRecipe, inputs, hashes, lmap: LayerMap, outputs: dict[str, dict], *,
-              names=()) -> dict:
+def make_build_record(loaded: LoadedRecipe, inputs: Inputs, hashes: dict[str, dict[str, FileEntry]], lmap: LayerMap,
+                      outputs: dict[str, OutputFile], *, names=()) -> BuildRecord:
+    """The build record, ``model/hubswap/lock.json`` (not the recipe's lock: ``hubswap.hub.lock``)."""
     from importlib.metadata import version
 
-    models = {}
-    for role, src in loaded.recipe.models.roles().items():
-        m = inputs[role]
-        models[role] = {
-            "repo": src.repo,
-            "revision": src.revision if src.repo else None,
-            "commit": getattr(m, "commit", None),
-            "path": published_path(src.path),
-            "files": hashes.get(role, {}),
-        }
-    return {
-        "lock_version": 1,
-        "hubswap_version": __version__,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "recipe": {"path": loaded.path.name, "name": loaded.recipe.name, "sha256": text_sha256(loaded.text)},
-        "models": models,
-        "layer_map": lmap.to_json(names),
-        "output": {"dtype": loaded.recipe.swap.dtype, "num_layers": lmap.num_layers,
-                   "shards": sorted(f for f in outputs if f.endswith(".safetensors")), "files": outputs},
-        # What the merge ran on: core dependencies only (the merge never imports torch or transformers).
-        "versions": {"hubswap": __version__, **{p: version(p) for p in ("numpy", "safetensors", "huggingface_hub")}},
+    models = {
+        role: ModelEntry(repo=src.repo, revision=src.revision if src.repo else None,
+                         commit=inputs.models[role].commit, path=published_path(src.path), files=hashes.get(role, {}))
+        for role, src in loaded.recipe.models.roles().items()
     }
+    return BuildRecord(
+        lock_version=LOCK_VERSION,
+        hubswap_version=__version__,
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        recipe=RecipeRef(path=loaded.path.name, name=loaded.recipe.name, sha256=text_sha256(loaded.text)),
+        models=models,
+        layer_map=LayerMapRecord.model_validate(lmap.to_json(names)),
+        output=Output(dtype=loaded.recipe.swap.dtype, num_layers=lmap.num_layers,
+                      shards=sorted(f for f in outputs if f.endswith(".safetensors")), files=outputs),
+        # What the merge ran on: core dependencies only (the merge never imports torch or transformers).
+        versions={"hubswap": __version__, **{p: version(p) for p in ("numpy", "safetensors", "huggingface_hub")}},
+    )
 
 
-def evaluate_build(loaded: LoadedRecipe, model_dir: Path, eval_dir: Path, dirs, lock, *, limit) -> dict:
-    """MGSM on the merged model and the models to compare, then the gate; writes eval_results.json."""
+def evaluate_build(inputs: Inputs, model_dir: Path, eval_dir: Path, dirs: dict[str, Path], *,
+                   limit: int | None) -> tuple[EvalResults, GateVerdict]:
+    """MGSM on the merged model and the models to compare, then the gate; writes eval_results.json.
+    Returns the results and the gate's verdict."""
     from hubswap.evaluate import apply_gate, run_evaluation
 
+    loaded = inputs.loaded
     cfg, recipe = loaded.recipe.eval, loaded.recipe
     models: dict[str, Path] = {"merged": model_dir}
     for role in cfg.compare:
         if role not in dirs:
             raise HubswapError(f"eval.compare names {role!r}, but its weights were not downloaded")
         models[role] = dirs[role]
-    keys = {role: _model_key(lock["models"][role]) for role in cfg.compare}
+    keys = {role: inputs.key(role) for role in cfg.compare}
     results = run_evaluation(
         models, cfg, eval_dir, dataset=dataset_location(loaded),
         cache_keys=keys, cache_dir=cache_root() / "eval", limit=limit,
     )
-    results["gate"] = apply_gate(results, recipe.gate).to_json()
+    verdict = apply_gate(results, recipe.gate)
     # What is published names the data and the models as the recipe does, never by a folder of
     # this machine (the Hub cache, the build folder, the dataset copy).
-    results["settings"]["dataset"] = published_path(cfg.dataset)
-    for name, entry in results["models"].items():
-        lock_entry = lock["models"].get(name) or {}
-        entry["source"] = ("this model" if name == "merged" else
-                           f"{lock_entry['repo']}@{lock_entry['commit']}" if lock_entry.get("repo")
-                           else published_path(lock_entry.get("path")))
-    write_json(model_dir / "hubswap" / "eval_results.json", results)
-    return results
+    roles = recipe.models.roles()
+    sources = {name: ("this model" if (src := roles.get(name)) is None else
+                      f"{src.repo}@{inputs.models[name].commit}" if src.repo else published_path(src.path))
+               for name in results.models}
+    results = results.model_copy(update={
+        "gate": verdict.record(),
+        "settings": results.settings.model_copy(update={"dataset": published_path(cfg.dataset)}),
+        "models": {name: m.model_copy(update={"source": sources[name]}) for name, m in results.models.items()},
+    })
+    results.write(model_dir / EVAL_RESULTS)
+    return results, verdict
 
 
 def published_path(path: str | None) -> str | None:
@@ -330,12 +257,6 @@ def write_card(model_dir: Path) -> Path:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def _model_key(entry: dict) -> str:
-    if entry.get("commit"):
-        return entry["commit"]
-    return text_sha256(json.dumps(entry["files"], sort_keys=True))
 
 
 def _shard_size(size: str | int) -> int:

@@ -6,9 +6,6 @@ same card from the same build, and a card never claims more than the build recor
 template is package data (``hubswap/templates/``); rendering goes through
 ``huggingface_hub.ModelCard`` and makes no network call (the Hub's YAML validation endpoint is not
 used).
-
-Over 450 lines because the records it reads are still dicts: with issue 10's typed records (branch
-``consolidate-full``) its field-digging and figure code move out (docs/DESIGN.md, Known debts).
 """
 
 from __future__ import annotations
@@ -19,16 +16,25 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hubswap import svg
 from hubswap.errors import ModelFilesError
-from hubswap.evaluate.data import HUB_DATASET, TEST_QUESTIONS
+from hubswap.evaluate.data import TEST_QUESTIONS
 from hubswap.evaluate.languages import language_name
+from hubswap.figures import layer_map_svg
 from hubswap.files import atomic_write, human_size
 from hubswap.recipe import LoadedRecipe, parse_recipe
-from hubswap.records import RECORDS_DIR, find_model_dir
-from hubswap.svg import escape
+from hubswap.records import (
+    EVAL_RESULTS,
+    RECIPE_COPY,
+    BuildRecord,
+    ModelEntry,
+    find_model_dir,
+    read_build_record,
+)
+
+if TYPE_CHECKING:
+    from hubswap.evaluate.results import EvalResults
 
 log = logging.getLogger(__name__)
 
@@ -51,35 +57,25 @@ class BuildRecords:
 
     model_dir: Path
     recipe: LoadedRecipe
-    lock: dict
-    eval_results: dict | None
+    build: BuildRecord
+    eval_results: EvalResults | None
 
     @property
     def evaluated(self) -> bool:
-        return bool(self.eval_results and self.eval_results.get("models"))
+        return self.eval_results is not None and bool(self.eval_results.models)
 
 
 def read_records(model_dir: str | Path) -> BuildRecords:
+    from hubswap.evaluate.results import read_eval_results
+
     model_dir = find_model_dir(model_dir)
-    records = model_dir / RECORDS_DIR
-    recipe_path = records / "recipe.toml"
+    recipe_path = model_dir / RECIPE_COPY
     if not recipe_path.is_file():
         raise ModelFilesError(f"{recipe_path} is missing: the card shows the recipe verbatim")
     recipe = parse_recipe(recipe_path.read_text(encoding="utf-8"), recipe_path)
-    lock = _read_json(records / "lock.json")
-    eval_path = records / "eval_results.json"
-    eval_results = _read_json(eval_path) if eval_path.is_file() else None
-    return BuildRecords(model_dir, recipe, lock, eval_results)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelFilesError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise ModelFilesError(f"{path} does not hold a JSON object")
-    return data
+    eval_path = model_dir / EVAL_RESULTS
+    eval_results = read_eval_results(eval_path) if eval_path.is_file() else None
+    return BuildRecords(model_dir, recipe, read_build_record(model_dir), eval_results)
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -129,7 +125,7 @@ def card_data(rec: BuildRecords):
     from huggingface_hub import ModelCardData
 
     r = rec.recipe.recipe
-    parents = [m["repo"] for role, m in _models(rec) if role in ("task", "language") and m.get("repo")]
+    parents = [m.repo for role, m in _models(rec) if role in ("task", "language") and m.repo]
     fields: dict[str, Any] = {}
     if parents:
         # The experts are the merge's parents; the common base is their ancestor, not a parent.
@@ -151,37 +147,32 @@ def card_data(rec: BuildRecords):
 def _eval_results(rec: BuildRecords) -> list:
     from huggingface_hub import EvalResult
 
-    if not rec.evaluated:
+    ev = rec.eval_results
+    if ev is None or not rec.evaluated:
         return []
-    settings = rec.eval_results.get("settings") or {}
-    hub_dataset = _is_hub_id(settings.get("dataset"))
-    limit = settings.get("limit") or 0
-    shots = settings.get("num_fewshot")
-    how = ", ".join(x for x in (f"{shots}-shot" if shots is not None else "", settings.get("prompt") or "") if x)
-    subset = f", first {limit} questions" if limit else ""
-    scores = (
-        ("accuracy", "accuracy", "accuracy (hubswap robust answer extraction{})"),
-        ("strict_match", "exact_match", "exact_match (lm-eval strict-match{})"),
-        ("flexible_extract", "exact_match", "exact_match (lm-eval flexible-extract{})"),
-    )
+    st = ev.settings
+    hub_dataset = _is_hub_id(st.dataset)
+    how = ", ".join(x for x in (f"{st.num_fewshot}-shot", st.prompt) if x)
+    subset = f", first {st.limit} questions" if st.limit else ""
     out = []
-    ref = rec.eval_results.get("reference_model") or "merged"
-    merged = (rec.eval_results.get("models") or {}).get(ref) or {}
-    for lang, res in (merged.get("languages") or {}).items():
-        for key, metric_type, name in scores:
-            if res.get(key) is None:
-                continue
+    merged = ev.models.get(ev.reference_model)
+    for lang, res in (merged.languages if merged else {}).items():
+        for value, metric_type, name in (
+            (res.accuracy, "accuracy", "accuracy (hubswap robust answer extraction{})"),
+            (res.strict_match, "exact_match", "exact_match (lm-eval strict-match{})"),
+            (res.flexible_extract, "exact_match", "exact_match (lm-eval flexible-extract{})"),
+        ):
             out.append(EvalResult(
                 task_type="text-generation",
                 task_name="Multilingual grade-school math (MGSM)",
-                dataset_type=settings.get("dataset") if hub_dataset else settings.get("hub_dataset") or HUB_DATASET,
+                dataset_type=st.dataset if hub_dataset else st.hub_dataset,
                 dataset_name=f"MGSM ({language_name(lang)})",
                 dataset_config=lang,
                 dataset_split="test",
-                dataset_revision=settings.get("dataset_revision") if hub_dataset else None,
+                dataset_revision=st.dataset_revision if hub_dataset else None,
                 metric_type=metric_type,
-                metric_name=name.format(f", {how}{subset}" if how or subset else ""),
-                metric_value=round(float(res[key]), 4),
+                metric_name=name.format(f", {how}{subset}"),
+                metric_value=round(float(value), 4),
             ))
     return out
 
@@ -198,7 +189,7 @@ def _context(rec: BuildRecords) -> dict:
         "model_id": _model_id(rec),
         "summary": _summary(rec, layers),
         "evaluated": rec.evaluated,
-        "evaluation": _evaluation(rec) if rec.evaluated else None,
+        "evaluation": _evaluation(rec.eval_results) if rec.eval_results is not None and rec.evaluated else None,
         "picture": PICTURE_FILE,
         "layer_rows": _layer_rows(layers, rec),
         "non_layer": _non_layer_source(rec),
@@ -207,27 +198,18 @@ def _context(rec: BuildRecords) -> dict:
         "inputs": [_input(role, m) for role, m in models.items()],
         "output": _output(rec),
         "recipe_text": rec.recipe.text.rstrip("\n"),
-        "local_inputs": [m["path"] for m in models.values() if m.get("path")],
+        "local_inputs": [m.path for m in models.values() if m.path],
         "versions": _versions(rec),
-        "created": str(rec.lock.get("created") or "unknown"),
+        "created": rec.build.created,
         "license": r.publish.license if r.publish else None,
         "publish_repo": r.publish.repo if r.publish else None,
-        "hubswap_version": (rec.lock.get("versions") or {}).get("hubswap") or rec.lock.get("hubswap_version"),
+        "hubswap_version": rec.build.versions.get("hubswap") or rec.build.hubswap_version,
     }
 
 
-def _models(rec: BuildRecords) -> list[tuple[str, dict]]:
-    """(role, lock entry) for task, language and base, in that order, from the lock or the recipe."""
-    locked = rec.lock.get("models") or {}
-    out = []
-    for role, source in rec.recipe.recipe.models.roles().items():
-        entry = dict(locked.get(role) or {})
-        entry.setdefault("repo", source.repo)
-        entry.setdefault("path", source.path)
-        entry.setdefault("revision", source.revision)
-        out.append((role, entry))
-    order = {"task": 0, "language": 1, "base": 2}
-    return sorted(out, key=lambda x: order[x[0]])
+def _models(rec: BuildRecords) -> list[tuple[str, ModelEntry]]:
+    """(role, recorded input) for task, language and base, in that order."""
+    return [(role, rec.build.models[role]) for role in ("task", "language", "base") if role in rec.build.models]
 
 
 def _model_id(rec: BuildRecords) -> str:
@@ -236,8 +218,7 @@ def _model_id(rec: BuildRecords) -> str:
 
 
 def _languages(rec: BuildRecords) -> list[str]:
-    settings = (rec.eval_results or {}).get("settings") or {}
-    return list(settings.get("languages") or rec.recipe.recipe.eval.languages)
+    return list(rec.eval_results.settings.languages if rec.eval_results else rec.recipe.recipe.eval.languages)
 
 
 def _is_hub_id(name: Any) -> bool:
@@ -245,29 +226,21 @@ def _is_hub_id(name: Any) -> bool:
 
 
 def _layers(rec: BuildRecords) -> list[dict]:
-    """The layer map as recorded in the lock (what was merged), else recomputed from the recipe."""
-    recorded = rec.lock.get("layer_map") or {}
-    if recorded.get("layers"):
-        return list(recorded["layers"])
-    from hubswap.layermap import layer_map
-
-    n = (rec.lock.get("output") or {}).get("num_layers")
-    if not n:
-        raise ModelFilesError("lock.json records neither the layer map nor output.num_layers")
-    return layer_map(rec.recipe.recipe.swap, int(n)).to_json()["layers"]
+    """The layer map as the build record has it (what was merged)."""
+    return [x.model_dump() for x in rec.build.layer_map.layers]
 
 
 def _non_layer_source(rec: BuildRecords) -> str:
-    return (rec.lock.get("layer_map") or {}).get("non_layer") or rec.recipe.recipe.swap.non_layer
+    return rec.build.layer_map.non_layer
 
 
 def _vision(rec: BuildRecords) -> dict | None:
     """The vision side of a multimodal build as the lock records it: its source and top modules."""
-    recorded = rec.lock.get("layer_map") or {}
-    if not recorded.get("vision"):
+    recorded = rec.build.layer_map
+    if not recorded.vision:
         return None
-    modules = (recorded.get("modules") or {}).get("vision") or []
-    return {"source": recorded["vision"], "modules": ", ".join(f"`{m}`" for m in modules)}
+    modules = (recorded.modules or {}).get("vision", [])
+    return {"source": recorded.vision, "modules": ", ".join(f"`{m}`" for m in modules)}
 
 
 def _ranges(indices: list[int]) -> str:
@@ -284,10 +257,10 @@ def _ranges(indices: list[int]) -> str:
     return "layers " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
 
 
-def _who(role: str, m: dict) -> str:
-    if m.get("repo"):
-        return f"the {ROLE_NAMES[role]} [{m['repo']}]({_HF}/{m['repo']})"
-    return f"the {ROLE_NAMES[role]} in the local folder `{m.get('path')}`"
+def _who(role: str, m: ModelEntry) -> str:
+    if m.repo:
+        return f"the {ROLE_NAMES[role]} [{m.repo}]({_HF}/{m.repo})"
+    return f"the {ROLE_NAMES[role]} in the local folder `{m.path}`"
 
 
 def _summary(rec: BuildRecords, layers: list[dict]) -> list[str]:
@@ -340,42 +313,33 @@ def _layer_rows(layers: list[dict], rec: BuildRecords) -> list[dict]:
     return rows
 
 
-def _input(role: str, m: dict) -> dict:
-    files = m.get("files") or {}
-    commit = m.get("commit")
-    repo = m.get("repo")
+def _input(role: str, m: ModelEntry) -> dict:
     return {
         "role": ROLE_NAMES[role],
-        "repo": repo,
-        "path": m.get("path"),
-        "revision": m.get("revision"),
-        "commit": commit,
-        "link": f"{_HF}/{repo}" if repo else None,
-        "commit_link": f"{_HF}/{repo}/tree/{commit}" if repo and commit else None,
-        "files": [{"name": k, "sha256": v.get("sha256") or "not recorded", "size": _size(v.get("size"))}
-                  for k, v in sorted(files.items())],
+        "repo": m.repo,
+        "path": m.path,
+        "revision": m.revision,
+        "commit": m.commit,
+        "link": f"{_HF}/{m.repo}" if m.repo else None,
+        "commit_link": f"{_HF}/{m.repo}/tree/{m.commit}" if m.repo and m.commit else None,
+        "files": [{"name": k, "sha256": v.sha256, "size": human_size(v.size)} for k, v in sorted(m.files.items())],
     }
 
 
 def _output(rec: BuildRecords) -> dict:
-    out = rec.lock.get("output") or {}
-    files = out.get("files") or {name: {} for name in out.get("shards") or []}  # names only, no hashes
+    out = rec.build.output
     return {
-        "dtype": out.get("dtype") or rec.recipe.recipe.swap.dtype,
-        "hashed": any(v.get("sha256") for v in files.values()),
-        "files": [{"name": k, "sha256": v.get("sha256") or "not recorded", "size": _size(v.get("size"))}
-                  for k, v in sorted(files.items())],
+        "dtype": out.dtype,
+        "hashed": any(v.sha256 for v in out.files.values()),
+        "files": [{"name": k, "sha256": v.sha256 or "not recorded", "size": human_size(v.size)}
+                  for k, v in sorted(out.files.items())],
     }
 
 
-def _size(n: Any) -> str:
-    return human_size(n) if isinstance(n, int) else "?"
-
-
 def _versions(rec: BuildRecords) -> list[dict]:
-    """Tool versions of the merge (lock) and of the evaluation, side by side."""
-    built = rec.lock.get("versions") or {}
-    evaluated = (rec.eval_results or {}).get("versions") or {}
+    """Tool versions of the merge (the build record) and of the evaluation, side by side."""
+    built = rec.build.versions
+    evaluated = rec.eval_results.versions if rec.eval_results else {}
     names = ["hubswap", "torch", "transformers", "safetensors", "huggingface_hub", "vllm", "datasets"]
     names += sorted((set(built) | set(evaluated)) - set(names))
     return [{"name": k, "build": built.get(k) or "–", "eval": evaluated.get(k) or "–"}
@@ -385,197 +349,100 @@ def _versions(rec: BuildRecords) -> list[dict]:
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def _pct(x: Any) -> str:
-    return "–" if x is None else f"{100 * float(x):.1f}"
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
 
 
-def _ci(ci: Any) -> str:
-    if not ci or len(ci) != 2 or None in ci:
-        return ""
-    return f" [{_pct(ci[0])}, {_pct(ci[1])}]"
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
 
 
-def _pts(x: Any) -> str:
-    return "–" if x is None else f"{100 * float(x):+.1f}"
-
-
-def _p(p: Any) -> str:
-    if p is None:
-        return ""
+def _p(p: float) -> str:
     return ", p < 0.001" if p < 0.001 else f", p = {p:.3f}" if p < 0.1 else f", p = {p:.2f}"
 
 
-def _signed_ci(ci: Any) -> str:
-    if not ci or len(ci) != 2 or None in ci:
-        return ""
-    return f" [{_pts(ci[0])}, {_pts(ci[1])}]"
-
-
-def _evaluation(rec: BuildRecords) -> dict:
-    ev = rec.eval_results or {}
-    settings = ev.get("settings") or {}
-    models = ev.get("models") or {}
-    comparisons = ev.get("comparisons") or {}
-    ref = ev.get("reference_model") or "merged"
-    others = [k for k in ("task", "language", "base") if k in models] + \
-             [k for k in models if k not in (ref, "task", "language", "base")]
-    languages = list(settings.get("languages") or (models.get(ref) or {}).get("languages") or [])
-    target = settings.get("target_language") or (languages[0] if languages else None)
-
-    def result(model: str, lang: str) -> dict:
-        return ((models.get(model) or {}).get("languages") or {}).get(lang) or {}
+def _evaluation(ev: EvalResults) -> dict:
+    """The card's evaluation section: the comparison table, per-score detail, the gate, the settings."""
+    st, ref = ev.settings, ev.reference_model
+    others = [k for k in ("task", "language", "base") if k in ev.models] + \
+             [k for k in ev.models if k not in (ref, "task", "language", "base")]
+    compared = [o for o in others if o in ev.comparisons]
 
     def cell(model: str, lang: str) -> str:
-        res = result(model, lang)
-        return f"{_pct(res.get('accuracy'))}{_ci(res.get('ci95'))}" if res else "–"
+        res = ev.scores(model, lang)
+        return f"{_pct(res.accuracy)} [{_pct(res.ci95[0])}, {_pct(res.ci95[1])}]" if res else "–"
 
     def diff(other: str, lang: str) -> str:
-        c = (comparisons.get(other) or {}).get(lang) or {}
-        if not c:
-            return "–"
-        return f"{_pts(c.get('diff'))}{_signed_ci(c.get('ci95'))}{_p(c.get('mcnemar_p'))}"
+        c = ev.comparisons[other].get(lang)
+        return f"{_pts(c.diff)} [{_pts(c.ci95[0])}, {_pts(c.ci95[1])}]{_p(c.mcnemar_p)}" if c else "–"
 
-    compared = [o for o in others if o in comparisons]
+    def n(lang: str) -> str:
+        res = ev.scores(ref, lang)
+        return str(res.n) if res else "–"
+
     table = {
         "header": ["Language", "n", "merged", *(ROLE_NAMES.get(o, o) for o in others),
                    *(f"merged − {ROLE_NAMES.get(o, o)}" for o in compared)],
-        "rows": [[f"{language_name(lang)} (`{lang}`)" + (" ★" if lang == target else ""),
-                  str(result(ref, lang).get("n", "–")), cell(ref, lang), *(cell(o, lang) for o in others),
-                  *(diff(o, lang) for o in compared)] for lang in languages],
+        "rows": [[f"{language_name(lang)} (`{lang}`)" + (" ★" if lang == st.target_language else ""),
+                  n(lang), cell(ref, lang), *(cell(o, lang) for o in others), *(diff(o, lang) for o in compared)]
+                 for lang in st.languages],
     }
-    detail = []
-    for model in [ref, *others]:
-        for lang in languages:
-            if res := result(model, lang):
-                detail.append([ROLE_NAMES.get(model, model), lang, _pct(res.get("strict_match")),
-                               _pct(res.get("flexible_extract")), _pct(res.get("truncation_rate")),
-                               _pct(res.get("no_answer_rate"))])
-    sources = []
-    for model in others:  # the merged model is this folder; where it sat on the build machine is noise
-        m = models.get(model) or {}
-        if m.get("source"):
-            cached = " (scores reused from an earlier run with the same settings)" if m.get("cached") else ""
-            sources.append(f"{ROLE_NAMES.get(model, model)}: `{m['source']}`{cached}")
+    detail = [[ROLE_NAMES.get(model, model), lang, _pct(res.strict_match), _pct(res.flexible_extract),
+               _pct(res.truncation_rate), _pct(res.no_answer_rate)]
+              for model in [ref, *others] for lang in st.languages if (res := ev.scores(model, lang))]
+    # The merged model is this folder; where it sat on the build machine is noise.
+    sources = [f"{ROLE_NAMES.get(m, m)}: `{ev.models[m].source}`"
+               + (" (scores reused from an earlier run with the same settings)" if ev.models[m].cached else "")
+               for m in others]
 
-    gate = ev.get("gate")
     verdict = None
-    if gate is not None:
-        passed = bool(gate.get("passed"))
-        must_beat = [ROLE_NAMES.get(x, x) for x in gate.get("must_beat") or []]
-        min_acc = float(gate.get("min_accuracy") or 0.0)
+    if (gate := ev.gate) is not None:
+        must_beat = [ROLE_NAMES.get(x, x) for x in gate.must_beat]
         rule = []
         if must_beat:
-            rule.append(f"beat the {' and the '.join(must_beat)} by at least "
-                        f"{_pts(gate.get('margin') or 0.0).lstrip('+')} points")
-        if min_acc or not must_beat:
-            rule.append(f"reach an accuracy of at least {_pct(min_acc)}%")
-        # A failed gate lists what failed; a passed one what it checked (older records: reasons).
-        lines = (gate.get("checks") or gate.get("reasons")) if passed else gate.get("reasons")
-        verdict = {"passed": passed, "rule": " and ".join(rule), "lines": [str(x) for x in lines or []]}
-    limit = settings.get("limit") or 0
-    hardware = ev.get("hardware") or {}
-    gpu, count = hardware.get("gpu"), hardware.get("gpu_count") or 0
-    if gpu:
-        device = f"{count} × {gpu}" if count > 1 else gpu
+            rule.append(f"beat the {' and the '.join(must_beat)} by at least {_pts(gate.margin).lstrip('+')} points")
+        if gate.min_accuracy or not must_beat:
+            rule.append(f"reach an accuracy of at least {_pct(gate.min_accuracy)}%")
+        # A failed gate lists what failed; a passed one what it checked.
+        lines = (gate.checks or gate.reasons) if gate.passed else gate.reasons
+        verdict = {"passed": gate.passed, "rule": " and ".join(rule), "lines": list(lines)}
+    hw = ev.hardware
+    if hw.gpu:
+        device = f"{hw.gpu_count} × {hw.gpu}" if hw.gpu_count > 1 else hw.gpu
     else:
-        device = f"the CPU ({hardware.get('cpu') or 'unknown'})"
-    dataset = settings.get("dataset") or HUB_DATASET
-    hub = _is_hub_id(dataset)
-    scores = settings.get("scores") or {}
+        device = f"the CPU ({hw.cpu})"
+    hub = _is_hub_id(st.dataset)
     return {
         "table": table,
         "detail": detail,
-        "target": f"{language_name(target)} (`{target}`)" if target else None,
+        "target": f"{language_name(st.target_language)} (`{st.target_language}`)",
         "gate": verdict,
         "sources": sources,
-        "dataset": dataset,
-        "dataset_link": f"{_HF}/datasets/{dataset}" if hub else None,
-        "hub_dataset": settings.get("hub_dataset") or HUB_DATASET,
-        "dataset_revision": settings.get("dataset_revision") if hub else None,
+        "dataset": st.dataset,
+        "dataset_link": f"{_HF}/datasets/{st.dataset}" if hub else None,
+        "hub_dataset": st.hub_dataset,
+        "dataset_revision": st.dataset_revision if hub else None,
         # A local copy has no Hub revision; the evaluation records a hash of each language's file.
-        "file_hashes": None if hub else ", ".join(
-            f"`{k}` {v}" for k, v in (settings.get("dataset_revisions") or {}).items()) or None,
-        "ci_method": scores.get("ci95"),
-        "diff_method": scores.get("comparison_ci95"),
-        "prompt": settings.get("prompt"),
-        "num_fewshot": settings.get("num_fewshot"),
-        "max_new_tokens": settings.get("max_new_tokens"),
-        "backend": settings.get("backend"),
-        "eval_dtype": settings.get("dtype"),
-        "seed": settings.get("seed"),
-        "limit": limit,
-        "questions": f"the first {limit} of {TEST_QUESTIONS}" if limit else f"all {TEST_QUESTIONS}",
-        "vllm": json.dumps(settings["vllm"], sort_keys=True) if settings.get("vllm") else None,
+        "file_hashes": None if hub else ", ".join(f"`{k}` {v}" for k, v in st.dataset_revisions.items()) or None,
+        "ci_method": st.scores.ci95,
+        "diff_method": st.scores.comparison_ci95,
+        "prompt": st.prompt,
+        "num_fewshot": st.num_fewshot,
+        "max_new_tokens": st.max_new_tokens,
+        "backend": st.backend,
+        "eval_dtype": st.dtype,
+        "seed": st.seed,
+        "limit": st.limit,
+        "questions": f"the first {st.limit} of {TEST_QUESTIONS}" if st.limit else f"all {TEST_QUESTIONS}",
+        "vllm": json.dumps(st.vllm, sort_keys=True) if st.vllm else None,
         "device": device,
-        "date": ev.get("created") or ev.get("date"),
-        "platform": hardware.get("platform"),
+        "platform": hw.platform,
     }
-
-
-# --- the layer-map picture (an SVG, see hubswap.svg) ------------------------------------------
-
-_LANG_COLOUR = "#E69F00"  # Okabe-Ito orange and blue: distinguishable with any colour vision
-_TASK_COLOUR = "#0072B2"
 
 
 def _labels(rec: BuildRecords) -> dict[str, str]:
     models = dict(_models(rec))
     return {
-        role: f"{ROLE_NAMES[role]}: {models[role].get('repo') or models[role].get('path')}"
+        role: f"{ROLE_NAMES[role]}: {models[role].repo or models[role].path}"
         for role in ("task", "language")
     } | {"non_layer": _non_layer_source(rec), "title": rec.recipe.recipe.name}
-
-
-def layer_map_svg(layers: list[dict], labels: dict[str, str]) -> str:
-    """Every layer bottom (left) to top (right) as a bar split by the two experts' blend weights."""
-    n = len(layers)
-    cell = 26 if n <= 32 else max(9, 832 // n)
-    left, top, bar = 24, 58, 120
-    ends, gap = 26, 6  # the embeddings and head columns, apart from the layers
-    width = max(left * 2 + cell * n + 2 * (ends + gap), 560)  # at least room for the legend
-    height = top + bar + 96
-    every = 1 if cell >= 20 else 2 if cell >= 12 else 4
-    out = [
-        f'<text x="{left}" y="20" font-size="14" font-weight="bold">'
-        f"Layer map of {escape(labels['title'])}</text>",
-        f'<text x="{left}" y="38" fill="#444444">share of each expert in every layer, '
-        f"bottom layer (input side) on the left</text>",
-    ]
-
-    def column(x: int, w: int, lang_share: float, label: str, tip: str) -> None:
-        h_lang = round(bar * lang_share, 2)
-        out.append(f"<g><title>{escape(tip)}</title>")
-        if h_lang < bar:
-            out.append(f'<rect x="{x}" y="{top}" width="{w - 2}" height="{bar - h_lang:g}" fill="{_TASK_COLOUR}"/>')
-        if h_lang > 0:
-            out.append(f'<rect x="{x}" y="{top + bar - h_lang:g}" width="{w - 2}" height="{h_lang:g}" '
-                       f'fill="{_LANG_COLOUR}"/>')
-        out.append("</g>")
-        if label:
-            out.append(f'<text x="{x + (w - 2) / 2:g}" y="{top + bar + 14}" text-anchor="middle">{label}</text>')
-
-    nl = 1.0 if labels["non_layer"] == "language" else 0.0
-    x = left
-    column(x, ends, nl, "emb", f"embeddings: {labels['non_layer']} expert")
-    x += ends + gap
-    for layer in layers:
-        i, w = layer["index"], float(layer["language_weight"])
-        tip = f"layer {i} ({layer['region']}): language {w:.3g}, task {1 - w:.3g}"
-        # The last layer is labelled too, unless that would crowd its labelled neighbour.
-        shown = i % every == 0 or (i == n - 1 and i % every >= min(2, every))
-        column(x, cell, w, str(i) if shown else "", tip)
-        if 0 < w < 1 and cell >= 20:
-            out.append(f'<text x="{x + (cell - 2) / 2:g}" y="{top - 4}" text-anchor="middle" '
-                       f'font-size="9">{w:.2f}</text>')
-        x += cell
-    x += gap
-    column(x, ends, nl, "head", f"final norm and LM head: {labels['non_layer']} expert")
-    y = top + bar + 40
-    for colour, text in ((_LANG_COLOUR, labels["language"]), (_TASK_COLOUR, labels["task"])):
-        out.append(f'<rect x="{left}" y="{y - 10}" width="12" height="12" fill="{colour}"/>')
-        out.append(f'<text x="{left + 18}" y="{y}">{escape(text)}</text>')
-        y += 20
-    out.append(f'<text x="{left}" y="{y}" fill="#444444">numbers above a bar: the language expert\'s weight '
-               f"in a blended transition layer</text>")
-    return svg.document(width, height, out, font="Helvetica, Arial, sans-serif", background="#ffffff",
-                        title=f"Layer map of {labels['title']}")

@@ -1,6 +1,7 @@
 """The ``hubswap`` command line.
 
-Each subcommand is a ``_cmd_<name>(args)`` function registered in ``_parser()``. Heavy libraries
+Each subcommand is a function registered with ``@command``, its arguments defined just above it; the
+parser is built from that list. Heavy libraries
 (torch, transformers, vllm) are imported inside the functions that need them so ``--help``,
 ``validate`` and ``plan`` answer at once. A ``HubswapError`` becomes one line and a hint on stderr
 and its exit code; anything else is a bug and keeps its traceback.
@@ -12,6 +13,8 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from hubswap import __version__
@@ -38,7 +41,48 @@ Set HUBSWAP_DEBUG=1 to see tracebacks.
 """
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its arguments and what it runs, defined side by side below."""
+
+    name: str
+    help: str
+    description: str | None
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: list[Command] = []
+
+
+def command(name: str, *, help: str, arguments: Callable[[argparse.ArgumentParser], None],
+            description: str | None = None):
+    """Register the decorated ``run(args) -> exit code`` as ``hubswap <name>``."""
+
+    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS.append(Command(name, help, description, arguments, run))
+        return run
+
+    return register
+
+
+def _recipe(s: argparse.ArgumentParser) -> None:
+    s.add_argument("recipe", metavar="RECIPE")
+
+
+def _build_dir(s: argparse.ArgumentParser) -> None:
+    s.add_argument("build", metavar="BUILD_DIR", help="a build folder, or its model/ folder")
+
+
+# -- validate --------------------------------------------------------------------------------
+
+
+def _validate_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("recipes", nargs="+", metavar="RECIPE")
+
+
+@command("validate", help="check recipes against the schema (nothing is downloaded)", arguments=_validate_arguments)
+def _validate(args: argparse.Namespace) -> int:
     from hubswap.recipe import load_recipe
 
     for path in args.recipes:
@@ -48,14 +92,43 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
+# -- plan ------------------------------------------------------------------------------------
+
+
+def _plan_arguments(s: argparse.ArgumentParser) -> None:
+    _recipe(s)
+    s.add_argument("--layers", type=int, metavar="L",
+                   help="number of layers (default: read config.json of the task expert)")
+
+
+@command("plan", help="print the layer map of a recipe without reading weights", arguments=_plan_arguments)
+def _plan(args: argparse.Namespace) -> int:
     from hubswap.plan import plan_command
 
     print(plan_command(args.recipe, num_layers=args.layers))
     return 0
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
+# -- build -----------------------------------------------------------------------------------
+
+
+def _build_arguments(s: argparse.ArgumentParser) -> None:
+    _recipe(s)
+    s.add_argument("-o", "--output", metavar="DIR", help="build folder (default: builds/<recipe name>)")
+    s.add_argument("--no-eval", action="store_true", help="skip the MGSM evaluation and the gate")
+    s.add_argument("--push", action="store_true", help="publish to [publish].repo if the gate passes")
+    s.add_argument("--no-push", action="store_true", help="never publish (the default)")
+    s.add_argument("--force", action="store_true", help="publish over a repo built from other inputs")
+    s.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N questions per language")
+    s.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                   help="largest output shard, e.g. 5GB (default) or 500MB")
+
+
+@command("build", help="resolve, preflight, download, swap, evaluate and card (and publish with --push)",
+         description="Build the merged model of RECIPE into a build folder (default builds/<name>): "
+         "model/ holds exactly what is published, eval/ the per-question generations.",
+         arguments=_build_arguments)
+def _build(args: argparse.Namespace) -> int:
     from hubswap.build import BuildOptions, build
 
     opts = BuildOptions(
@@ -71,33 +144,99 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_lock(args: argparse.Namespace) -> int:
-    from hubswap.hub import write_lock
+# -- lock ------------------------------------------------------------------------------------
 
-    path, lock = write_lock(args.recipe)
+
+@command("lock", help="pin the recipe's Hub models to commit SHAs and file hashes (RECIPE.lock.json)",
+         description="Resolve every model of RECIPE (branch or tag -> commit SHA) and record the sha256 "
+         "and size of every file a build uses in <recipe stem>.lock.json beside the recipe. Builds use "
+         "the lock when present and refuse one that no longer matches the recipe. Only configs, "
+         "tokenizer files and the safetensors index are downloaded; weights' hashes come from the Hub.",
+         arguments=_recipe)
+def _lock(args: argparse.Namespace) -> int:
+    from hubswap.hub.lock import write_recipe_lock
+
+    path, lock = write_recipe_lock(args.recipe)
     print(f"wrote {path}")
-    for role, m in lock["models"].items():
-        size = sum(f["size"] for f in m["files"].values())
-        where = m["path"] if m["repo"] is None else f"{m['repo']}@{m['revision']} -> {m['commit'][:12]}"
-        print(f"  {role:<9} {where}  ({len(m['files'])} files, {size / 1e6:.1f} MB)")
+    for role, m in lock.models.items():
+        size = sum(f.size for f in m.files.values())
+        where = m.path if m.repo is None else f"{m.repo}@{m.revision} -> {(m.commit or '')[:12]}"
+        print(f"  {role:<9} {where}  ({len(m.files)} files, {size / 1e6:.1f} MB)")
     return 0
 
 
-def _cmd_push(args: argparse.Namespace) -> int:
-    from hubswap.hub import publish
+# -- push ------------------------------------------------------------------------------------
+
+
+def _push_arguments(s: argparse.ArgumentParser) -> None:
+    _build_dir(s)
+    s.add_argument("--repo", metavar="ORG/NAME", help="publish here instead of [publish].repo")
+    s.add_argument("--force", action="store_true",
+                   help="publish anyway: over another build or files not made by hubswap, "
+                   "or a build that failed its gate")
+
+
+@command("push", help="publish a build's model folder to the Hub in one commit",
+         description="Upload BUILD_DIR/model (weights, card, recipe, lock, eval results) to the recipe's "
+         "[publish].repo in ONE commit, creating the repo (private as the recipe says). Pushing the "
+         "same build again does nothing; a repo holding another recipe's build, a build from other "
+         "inputs or files not made by hubswap is left alone unless --force. Needs a write token "
+         "(HF_TOKEN or `hf auth login`).",
+         arguments=_push_arguments)
+def _push(args: argparse.Namespace) -> int:
+    from hubswap.hub.publish import publish
 
     print(f"published {publish(args.build, repo=args.repo, force=args.force)}")
     return 0
 
 
-def _cmd_analyze(args: argparse.Namespace) -> int:
+# -- analyze ---------------------------------------------------------------------------------
+
+
+def _analyze_arguments(s: argparse.ArgumentParser) -> None:
+    _recipe(s)
+    s.add_argument("-o", "--output", metavar="DIR", help="analysis folder (default: analysis/<recipe name>)")
+
+
+@command("analyze", help="measure where each expert changed the base, per layer, and suggest a swap",
+         description="Stream the base and both experts tensor by tensor and measure the relative change "
+         "||expert - base|| / ||base|| per layer, per module kind (attention, MLP, norms) and per "
+         "non-layer tensor. Writes changes.csv, changes.json and changes.svg and prints a suggested "
+         "bottom/top/transition with the reasoning.",
+         arguments=_analyze_arguments)
+def _analyze(args: argparse.Namespace) -> int:
     from hubswap.analyze import analyze
 
     print(analyze(args.recipe, args.output).report())
     return 0
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
+# -- sweep -----------------------------------------------------------------------------------
+
+
+def _sweep_arguments(s: argparse.ArgumentParser) -> None:
+    _recipe(s)
+    s.add_argument("--bottom", required=True, metavar="A..B", help="bottom sizes, e.g. 3..8 or 2,4,6")
+    s.add_argument("--top", required=True, metavar="A..B", help="top sizes, e.g. 1..4")
+    s.add_argument("--transition", default="0", metavar="A..B", help="transition sizes, e.g. 0..2 (default 0)")
+    s.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N questions (default: [eval].limit)")
+    s.add_argument("--keep", action="store_true", help="keep each merged model (default: removed after evaluation)")
+    s.add_argument("-o", "--output", metavar="DIR", help="sweep folder (default: sweeps/<recipe name>)")
+    s.add_argument("--recipe-out", metavar="FILE",
+                   help="where to write the winning recipe (default: <RECIPE stem>.sweep.toml beside it)")
+    s.add_argument("--no-holdout", action="store_true",
+                   help="select and report on all questions (the reported score is then optimistic)")
+    s.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest scratch shard (default 5GB)")
+
+
+@command("sweep", help="build and evaluate a grid of swap configurations; rank them with paired statistics",
+         description="Merge every (bottom, top, transition) of the grid into a scratch folder, evaluate it "
+         "on the recipe's target language with the recipe's [eval] settings, and rank the configurations "
+         "against the best one and both experts, paired on the same questions. The choice is made on a "
+         "fixed half of the questions and the winner is scored on the other half. Writes sweep.csv, "
+         "sweep.json and sweep.svg, and the winning configuration as a new recipe beside RECIPE.",
+         arguments=_sweep_arguments)
+def _sweep(args: argparse.Namespace) -> int:
     from hubswap.sweep import parse_range, sweep
 
     result = sweep(
@@ -112,13 +251,37 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+# -- demo ------------------------------------------------------------------------------------
+
+
+def _demo_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-o", "--output", default="demo", metavar="DIR", help="where to write (default: demo/)")
+    s.add_argument("--limit", type=int, default=8, metavar="N", help="MGSM questions per language (default 8)")
+    s.add_argument("--no-eval", action="store_true", help="skip the evaluation")
+
+
+@command("demo", help="make tiny experts on the spot and run the whole pipeline offline on the CPU",
+         arguments=_demo_arguments)
+def _demo(args: argparse.Namespace) -> int:
     from hubswap.build import run_demo
 
     return run_demo(Path(args.output), limit=args.limit, evaluate=not args.no_eval)
 
 
-def _cmd_card(args: argparse.Namespace) -> int:
+# -- card ------------------------------------------------------------------------------------
+
+
+def _card_arguments(s: argparse.ArgumentParser) -> None:
+    _build_dir(s)
+    s.add_argument("--summary", action="store_true",
+                   help="print only the comparison table and gate verdict (Markdown), write nothing")
+
+
+@command("card", help="re-render the model card (README.md and layer-map picture) of a build",
+         description="Render README.md and hubswap/layer_map.svg of a build's model folder from its "
+         "records (hubswap/recipe.toml, lock.json and eval_results.json). Nothing is downloaded.",
+         arguments=_card_arguments)
+def _card(args: argparse.Namespace) -> int:
     from hubswap.card import evaluation_summary, write_card
 
     if args.summary:
@@ -128,10 +291,29 @@ def _cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
+# -- eval (its arguments live beside it, in hubswap.evaluate.command) --------------------------
+
+
+def _eval_arguments(s: argparse.ArgumentParser) -> None:
+    from hubswap.evaluate.command import add_arguments
+
+    add_arguments(s)
+
+
+@command("eval", help="evaluate a model (and models to compare it with) on MGSM",
+         description="Run MGSM on MODEL_DIR_OR_REPO with lm-eval 0.4.13 compatible prompts (native-cot, "
+         "en-cot, direct) or a chat prompt, greedy, on the vLLM engine or transformers. Prints per "
+         "language n, accuracy with a 95%% interval, lm-eval strict-match and flexible-extract, the "
+         "truncation and no-answer rates, and the paired difference with each --compare model. Writes "
+         "eval_results.json and one jsonl per model and language to --output.",
+         arguments=_eval_arguments)
+def _eval(args: argparse.Namespace) -> int:
     from hubswap.evaluate.command import eval_command
 
     return eval_command(args)
+
+
+# -- the parser and the entry point ------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,121 +328,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"hubswap {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    s = sub.add_parser("validate", help="check recipes against the schema (nothing is downloaded)")
-    s.add_argument("recipes", nargs="+", metavar="RECIPE")
-    s.set_defaults(func=_cmd_validate)
-
-    s = sub.add_parser("plan", help="print the layer map of a recipe without reading weights")
-    s.add_argument("recipe", metavar="RECIPE")
-    s.add_argument("--layers", type=int, metavar="L",
-                   help="number of layers (default: read config.json of the task expert)")
-    s.set_defaults(func=_cmd_plan)
-
-    s = sub.add_parser(
-        "build", help="resolve, preflight, download, swap, evaluate and card (and publish with --push)",
-        description="Build the merged model of RECIPE into a build folder (default builds/<name>): "
-        "model/ holds exactly what is published, eval/ the per-question generations.",
-    )
-    s.add_argument("recipe", metavar="RECIPE")
-    s.add_argument("-o", "--output", metavar="DIR", help="build folder (default: builds/<recipe name>)")
-    s.add_argument("--no-eval", action="store_true", help="skip the MGSM evaluation and the gate")
-    s.add_argument("--push", action="store_true", help="publish to [publish].repo if the gate passes")
-    s.add_argument("--no-push", action="store_true", help="never publish (the default)")
-    s.add_argument("--force", action="store_true", help="publish over a repo built from other inputs")
-    s.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N questions per language")
-    s.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
-                   help="largest output shard, e.g. 5GB (default) or 500MB")
-    s.set_defaults(func=_cmd_build)
-
-    s = sub.add_parser(
-        "lock", help="pin the recipe's Hub models to commit SHAs and file hashes (RECIPE.lock.json)",
-        description="Resolve every model of RECIPE (branch or tag -> commit SHA) and record the sha256 "
-        "and size of every file a build uses in <recipe stem>.lock.json beside the recipe. Builds use "
-        "the lock when present and refuse one that no longer matches the recipe. Only configs, "
-        "tokenizer files and the safetensors index are downloaded; weights' hashes come from the Hub.",
-    )
-    s.add_argument("recipe", metavar="RECIPE")
-    s.set_defaults(func=_cmd_lock)
-
-    s = sub.add_parser(
-        "push", help="publish a build's model folder to the Hub in one commit",
-        description="Upload BUILD_DIR/model (weights, card, recipe, lock, eval results) to the recipe's "
-        "[publish].repo in ONE commit, creating the repo (private as the recipe says). Pushing the "
-        "same build again does nothing; a repo holding another recipe's build, a build from other "
-        "inputs or files not made by hubswap is left alone unless --force. Needs a write token "
-        "(HF_TOKEN or `hf auth login`).",
-    )
-    s.add_argument("build", metavar="BUILD_DIR", help="a build folder, or its model/ folder")
-    s.add_argument("--repo", metavar="ORG/NAME", help="publish here instead of [publish].repo")
-    s.add_argument("--force", action="store_true",
-                   help="publish anyway: over another build or files not made by hubswap, "
-                   "or a build that failed its gate")
-    s.set_defaults(func=_cmd_push)
-
-    s = sub.add_parser(
-        "analyze", help="measure where each expert changed the base, per layer, and suggest a swap",
-        description="Stream the base and both experts tensor by tensor and measure the relative change "
-        "||expert - base|| / ||base|| per layer, per module kind (attention, MLP, norms) and per "
-        "non-layer tensor. Writes changes.csv, changes.json and changes.svg and prints a suggested "
-        "bottom/top/transition with the reasoning.",
-    )
-    s.add_argument("recipe", metavar="RECIPE")
-    s.add_argument("-o", "--output", metavar="DIR", help="analysis folder (default: analysis/<recipe name>)")
-    s.set_defaults(func=_cmd_analyze)
-
-    s = sub.add_parser(
-        "sweep", help="build and evaluate a grid of swap configurations; rank them with paired statistics",
-        description="Merge every (bottom, top, transition) of the grid into a scratch folder, evaluate it "
-        "on the recipe's target language with the recipe's [eval] settings, and rank the configurations "
-        "against the best one and both experts, paired on the same questions. The choice is made on a "
-        "fixed half of the questions and the winner is scored on the other half. Writes sweep.csv, "
-        "sweep.json and sweep.svg, and the winning configuration as a new recipe beside RECIPE.",
-    )
-    s.add_argument("recipe", metavar="RECIPE")
-    s.add_argument("--bottom", required=True, metavar="A..B", help="bottom sizes, e.g. 3..8 or 2,4,6")
-    s.add_argument("--top", required=True, metavar="A..B", help="top sizes, e.g. 1..4")
-    s.add_argument("--transition", default="0", metavar="A..B", help="transition sizes, e.g. 0..2 (default 0)")
-    s.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N questions (default: [eval].limit)")
-    s.add_argument("--keep", action="store_true", help="keep each merged model (default: removed after evaluation)")
-    s.add_argument("-o", "--output", metavar="DIR", help="sweep folder (default: sweeps/<recipe name>)")
-    s.add_argument("--recipe-out", metavar="FILE",
-                   help="where to write the winning recipe (default: <RECIPE stem>.sweep.toml beside it)")
-    s.add_argument("--no-holdout", action="store_true",
-                   help="select and report on all questions (the reported score is then optimistic)")
-    s.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest scratch shard (default 5GB)")
-    s.set_defaults(func=_cmd_sweep)
-
-    s = sub.add_parser(
-        "demo", help="make tiny experts on the spot and run the whole pipeline offline on the CPU",
-    )
-    s.add_argument("-o", "--output", default="demo", metavar="DIR", help="where to write (default: demo/)")
-    s.add_argument("--limit", type=int, default=8, metavar="N", help="MGSM questions per language (default 8)")
-    s.add_argument("--no-eval", action="store_true", help="skip the evaluation")
-    s.set_defaults(func=_cmd_demo)
-
-    s = sub.add_parser(
-        "card", help="re-render the model card (README.md and layer-map picture) of a build",
-        description="Render README.md and hubswap/layer_map.svg of a build's model folder from its "
-        "records (hubswap/recipe.toml, lock.json and eval_results.json). Nothing is downloaded.",
-    )
-    s.add_argument("build", metavar="BUILD_DIR", help="a build folder, or its model/ folder")
-    s.add_argument("--summary", action="store_true",
-                   help="print only the comparison table and gate verdict (Markdown), write nothing")
-    s.set_defaults(func=_cmd_card)
-
-    s = sub.add_parser(
-        "eval", help="evaluate a model (and models to compare it with) on MGSM",
-        description="Run MGSM on MODEL_DIR_OR_REPO with lm-eval 0.4.13 compatible prompts (native-cot, "
-        "en-cot, direct) or a chat prompt, greedy, on the vLLM engine or transformers. Prints per "
-        "language n, accuracy with a 95%% interval, lm-eval strict-match and flexible-extract, the "
-        "truncation and no-answer rates, and the paired difference with each --compare model. Writes "
-        "eval_results.json and one jsonl per model and language to --output.",
-    )
-    from hubswap.evaluate.command import add_arguments as _eval_arguments
-
-    _eval_arguments(s)
-    s.set_defaults(func=_cmd_eval)
+    for c in COMMANDS:
+        s = sub.add_parser(c.name, help=c.help, description=c.description)
+        c.arguments(s)
+        s.set_defaults(func=c.run)
     return p
 
 

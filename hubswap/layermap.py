@@ -1,7 +1,7 @@
 """The layer map: which expert, and with what weight, every tensor of the merged model comes from.
 
 ``find_layer_stack`` finds the language model's transformer layers in a model's tensor names;
-``layer_map`` implements the method's semantics (docs/DESIGN.md) over them. Planning, the merge,
+``layer_map`` implements the method's semantics (docs/DESIGN.md, "Layer map") over them. Planning, the merge,
 the lock file and the model card all read its result.
 """
 

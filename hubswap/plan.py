@@ -14,7 +14,7 @@ def task_config(loaded: LoadedRecipe):
     """The task expert's config.json (local folder or Hub repo: one small download)."""
     src = loaded.recipe.models.task
     if not src.is_local:
-        from hubswap.hub import read_remote_config
+        from hubswap.hub.resolve import read_remote_config
 
         return read_remote_config(src)
     cfg_path = loaded.resolve_path(src) / "config.json"

@@ -16,9 +16,6 @@ comparisons against both experts, is reported on the other, *held-out* half.
 Outputs, in the sweep folder: ``sweep.csv`` and ``sweep.json`` (every configuration, ranked),
 ``sweep.svg`` (selection accuracy over bottom x top, one panel per transition), the per-question
 generations under ``eval/``, and next to the recipe a copy of it with the winning ``[swap]``.
-
-Over 450 lines until issue 10's shared inputs stage and figures module land (branch
-``consolidate-full``; docs/DESIGN.md, Known debts).
 """
 
 from __future__ import annotations
@@ -33,9 +30,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hubswap import __version__, svg
+from hubswap import __version__
 from hubswap.errors import HubswapError
 from hubswap.evaluate.stats import Paired, paired_comparison, wilson_interval
+from hubswap.figures import sweep_heatmap
 from hubswap.hashing import json_sha256
 from hubswap.layermap import layer_map
 from hubswap.recipe import LoadedRecipe, Swap, key_lines, load_recipe, parse_recipe
@@ -284,58 +282,6 @@ def write_csv(path: Path, rows: list[Ranked]) -> None:
                         f"{r.vs_task.mcnemar_p:.4g}", f"{r.vs_language.diff:.6g}", f"{r.vs_language.mcnemar_p:.4g}"])
 
 
-def render_svg(title: str, rows: list[Ranked], experts: dict[str, float]) -> str:
-    """Selection accuracy over bottom (rows) x top (columns), one panel per transition size."""
-    bottoms = sorted({r.config.bottom for r in rows})
-    tops = sorted({r.config.top for r in rows})
-    transitions = sorted({r.config.transition for r in rows})
-    acc = {r.config: r.accuracy for r in rows}
-    chosen = rows[0].config
-    outline = ""
-    cell, gap, left, top_m = 44, 36, 100, 70
-    panel_w = cell * len(tops)
-    expert_text = "on the same questions: " + ", ".join(f"{k} expert {v:.3f}" for k, v in experts.items())
-    width = round(max(420, left + len(transitions) * (panel_w + gap) + 20, 2 * left + 6.2 * len(expert_text)))
-    height = top_m + cell * len(bottoms) + 44
-    lo = min([*acc.values(), *experts.values()])
-    hi = max([*acc.values(), *experts.values()])
-
-    def color(v: float) -> str:
-        # White (worst) to dark blue (best) on this sweep's own scale.
-        f = 0.5 if hi == lo else (v - lo) / (hi - lo)
-        r, g, b = (round(255 + (c - 255) * f) for c in (8, 69, 148))
-        return f"rgb({r},{g},{b})"
-
-    el = svg.headings(width, title, f"accuracy on the selection half; outlined: chosen ({chosen.name})")
-    for p, t in enumerate(transitions):
-        x0 = left + p * (panel_w + gap)
-        el.append(f'<text x="{x0 + panel_w / 2:.0f}" y="{top_m - 22}" text-anchor="middle">transition = {t}</text>')
-        for j, u in enumerate(tops):
-            el.append(f'<text x="{x0 + cell * (j + 0.5):.0f}" y="{top_m - 6}" text-anchor="middle">{u}</text>')
-        for i, b in enumerate(bottoms):
-            if p == 0:
-                el.append(f'<text x="{x0 - 8}" y="{top_m + cell * (i + 0.5) + 4:.0f}" text-anchor="end">{b}</text>')
-            for j, u in enumerate(tops):
-                c = Config(b, u, t)
-                x, y = x0 + cell * j, top_m + cell * i
-                if c not in acc:
-                    el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="#f4f4f4" stroke="#ccc"/>')
-                    continue
-                v = acc[c]
-                dark = hi > lo and (v - lo) / (hi - lo) > 0.6
-                if c == chosen:  # outlined after every cell, so no neighbour paints over it
-                    outline = (f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="none" '
-                               f'stroke="black" stroke-width="3"><title>chosen: {svg.escape(c.name)}</title></rect>')
-                el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{color(v)}" stroke="#ccc">'
-                          f'<title>{svg.escape(c.name)}: {v:.3f}</title></rect>')
-                el.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle" '
-                          f'fill="{"white" if dark else "black"}">{v:.2f}</text>')
-    el.append(outline)
-    el.append(f'<text x="{left - 8}" y="{top_m - 6}" text-anchor="end">bottom \\ top</text>')
-    el.append(f'<text x="{left}" y="{height - 14}">{svg.escape(expert_text)}</text>')
-    return svg.document(width, height, el)
-
-
 def write_recipe(loaded: LoadedRecipe, chosen: Config, dest: Path, note: list[str]) -> Path:
     """A copy of the recipe with the chosen ``[swap]`` sizes, comments and all else kept.
 
@@ -384,9 +330,9 @@ def sweep(
     max_shard_size: str | int = "5GB",
     progress: bool = True,
 ) -> SweepResult:
-    from hubswap.build import dataset_location, fetch_inputs, resolve_inputs
-    from hubswap.compat import check_compatible
+    from hubswap.build import dataset_location
     from hubswap.evaluate.backends import require_libraries
+    from hubswap.inputs import prepare_inputs
     from hubswap.swap import copy_side_files, merge, parse_size, plan_merge
 
     loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
@@ -407,21 +353,19 @@ def sweep(
                     ", ".join(_relative_paths(loaded)), dest.parent)
 
     # 1. Resolve, preflight and download once, exactly as the build does.
-    inputs = resolve_inputs(loaded)
-    pre = check_compatible(inputs)
-    for w in pre.warnings:
-        log.warning("preflight: %s", w)
+    inputs = prepare_inputs(loaded)
+    pre = inputs.preflight
     configs, skipped = grid(bottoms, tops, transitions, pre.num_layers)
     if not configs:
         raise HubswapError(f"no configuration of the grid fits in {pre.num_layers} layers",
                            hint="bottom + top + 2 x transition must leave at least one middle layer")
     log.info("sweeping %d configurations of %s (%d layers) on MGSM-%s", len(configs), r.name, pre.num_layers, lang)
-    dirs = fetch_inputs(loaded, inputs)
+    dirs = inputs.folders(EXPERTS)
     dataset = dataset_location(loaded)
     eval_dir = out / "eval"
     scratch = out / "scratch"
     eval_dir.mkdir(parents=True, exist_ok=True)
-    keys = {role: content_key(inputs[role], dirs[role]) for role in EXPERTS}
+    keys = {role: inputs.key(role) for role in EXPERTS}
 
     # 2. Both experts once, on the same questions as every configuration.
     verdicts = evaluate_verdicts({role: dirs[role] for role in EXPERTS}, cfg, eval_dir,
@@ -464,7 +408,7 @@ def sweep(
     write_csv(files["csv"], rows)
     files["json"].write_text(json.dumps(result.to_json(), indent=2) + "\n")
     experts_sel = {e: accuracy([verdicts[e][i] for i in select]) for e in EXPERTS}
-    files["svg"].write_text(render_svg(f"{r.name}: MGSM-{lang} accuracy over bottom x top", rows, experts_sel))
+    files["svg"].write_text(sweep_heatmap(f"{r.name}: MGSM-{lang} accuracy over bottom x top", rows, experts_sel))
     c = result.chosen
     h = heldout
     note = [
@@ -487,35 +431,12 @@ def _relative_paths(loaded: LoadedRecipe) -> list[str]:
     return [p for p in paths if not Path(p).expanduser().is_absolute()]
 
 
-def content_key(model, folder: Path) -> str:
-    """What identifies an expert's generations in the evaluation cache: its commit on the Hub, or
-    for a local folder the sha256 of its weights, config and tokenizer (hashes are cached by
-    path, size and mtime, so this reads a folder once)."""
-    from hubswap.compat import SIDE_FILES, weight_files
-    from hubswap.hashing import file_sha256
-
-    commit = getattr(model, "commit", None)
-    if commit:
-        return commit
-    names = sorted({*weight_files(model), *(f for f in SIDE_FILES if (folder / f).is_file())})
-    return "local-" + json_sha256({f: file_sha256(folder / f) for f in names})
-
-
 def evaluate_verdicts(models: dict[str, Path], cfg, eval_dir: Path, *, dataset: str, limit: int | None,
                       cache_keys: dict[str, str] | None = None, progress: bool = True) -> dict[str, list[bool]]:
-    """Per-question correctness on the target language for each model, in question order.
-
-    ``run_evaluation`` writes one jsonl record per question with its ``index`` and robust
-    ``correct`` verdict; the sweep pairs models on those.
-    """
+    """Per-question correctness on the target language for each model, in question order."""
     from hubswap.evaluate import run_evaluation
     from hubswap.hashing import cache_root
 
-    run_evaluation(models, cfg, eval_dir, dataset=dataset, cache_keys=cache_keys,
-                   cache_dir=cache_root() / "eval", limit=limit or 0, progress=progress)
-    out = {}
-    for name in models:
-        path = eval_dir / f"{name}.{cfg.target_language}.jsonl"
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-        out[name] = [bool(r["correct"]) for r in sorted(records, key=lambda r: r["index"])]
-    return out
+    results = run_evaluation(models, cfg, eval_dir, dataset=dataset, cache_keys=cache_keys,
+                             cache_dir=cache_root() / "eval", limit=limit or 0, progress=progress)
+    return {name: results.verdicts[name][cfg.target_language] for name in models}

@@ -4,6 +4,7 @@ model and every compared model (the base included), the gate, the card, and the 
 from __future__ import annotations
 
 import json
+import logging
 
 from hubswap.cli import main
 from tests.helpers import local_recipe
@@ -31,7 +32,7 @@ repo = "org/never-pushed"
 """
 
 
-def test_failing_gate_stops_the_build_after_writing_every_result(tiny_llama_vllm, mgsm_dir, tmp_path, capsys):
+def test_failing_gate_stops_the_build_after_writing_every_result(tiny_llama_vllm, mgsm_dir, tmp_path, capsys, caplog):
     recipe = local_recipe(tmp_path / "r.toml", tiny_llama_vllm, extra=EVAL.format(mgsm=mgsm_dir))
     out = tmp_path / "build"
 
@@ -70,3 +71,13 @@ def test_failing_gate_stops_the_build_after_writing_every_result(tiny_llama_vllm
     assert [again["models"][m]["cached"] for m in ("merged", "task", "language", "base")] == [False, True, True, True]
     assert again["models"]["task"]["languages"] == results["models"]["task"]["languages"]
     assert again["models"]["task"]["engine"]["eos"] == results["models"]["task"]["engine"]["eos"]  # from the cache
+
+    # A sweep of the same recipe shares that cache: one key per model, so its experts are not
+    # evaluated again (only its own merge is).
+    caplog.set_level(logging.INFO, logger="hubswap.evaluate.runner")
+    sweep = ["sweep", str(recipe), "--bottom", "2", "--top", "1", "--transition", "1", "--limit", "3",
+             "-o", str(tmp_path / "sweep")]
+    assert main(sweep) == 0
+    for expert in ("task", "language"):
+        assert f"evaluating {expert}: all 1 languages from the cache" in caplog.text, expert
+    assert "evaluating b2-u1-t1: 3 prompts" in caplog.text

@@ -76,10 +76,10 @@ def _lock(recipe: str) -> dict:
         "lock_version": 1,
         "hubswap_version": "0.1.0",
         "created": "2026-01-02T03:04:05+00:00",
-        "recipe": {"path": "recipes/tiny-swahili-math.toml", "sha256": _sha(recipe)},
+        "recipe": {"path": "recipes/tiny-swahili-math.toml", "name": loaded.recipe.name, "sha256": _sha(recipe)},
         "models": models,
         "layer_map": layer_map(loaded.recipe.swap, 8).to_json(),
-        "output": {"dtype": "bfloat16", "num_layers": 8,
+        "output": {"dtype": "bfloat16", "num_layers": 8, "shards": ["model.safetensors"],
                    "files": _files("config.json", "model.safetensors", "model.safetensors.index.json")},
         "versions": {"hubswap": "0.1.0", "torch": "2.13.0+cpu", "transformers": "5.19.0",
                      "safetensors": "0.6.2", "huggingface_hub": "2.4.0"},
@@ -87,49 +87,64 @@ def _lock(recipe: str) -> dict:
 
 
 def _lang(n: int, acc: float, lo: float, hi: float) -> dict:
-    return {"n": n, "accuracy": acc, "ci95": [lo, hi], "strict_match": acc - 0.02,
-            "flexible_extract": acc - 0.01, "truncation_rate": 0.004, "no_answer_rate": 0.012}
+    return {"n": n, "correct": round(n * acc), "accuracy": acc, "ci95": [lo, hi], "strict_match": acc - 0.02,
+            "flexible_extract": acc - 0.01, "truncation_rate": 0.004, "no_answer_rate": 0.012,
+            "mean_generated_tokens": 180.5}
+
+
+def _model(source: str, cached: bool, **langs: dict) -> dict:
+    return {"source": source, "cache_key": None, "cached": cached, "cached_languages": list(langs) if cached else [],
+            "engine": None, "languages": langs}
+
+
+def _paired(diff: float, lo: float, hi: float, p: float, merged_only: int, other_only: int) -> dict:
+    return {"n": 250, "diff": diff, "ci95": [lo, hi], "mcnemar_p": p, "both": 60,
+            "merged_only": merged_only, "other_only": other_only, "neither": 250 - 60 - merged_only - other_only}
 
 
 def _eval_results(passed: bool = True, local_dataset: bool = False) -> dict:
+    checks = ["sw: merged 36.4% >= task expert 29.6% + 0.0", "sw: merged 36.4% >= language expert 20.4% + 0.0"]
     results = {
-        "settings": {"dataset": "juletxara/mgsm", "dataset_revision": "b" * 40, "languages": ["sw", "en"],
-                     "target_language": "sw", "prompt": "native-cot", "num_fewshot": 8,
-                     "max_new_tokens": 512, "backend": "vllm", "limit": 0, "seed": 0,
-                     "vllm": {"tensor_parallel_size": 1}},
+        "results_version": 1,
+        "settings": {"dataset": "juletxara/mgsm", "dataset_revision": "b" * 40,
+                     "dataset_revisions": {"sw": "b" * 40, "en": "b" * 40}, "hub_dataset": "juletxara/mgsm",
+                     "languages": ["sw", "en"], "target_language": "sw", "prompt": "native-cot", "num_fewshot": 8,
+                     "fewshot_seed": 1234, "max_new_tokens": 512, "backend": "vllm", "dtype": "bfloat16",
+                     "batch_size": None,
+                     "limit": 0, "questions": {"sw": 250, "en": 250}, "seed": 0, "greedy": True,
+                     "vllm": {"tensor_parallel_size": 1}, "vllm_cpu_defaults": None,
+                     "scores": {"accuracy": "robust", "strict_match": "lm-eval 0.4.13 strict-match",
+                                "flexible_extract": "lm-eval 0.4.13 flexible-extract",
+                                "ci95": "Wilson score interval",
+                                "comparison_ci95": "Newcombe paired score interval; McNemar exact test"}},
         "versions": {"hubswap": "0.1.0", "torch": "2.13.0", "transformers": "5.19.0", "vllm": "0.32.0",
                      "datasets": "4.1.0"},
-        "hardware": {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 1,
-                     "cpu": "x86_64", "platform": "Linux-6.8.0-x86_64-with-glibc2.39"},
+        "hardware": {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 1, "cpu": "x86_64",
+                     "cpu_count": 32, "platform": "Linux-6.8.0-x86_64-with-glibc2.39"},
         "models": {
-            "merged": {"source": "model", "cached": False,
-                       "languages": {"sw": _lang(250, 0.364, 0.306, 0.424), "en": _lang(250, 0.612, 0.55, 0.67)}},
-            "task": {"source": "hubswap-test/tiny-math@" + TASK_COMMIT, "cached": True,
-                     "languages": {"sw": _lang(250, 0.296, 0.242, 0.354), "en": _lang(250, 0.64, 0.579, 0.697)}},
-            "language": {"source": "hubswap-test/tiny-swahili@" + LANG_COMMIT, "cached": False,
-                         "languages": {"sw": _lang(250, 0.204, 0.158, 0.258), "en": _lang(250, 0.3, 0.246, 0.358)}},
+            "merged": _model("model", False, sw=_lang(250, 0.364, 0.306, 0.424), en=_lang(250, 0.612, 0.55, 0.67)),
+            "task": _model("hubswap-test/tiny-math@" + TASK_COMMIT, True,
+                           sw=_lang(250, 0.296, 0.242, 0.354), en=_lang(250, 0.64, 0.579, 0.697)),
+            "language": _model("hubswap-test/tiny-swahili@" + LANG_COMMIT, False,
+                               sw=_lang(250, 0.204, 0.158, 0.258), en=_lang(250, 0.3, 0.246, 0.358)),
         },
+        "reference_model": "merged",
         "comparisons": {
-            "task": {"sw": {"n": 250, "diff": 0.068, "ci95": [0.012, 0.124], "mcnemar_p": 0.0213,
-                            "merged_only": 31, "other_only": 14},
-                     "en": {"n": 250, "diff": -0.028, "ci95": [-0.07, 0.014], "mcnemar_p": 0.21,
-                            "merged_only": 9, "other_only": 16}},
-            "language": {"sw": {"n": 250, "diff": 0.16, "ci95": [0.1, 0.22], "mcnemar_p": 0.00001,
-                                "merged_only": 52, "other_only": 12},
-                         "en": {"n": 250, "diff": 0.312, "ci95": [0.25, 0.374], "mcnemar_p": 0.0000001,
-                                "merged_only": 84, "other_only": 6}},
+            "task": {"sw": _paired(0.068, 0.012, 0.124, 0.0213, 31, 14),
+                     "en": _paired(-0.028, -0.07, 0.014, 0.21, 9, 16)},
+            "language": {"sw": _paired(0.16, 0.1, 0.22, 0.00001, 52, 12),
+                         "en": _paired(0.312, 0.25, 0.374, 0.0000001, 84, 6)},
         },
         "gate": {"passed": passed,
-                 "reasons": ["sw: merged 36.4% >= task expert 29.6% + 0.0",
-                             "sw: merged 36.4% >= language expert 20.4% + 0.0"] if passed else
-                            ["sw: merged 36.4% < task expert 39.6% + 0.0"],
-                 "must_beat": ["task", "language"], "margin": 0.0, "min_accuracy": 0.0},
+                 "reasons": [] if passed else ["sw: merged 36.4% < task expert 39.6% + 0.0"],
+                 "checks": checks if passed else ["sw: merged 36.4% < task expert 39.6% + 0.0", checks[1]],
+                 "must_beat": ["task", "language"], "margin": 0.0, "min_accuracy": 0.0,
+                 "target_language": "sw", "accuracy": 0.364},
     }
-    if local_dataset:  # as the evaluation records a local copy of MGSM, and the CI methods it used
+    if local_dataset:  # as the evaluation records a local copy of MGSM
         results["settings"].update(
-            dataset="/data/mgsm", dataset_revision=None, hub_dataset="juletxara/mgsm",
+            dataset="/data/mgsm", dataset_revision=None,
             dataset_revisions={"sw": "sha256:f1a2ae4b146f0316", "en": "sha256:5e9abcb4d309f958"},
-            scores={"ci95": "Wilson score interval", "comparison_ci95": "Newcombe paired score interval"},
         )
     return results
 
@@ -244,7 +259,7 @@ def test_failed_gate_local_experts_and_local_dataset(tmp_path):
     assert {(r.dataset_type, r.dataset_revision) for r in card.data.eval_results} == {("juletxara/mgsm", None)}
     assert "a local copy of [juletxara/mgsm](https://huggingface.co/datasets/juletxara/mgsm) at `/data/mgsm`" in text
     assert "(files `sw` sha256:f1a2ae4b146f0316, `en` sha256:5e9abcb4d309f958)" in text
-    assert "95% intervals (Wilson score interval)" in text and "(Newcombe paired score interval)" in text
+    assert "95% intervals (Wilson score interval)" in text and "(Newcombe paired score interval; McNemar exact test)" in text
 
 
 def test_card_never_contains_a_token(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from hubswap.cli import main
 from hubswap.errors import GateFailedError
 from hubswap.evaluate import apply_gate, format_table, run_evaluation, score_response
+from hubswap.evaluate.results import EvalResults
 from hubswap.recipe import EvalConfig, Gate
 
 LANGS = ["sw", "en"]
@@ -32,7 +33,9 @@ def first_run(tiny_llama_vllm, mgsm_dir, tmp_path_factory):
 
 
 def test_results_layout(first_run, mgsm_dir):
-    root, models, _, results = first_run
+    root, models, _, typed = first_run
+    results = typed.to_json()  # what eval_results.json holds
+    assert results["results_version"] == 1 and "verdicts" not in results
     s = results["settings"]
     assert s["languages"] == LANGS and s["target_language"] == "sw" and s["backend"] == "vllm"
     assert s["limit"] == LIMIT and s["num_fewshot"] == 2 and s["dataset"] == str(mgsm_dir)
@@ -69,9 +72,10 @@ def test_jsonl_records_are_rescorable(first_run):
                 again = score_response(r["generation"], lang, r["gold"])
                 assert (again.strict_match, again.flexible_extract, again.correct) == (
                     r["strict_match"], r["flexible_extract"], r["correct"])
-            summary = results["models"][name]["languages"][lang]
-            assert summary["accuracy"] == sum(r["correct"] for r in rows) / LIMIT
-            assert summary["truncation_rate"] == sum(r["finish_reason"] == "length" for r in rows) / LIMIT
+            summary = results.scores(name, lang)
+            assert summary.accuracy == sum(r["correct"] for r in rows) / LIMIT
+            assert summary.truncation_rate == sum(r["finish_reason"] == "length" for r in rows) / LIMIT
+            assert results.verdicts[name][lang] == [r["correct"] for r in rows]
 
 
 def test_second_run_uses_the_cache(first_run, mgsm_dir):
@@ -80,10 +84,13 @@ def test_second_run_uses_the_cache(first_run, mgsm_dir):
     workers = set()
     again = run_evaluation(models, _cfg(limit=2), root / "eval2", dataset=mgsm_dir, cache_keys=keys,
                            cache_dir=root / "cache", progress=False, on_event=lambda e: workers.add(e.model))
-    assert again["models"]["task"]["cached"] and again["models"]["language"]["cached"]
-    assert not again["models"]["merged"]["cached"]  # no key: always evaluated
+    assert again.models["task"].cached and again.models["language"].cached
+    assert not again.models["merged"].cached  # no key: always evaluated
     assert workers == {"merged"}  # no engine was started for the cached ones ...
-    assert again["models"]["task"]["engine"]["dtype"] == "float32"  # ... whose record keeps its settings
+    assert again.models["task"].engine["dtype"] == "float32"  # ... whose record keeps its settings
+    # the per-question verdicts come back with the results, as the jsonl records them
+    rows = [json.loads(line) for line in (root / "eval2" / "task.sw.jsonl").read_text().splitlines()]
+    assert again.verdicts["task"]["sw"] == [r["correct"] for r in rows]
     table = format_table(again).splitlines()
     assert [line.split()[0] for line in table[2:]] == ["merged", "merged", "task", "task", "language", "language"]
     assert "task (cached)     sw      2" in table[4]
@@ -93,38 +100,38 @@ def test_second_run_uses_the_cache(first_run, mgsm_dir):
     # another setting, another cache entry: the expert is evaluated again (here in chat mode)
     changed = run_evaluation({"task": models["task"]}, _cfg(prompt="chat", languages=["sw"]), root / "eval3",
                              dataset=mgsm_dir, cache_keys=keys, cache_dir=root / "cache", progress=False)
-    assert not changed["models"]["task"]["cached"]
-    assert changed["settings"]["num_fewshot"] == 0
+    assert not changed.models["task"].cached
+    assert changed.settings.num_fewshot == 0
     rows = [json.loads(line) for line in (root / "eval3" / "task.sw.jsonl").read_text().splitlines()]
     assert len(rows) == LIMIT
     assert all(r["prompt"].startswith("<s><|user|>\n") and r["prompt"].endswith("<|assistant|>\n") for r in rows)
     assert all('"Jibu ni N."' in r["prompt"] for r in rows)
 
 
-def _results(merged: float, task: float, language: float) -> dict:
-    def model(acc):
-        return {"languages": {"sw": {"n": 100, "accuracy": acc}}}
-
-    return {"settings": {"target_language": "sw"}, "reference_model": "merged",
-            "models": {"merged": model(merged), "task": model(task), "language": model(language)}}
+def _with(real: EvalResults, merged: float, task: float, language: float) -> EvalResults:
+    """The real results with these target-language accuracies (n=100)."""
+    data = real.to_json()
+    for name, acc in (("merged", merged), ("task", task), ("language", language)):
+        data["models"][name]["languages"]["sw"].update(n=100, accuracy=acc)
+    return EvalResults.model_validate(data)
 
 
 def test_gate_pass_and_fail(first_run):
-    verdict = apply_gate(_results(0.40, 0.35, 0.20), Gate(must_beat=["task", "language"], margin=0.02))
+    _, _, _, results = first_run
+    verdict = apply_gate(_with(results, 0.40, 0.35, 0.20), Gate(must_beat=["task", "language"], margin=0.02))
     assert verdict.passed and verdict.reasons == [] and len(verdict.checks) == 3
-    failed = apply_gate(_results(0.40, 0.39, 0.20), Gate(must_beat=["task", "language"], margin=0.02))
+    failed = apply_gate(_with(results, 0.40, 0.39, 0.20), Gate(must_beat=["task", "language"], margin=0.02))
     assert not failed.passed
     assert failed.reasons == ["merged 0.400 < task 0.390 + margin 0.020 (n=100)"]
-    too_low = apply_gate(_results(0.40, 0.1, 0.1), Gate(must_beat=[], min_accuracy=0.5))
+    too_low = apply_gate(_with(results, 0.40, 0.1, 0.1), Gate(must_beat=[], min_accuracy=0.5))
     assert not too_low.passed and "min_accuracy 0.500" in too_low.reasons[0]
     err = failed.error()
     assert isinstance(err, GateFailedError) and err.exit_code == 6 and "0.390" in str(err)
-    assert json.loads(json.dumps(failed.to_json()))["must_beat"] == ["task", "language"]
+    assert failed.record().to_json()["must_beat"] == ["task", "language"]
     # on the real results: the merged model must at least equal itself
-    _, _, _, results = first_run
     real = apply_gate(results, Gate(must_beat=[], min_accuracy=0.0))
-    assert real.passed and real.accuracy == results["models"]["merged"]["languages"]["sw"]["accuracy"]
-    assert "merged" in format_table({**results, "gate": real.to_json()})
+    assert real.passed and real.accuracy == results.models["merged"].languages["sw"].accuracy
+    assert "gate passed: " in format_table(results.model_copy(update={"gate": real.record()}))
 
 
 def test_eval_command_end_to_end(tiny_llama_vllm, mgsm_dir, tmp_path, capsys):

@@ -83,7 +83,7 @@ def test_a_worker_killed_mid_evaluation_is_an_error_and_a_rerun_keeps_what_was_d
     again = run_evaluation(models, cfg, tmp_path / "eval", dataset=mgsm_dir, cache_keys=keys,
                            cache_dir=tmp_path / "cache", progress=False,
                            on_event=lambda e: stages.append((e.model, e.stage)))
-    assert again["models"]["task"]["cached"]
-    assert not again["models"]["language"]["cached"] and again["models"]["language"]["engine"]["dtype"] == "float32"
+    assert again.models["task"].cached
+    assert not again.models["language"].cached and again.models["language"].engine["dtype"] == "float32"
     assert {m for m, _ in stages} == {"language"}  # only the model that was not done got a worker
     assert [s for _, s in stages][-1] == "done"

@@ -248,7 +248,7 @@ def _valid_lock(root: Path) -> dict:
 def test_a_mutated_lock_is_read_or_refused(workdir, data):
     """What ``build`` does with a lock before it downloads anything: read it, check it against the
     recipe and the local files, and pin the Hub model to the locked commit and hashes."""
-    from hubswap.hub import resolve_hub_inputs
+    from hubswap.inputs import resolve
     from hubswap.recipe import load_recipe
 
     recipe = workdir / "lock.toml"
@@ -256,7 +256,7 @@ def test_a_mutated_lock_is_read_or_refused(workdir, data):
     lock = workdir / "lock.lock.json"
     lock.write_bytes(data.draw(mutated(json.dumps(_valid_lock(workdir), indent=2), json_doc=True)))
     try:
-        pinned = resolve_hub_inputs(load_recipe(recipe))
+        pinned = resolve(load_recipe(recipe))
     except HubswapError as e:
         assert e.exit_code == 2, e
         assert str(lock) in str(e) and "\n" not in str(e), str(e)
@@ -271,7 +271,7 @@ def test_a_mutated_lock_is_read_or_refused(workdir, data):
     ("corrupt", "says"),
     [
         (lambda lock: "{ not json", ":1:3: not valid JSON"),
-        (lambda lock: {**lock, "models": None}, "models: Input should be a valid dictionary"),
+        (lambda lock: {**lock, "models": None}, "models: Input should be an object"),
         (lambda lock: {**lock, "lock_version": 99}, "lock_version 99"),
         (lambda lock: _set(lock, ["models", "base", "files", "config.json", "size"], "282"), "should be a valid integer"),
         (lambda lock: _set(lock, ["models", "base", "files", "config.json", "sha256"], "abc"), "should match pattern"),

@@ -6,16 +6,44 @@ from __future__ import annotations
 import pytest
 
 from hubswap.evaluate import apply_gate
+from hubswap.evaluate.results import (
+    EvalResults,
+    Hardware,
+    LanguageScores,
+    ModelResult,
+    ScoreMethods,
+    Settings,
+)
+from hubswap.evaluate.stats import wilson_interval
 from hubswap.recipe import Gate
 
+SETTINGS = Settings(
+    dataset="juletxara/mgsm", dataset_revision="main", dataset_revisions={"sw": "main", "en": "main"},
+    hub_dataset="juletxara/mgsm", languages=["sw", "en"], target_language="sw", prompt="native",
+    num_fewshot=8, fewshot_seed=1234, max_new_tokens=512, backend="vllm", dtype="bfloat16", batch_size=None,
+    limit=100, questions={"sw": 100, "en": 100}, seed=0, greedy=True, vllm=None, vllm_cpu_defaults=None,
+    scores=ScoreMethods(accuracy="robust", strict_match="lm-eval", flexible_extract="lm-eval", ci95="Wilson",
+                        comparison_ci95="Newcombe"),
+)
 
-def _results(merged: dict[str, float], **others: dict[str, float]) -> dict:
-    """Results with the given accuracies per model and language, on 100 questions each."""
-    def model(langs):
-        return {"languages": {lang: {"n": 100, "accuracy": acc} for lang, acc in langs.items()}}
 
-    return {"settings": {"target_language": "sw"}, "reference_model": "merged",
-            "models": {"merged": model(merged), **{name: model(langs) for name, langs in others.items()}}}
+def _results(merged: dict[str, float], **others: dict[str, float]) -> EvalResults:
+    """Typed results with the given accuracies per model and language, on 100 questions each."""
+    def model(langs: dict[str, float]) -> ModelResult:
+        def scores(acc: float) -> LanguageScores:
+            k = round(acc * 100)
+            return LanguageScores(n=100, correct=k, accuracy=acc, ci95=wilson_interval(k, 100), strict_match=acc,
+                                  flexible_extract=acc, truncation_rate=0.0, no_answer_rate=0.0,
+                                  mean_generated_tokens=40.0)
+        return ModelResult(source="org/model@" + "0" * 40, cache_key=None, cached=False, cached_languages=[],
+                           engine=None, languages={lang: scores(acc) for lang, acc in langs.items()})
+
+    return EvalResults(
+        settings=SETTINGS, versions={}, comparisons={}, reference_model="merged",
+        hardware=Hardware(device="cuda", gpu="NVIDIA H200", gpu_count=1, cpu="x86_64", cpu_count=16,
+                          platform="Linux"),
+        models={"merged": model(merged), **{name: model(langs) for name, langs in others.items()}},
+    )
 
 
 @pytest.mark.parametrize(("merged", "task", "margin"), [
@@ -54,10 +82,10 @@ def test_a_must_beat_model_that_was_not_evaluated_fails():
 
 def test_a_merged_model_without_a_result_in_the_target_language_fails():
     for results in (_results({"en": 0.9}, task={"sw": 0.1, "en": 0.1}),
-                    {**_results({"sw": 0.9}), "reference_model": "model"}):  # no such model at all
+                    _results({"sw": 0.9}).model_copy(update={"reference_model": "model"})):  # no such model
         verdict = apply_gate(results, Gate(must_beat=["task"], min_accuracy=0.0))
         assert not verdict.passed
-        name = results["reference_model"]
+        name = results.reference_model
         assert verdict.reasons == [f"{name} was not evaluated in sw"]
         assert verdict.accuracy is None
         assert "gate failed" in str(verdict.error())

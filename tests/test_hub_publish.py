@@ -104,7 +104,7 @@ def test_push_without_a_token_or_with_a_read_only_token(published):
 
 def test_push_to_a_namespace_the_token_cannot_write(published):
     from hubswap.errors import HubError
-    from hubswap.hub import publish
+    from hubswap.hub.publish import publish
 
     hub, build, _ = published
     with pytest.raises(HubError) as e:
@@ -121,7 +121,7 @@ def _variant(build: Path, dest: Path, edit) -> Path:
 
 def test_push_over_another_recipes_build_is_refused_unless_forced(published, tmp_path):
     from hubswap.errors import PublishRefusedError
-    from hubswap.hub import publish
+    from hubswap.hub.publish import publish
 
     hub, build, _ = published
 
@@ -154,7 +154,7 @@ def test_push_over_another_recipes_build_is_refused_unless_forced(published, tmp
 
 def test_a_repo_not_made_by_hubswap_is_never_overwritten_without_force(published):
     from hubswap.errors import PublishRefusedError
-    from hubswap.hub import publish
+    from hubswap.hub.publish import publish
 
     hub, build, _ = published
     hub.commit_files("org/handmade", {"README.md": b"# my own model\n", "notes.txt": b"keep me"})
@@ -168,7 +168,7 @@ def test_a_repo_not_made_by_hubswap_is_never_overwritten_without_force(published
 
 
 def test_same_build_with_a_new_card_is_updated_in_one_commit(published, tmp_path):
-    from hubswap.hub import publish
+    from hubswap.hub.publish import publish
 
     hub, build, _ = published
     publish(build, repo="org/update", endpoint=hub.url, token=WRITE)
@@ -200,13 +200,16 @@ def test_a_locked_build_runs_offline_from_the_cache(published):
 
 def test_a_build_that_failed_its_gate_is_not_published(published, tmp_path):
     from hubswap.errors import PublishRefusedError
-    from hubswap.hub import publish
+    from hubswap.hub.publish import publish
 
     hub, build, _ = published
 
     def failed(model: Path) -> None:
-        gate = {"passed": False, "reasons": ["merged 0.10 < task 0.20 + margin 0.00 on sw"]}
-        (model / "hubswap" / "eval_results.json").write_text(json.dumps({"gate": gate}))
+        from test_card import _eval_results
+
+        results = _eval_results(passed=False)
+        results["gate"]["reasons"] = ["merged 0.10 < task 0.20 + margin 0.00 on sw"]
+        (model / "hubswap" / "eval_results.json").write_text(json.dumps(results))
 
     with pytest.raises(PublishRefusedError) as e:
         publish(_variant(build, tmp_path / "failed", failed), repo="org/gated-out", endpoint=hub.url, token=WRITE)

@@ -28,7 +28,7 @@ def load_all(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def expected_tensor(name, lang, task, swap: Swap, num_layers: int, dtype: torch.dtype) -> torch.Tensor:
-    """DESIGN.md's table, written independently of hubswap.layermap."""
+    """docs/DESIGN.md's "Layer map" table, written independently of hubswap.layermap."""
     b, u, tb, tu, n = swap.bottom, swap.top, swap.tb, swap.tu, num_layers
     m = re.match(r"model\.layers\.(\d+)\.", name)  # both tiny families keep their layers there
     i = int(m.group(1)) if m else None
@@ -185,7 +185,7 @@ def test_first_build_hashes_local_inputs_in_parallel_and_says_so(tiny_llama, tmp
     monkeypatch.setenv("HUBSWAP_CACHE", str(tmp_path / "cache"))
     recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
     opts = BuildOptions(output=tmp_path / "b", evaluate=False, progress=False)
-    with caplog.at_level(logging.INFO, logger="hubswap.build"):
+    with caplog.at_level(logging.INFO, logger="hubswap.inputs"):
         lock_path = build(recipe, opts).model_dir / "hubswap" / "lock.json"
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hashing ")]
     assert len(said) == 1, said
@@ -198,7 +198,7 @@ def test_first_build_hashes_local_inputs_in_parallel_and_says_so(tiny_llama, tmp
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}, name
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="hubswap.build"):
+    with caplog.at_level(logging.INFO, logger="hubswap.inputs"):
         again = json.loads(build(recipe, opts).model_dir.joinpath("hubswap", "lock.json").read_text())
     assert not [r for r in caplog.records if r.getMessage().startswith("hashing ")]
     assert again["models"]["language"]["files"] == files

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from hubswap.errors import HubswapError
+from hubswap.figures import sweep_heatmap
 from hubswap.recipe import load_recipe
 from hubswap.sweep import (
     Config,
     grid,
     parse_range,
     rank,
-    render_svg,
     split_halves,
     write_recipe,
 )
@@ -110,7 +110,7 @@ def test_render_svg_is_valid_and_marks_the_choice():
     rows = [Ranked(Config(b, u, t), (b + u + t) / 10, p, p, p)
             for b in (1, 2) for u in (1, 2) for t in (0, 1)]
     rows.sort(key=lambda r: -r.accuracy)
-    svg = ET.fromstring(render_svg("t", rows, {"task": 0.1, "language": 0.2}))
+    svg = ET.fromstring(sweep_heatmap("t", rows, {"task": 0.1, "language": 0.2}))
     rects = [e for e in svg.iter("{http://www.w3.org/2000/svg}rect") if e.get("stroke-width") == "3"]
     assert len(rects) == 1 and rects[0].find("{http://www.w3.org/2000/svg}title").text == "chosen: b2-u2-t1"
 

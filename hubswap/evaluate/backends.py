@@ -205,7 +205,21 @@ def import_vllm():
     return vllm
 
 
-class VllmBackend:
+class Backend:
+    """What both engines offer: ``render`` a prompt, ``generate`` a batch, ``close`` (also as a
+    context manager, so an engine is released however a worker leaves)."""
+
+    def close(self, *, release: bool = True) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class VllmBackend(Backend):
     name = "vllm"
 
     def __init__(self, path: Path, *, options: dict[str, Any] | None = None, seed: int = 0,
@@ -285,14 +299,8 @@ class VllmBackend:
         if release:
             _release_memory()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-class TransformersBackend:
+class TransformersBackend(Backend):
     """Batched greedy generation with ``transformers`` (CPU, or the first GPU)."""
 
     name = "transformers"
@@ -382,12 +390,6 @@ class TransformersBackend:
         self.model = None
         if release:
             _release_memory()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _vllm_client_error() -> tuple[type, ...]:

@@ -40,15 +40,15 @@ def resolve_model(spec: str, revision: str | None = None, *, endpoint: str | Non
         return p.resolve()
     if p.is_absolute() or spec.startswith((".", "~")):
         raise EvaluationError(f"model folder {p} does not exist")
-    from hubswap.hub import download_inputs
-    from hubswap.hub import resolve_model as resolve_hub_model
+    from hubswap.hub.download import download_model
+    from hubswap.hub.resolve import resolve_model as resolve_hub_model
     from hubswap.recipe import ModelSource
 
     try:
         source = ModelSource(repo=spec, revision=revision)
     except ValueError as e:
         raise EvaluationError(f"{spec!r} is neither a model folder nor a Hub repo id: {e}") from None
-    return download_inputs(resolve_hub_model("model", source, endpoint=endpoint))
+    return download_model(resolve_hub_model("model", source, endpoint=endpoint))
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -82,8 +82,7 @@ def eval_command(args: argparse.Namespace) -> int:
     with disk_full_is_an_error(out, "the evaluation records"):
         results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit,
                                  progress=not args.no_progress)
-        (out / "eval_results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n",
-                                               encoding="utf-8")
+        results.write(out / "eval_results.json")
     print(format_table(results))
     print(f"results: {out / 'eval_results.json'}; per-question records: {out}/<model>.<lang>.jsonl")
     return 0

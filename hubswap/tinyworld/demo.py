@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from html import escape
 from pathlib import Path
 
 from hubswap.tinyworld.family import ROLES, ensure_family
@@ -90,6 +89,7 @@ def prepare(output: Path, *, design: str | None = None, limit: int = 0, margin: 
 
 def run(output: Path, *, limit: int = 0, evaluate: bool = True) -> int:
     from hubswap.build import BuildOptions, build
+    from hubswap.figures import accuracy_bars
 
     output = output.resolve()
     recipe = prepare(output, limit=limit)
@@ -97,51 +97,7 @@ def run(output: Path, *, limit: int = 0, evaluate: bool = True) -> int:
     print(result.summary())
     if result.eval_results:
         svg = output / "accuracy.svg"
-        svg.write_text(accuracy_svg(result.eval_results), encoding="utf-8")
+        svg.write_text(accuracy_bars(result.eval_results), encoding="utf-8")
         print(f"\nfigure: {svg}")
     print(f"model card: {result.model_dir / 'README.md'}")
     return 0
-
-
-def accuracy_svg(results: dict) -> str:
-    """Grouped bars: accuracy with its 95% interval per model, one group per language.
-
-    Written by hand like the other figures (no plotting dependency for a few rects).
-    """
-    langs = results["settings"]["languages"]
-    models = list(results["models"])
-    colors = {"merged": "#08458f", "task": "#e6850e", "language": "#3a9a3a", "base": "#888888"}
-    bar, gap, left, top_m, h = 34, 36, 60, 50, 220
-    width = left + len(langs) * (len(models) * bar + gap) + 150
-    height = top_m + h + 50
-    y = lambda v: top_m + h * (1 - v)  # noqa: E731
-    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-          f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-          f'<rect width="{width}" height="{height}" fill="white"/>',
-          f'<text x="{width / 2:.0f}" y="20" text-anchor="middle" font-size="13">'
-          f'{escape(results["settings"].get("dataset_name", "MGSM"))}: accuracy per model and language '
-          '(95% interval)</text>']
-    for t in range(0, 11, 2):
-        el.append(f'<line x1="{left}" x2="{width - 150}" y1="{y(t / 10):.1f}" y2="{y(t / 10):.1f}" stroke="#ddd"/>')
-        el.append(f'<text x="{left - 6}" y="{y(t / 10) + 4:.1f}" text-anchor="end">{t * 10}%</text>')
-    for g, lang in enumerate(langs):
-        x0 = left + gap / 2 + g * (len(models) * bar + gap)
-        el.append(f'<text x="{x0 + len(models) * bar / 2:.0f}" y="{top_m + h + 18}" text-anchor="middle" '
-                  f'font-size="12">{escape(lang)}</text>')
-        for i, name in enumerate(models):
-            s = results["models"][name]["languages"][lang]
-            x = x0 + i * bar
-            el.append(f'<rect x="{x + 3:.1f}" y="{y(s["accuracy"]):.1f}" width="{bar - 6}" '
-                      f'height="{h * s["accuracy"]:.1f}" fill="{colors.get(name, "#555")}">'
-                      f'<title>{escape(name)} {lang}: {s["accuracy"]:.3f}</title></rect>')
-            lo, hi = s["ci95"]
-            cx = x + bar / 2
-            el.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(lo):.1f}" y2="{y(hi):.1f}" stroke="black"/>')
-            el.append(f'<text x="{cx:.1f}" y="{y(hi) - 4:.1f}" text-anchor="middle" font-size="9">'
-                      f'{100 * s["accuracy"]:.0f}</text>')
-    for i, name in enumerate(models):
-        ly = top_m + 10 + 18 * i
-        el.append(f'<rect x="{width - 130}" y="{ly}" width="12" height="12" fill="{colors.get(name, "#555")}"/>')
-        el.append(f'<text x="{width - 112}" y="{ly + 10}">{escape(name)}</text>')
-    el.append("</svg>")
-    return "\n".join(el) + "\n"
