@@ -35,8 +35,9 @@ examples:
   hubswap push builds/x                          publish a build in one commit (HF_TOKEN with write access)
   hubswap eval MODEL --dataset ../shared/mgsm --languages sw en --limit 20   MGSM on one model
 
-Exit codes: 0 ok, 1 error, 2 bad recipe or lock, 3 incompatible or unsafe models,
-4 Hub error, 5 publish refused, 6 gate failed, 7 evaluation error.
+Exit codes: 0 ok, 1 error, 2 bad recipe or lock, 3 incompatible, unsafe or corrupt models,
+4 Hub error, 5 publish refused, 6 gate failed, 7 evaluation error, 8 not enough disk space,
+9 another build is writing the same folder, 130 interrupted (Ctrl-C).
 Set HUBSWAP_DEBUG=1 to see tracebacks.
 """
 
