@@ -1,21 +1,36 @@
 """The model card: a golden file for a fixed build, its header read back by huggingface_hub, and the
-plain statement on an unevaluated build. The build folder is written by hand with fixed values, so
-the card is the same on every machine. The golden test only compares: after a deliberate change
+plain statement on an unevaluated build. The build folder holds the typed records `hubswap build`
+writes (BuildRecord, EvalResults), made by their own writers where there is one (paired
+comparisons, Wilson intervals, the gate's verdict) from fixed values, so the card is the same on
+every machine; tests/test_card_evaluated.py renders the card of a real evaluated build. The golden
+test only compares: after a deliberate change
 to the card, `python -m tests.update_goldens` rewrites tests/golden (then read its diff).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import random
 import re
 from pathlib import Path
 
 from hubswap.card import PICTURE_FILE, render_card, write_card
 from hubswap.cli import main
 from hubswap.errors import ModelFilesError
+from hubswap.evaluate.gate import apply_gate
+from hubswap.evaluate.results import (
+    EvalResults,
+    Hardware,
+    LanguageScores,
+    ModelResult,
+    ScoreMethods,
+    Settings,
+)
+from hubswap.evaluate.stats import paired_comparison, wilson_interval
+from hubswap.files import write_json
 from hubswap.layermap import layer_map
-from hubswap.recipe import parse_recipe
+from hubswap.recipe import Gate, parse_recipe
+from hubswap.records import BuildRecord, FileEntry, LayerMapRecord, ModelEntry, Output, OutputFile, RecipeRef
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -57,106 +72,100 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _files(*names: str) -> dict:
-    return {n: {"sha256": _sha(n), "size": 1000 + 7 * len(n)} for n in names}
+def _files(*names: str) -> dict[str, FileEntry]:
+    return {n: FileEntry(sha256=_sha(n), size=1000 + 7 * len(n)) for n in names}
 
 
-def _lock(recipe: str) -> dict:
+def _lock(recipe: str) -> BuildRecord:
+    """The build record of a fixed build, in the typed record `hubswap build` writes."""
     loaded = parse_recipe(recipe, Path("recipes/tiny-swahili-math.toml"))
     commits = {"task": TASK_COMMIT, "language": LANG_COMMIT, "base": "c" * 40}
     weights = {"task": ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")}
-    models = {}
-    for role, src in loaded.recipe.models.roles().items():
-        models[role] = {
-            "repo": src.repo, "revision": src.ref if src.repo else None,
-            "commit": commits[role] if src.repo else None, "path": src.path,
-            "files": _files("config.json", *weights.get(role, ("model.safetensors",))),
-        }
-    return {
-        "lock_version": 1,
-        "hubswap_version": "0.1.0",
-        "created": "2026-01-02T03:04:05+00:00",
-        "recipe": {"path": "recipes/tiny-swahili-math.toml", "name": loaded.recipe.name, "sha256": _sha(recipe)},
-        "models": models,
-        "layer_map": layer_map(loaded.recipe.swap, 8).to_json(),
-        "output": {"dtype": "bfloat16", "num_layers": 8, "shards": ["model.safetensors"],
-                   "files": _files("config.json", "model.safetensors", "model.safetensors.index.json")},
-        "versions": {"hubswap": "0.1.0", "torch": "2.13.0+cpu", "transformers": "5.19.0",
-                     "safetensors": "0.6.2", "huggingface_hub": "2.4.0"},
+    models = {
+        role: ModelEntry(repo=src.repo, revision=src.ref if src.repo else None,
+                         commit=commits[role] if src.repo else None, path=src.path,
+                         files=_files("config.json", *weights.get(role, ("model.safetensors",))))
+        for role, src in loaded.recipe.models.roles().items()
     }
+    outputs = {n: OutputFile(size=1000 + 7 * len(n))
+               for n in ("config.json", "model.safetensors", "model.safetensors.index.json")}
+    return BuildRecord(
+        lock_version=1, hubswap_version="0.1.0", created="2026-01-02T03:04:05+00:00",
+        recipe=RecipeRef(path="recipes/tiny-swahili-math.toml", name=loaded.recipe.name, sha256=_sha(recipe)),
+        models=models,
+        layer_map=LayerMapRecord.model_validate(layer_map(loaded.recipe.swap, 8).to_json()),
+        output=Output(dtype="bfloat16", num_layers=8, shards=["model.safetensors"], files=outputs),
+        versions={"hubswap": "0.1.0", "numpy": "2.3.0", "safetensors": "0.6.2", "huggingface_hub": "2.4.0"},
+    )
 
 
-def _lang(n: int, acc: float, lo: float, hi: float) -> dict:
-    return {"n": n, "correct": round(n * acc), "accuracy": acc, "ci95": [lo, hi], "strict_match": acc - 0.02,
-            "flexible_extract": acc - 0.01, "truncation_rate": 0.004, "no_answer_rate": 0.012,
-            "mean_generated_tokens": 180.5}
+N = 250
+# Right answers per model and language (the merged model: 36.4% in Swahili). Which questions each
+# model gets right is fixed by a seed, so the paired comparisons below are computed, not written.
+CORRECT = {"merged": {"sw": 91, "en": 153}, "task": {"sw": 74, "en": 160}, "language": {"sw": 51, "en": 75}}
+SOURCES = {"merged": ("model", False), "task": ("hubswap-test/tiny-math@" + TASK_COMMIT, True),
+           "language": ("hubswap-test/tiny-swahili@" + LANG_COMMIT, False)}
 
 
-def _model(source: str, cached: bool, **langs: dict) -> dict:
-    return {"source": source, "cache_key": None, "cached": cached, "cached_languages": list(langs) if cached else [],
-            "engine": None, "languages": langs}
+def _verdicts(model: str, lang: str) -> list[bool]:
+    right = set(random.Random(f"{model}/{lang}").sample(range(N), CORRECT[model][lang]))
+    return [i in right for i in range(N)]
 
 
-def _paired(diff: float, lo: float, hi: float, p: float, merged_only: int, other_only: int) -> dict:
-    return {"n": 250, "diff": diff, "ci95": [lo, hi], "mcnemar_p": p, "both": 60,
-            "merged_only": merged_only, "other_only": other_only, "neither": 250 - 60 - merged_only - other_only}
+def _scores(verdicts: list[bool]) -> LanguageScores:
+    """A language's scores as the evaluation summarises them: the accuracy's Wilson interval is
+    computed; the lm-eval scores and answer rates are fixed a little below the robust accuracy."""
+    k = sum(verdicts)
+    return LanguageScores(n=N, correct=k, accuracy=k / N, ci95=wilson_interval(k, N), strict_match=(k - 5) / N,
+                          flexible_extract=(k - 3) / N, truncation_rate=1 / N, no_answer_rate=3 / N,
+                          mean_generated_tokens=180.5)
 
 
-def _eval_results(passed: bool = True, local_dataset: bool = False) -> dict:
-    checks = ["sw: merged 36.4% >= task expert 29.6% + 0.0", "sw: merged 36.4% >= language expert 20.4% + 0.0"]
-    results = {
-        "results_version": 1,
-        "settings": {"dataset": "juletxara/mgsm", "dataset_revision": "b" * 40,
-                     "dataset_revisions": {"sw": "b" * 40, "en": "b" * 40}, "hub_dataset": "juletxara/mgsm",
-                     "languages": ["sw", "en"], "target_language": "sw", "prompt": "native-cot", "num_fewshot": 8,
-                     "fewshot_seed": 1234, "max_new_tokens": 512, "backend": "vllm", "dtype": "bfloat16",
-                     "batch_size": None,
-                     "limit": 0, "questions": {"sw": 250, "en": 250}, "seed": 0, "greedy": True,
-                     "vllm": {"tensor_parallel_size": 1}, "vllm_cpu_defaults": None,
-                     "scores": {"accuracy": "robust", "strict_match": "lm-eval 0.4.13 strict-match",
-                                "flexible_extract": "lm-eval 0.4.13 flexible-extract",
-                                "ci95": "Wilson score interval",
-                                "comparison_ci95": "Newcombe paired score interval; McNemar exact test"}},
-        "versions": {"hubswap": "0.1.0", "torch": "2.13.0", "transformers": "5.19.0", "vllm": "0.32.0",
-                     "datasets": "4.1.0"},
-        "hardware": {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 1, "cpu": "x86_64",
-                     "cpu_count": 32, "platform": "Linux-6.8.0-x86_64-with-glibc2.39"},
-        "models": {
-            "merged": _model("model", False, sw=_lang(250, 0.364, 0.306, 0.424), en=_lang(250, 0.612, 0.55, 0.67)),
-            "task": _model("hubswap-test/tiny-math@" + TASK_COMMIT, True,
-                           sw=_lang(250, 0.296, 0.242, 0.354), en=_lang(250, 0.64, 0.579, 0.697)),
-            "language": _model("hubswap-test/tiny-swahili@" + LANG_COMMIT, False,
-                               sw=_lang(250, 0.204, 0.158, 0.258), en=_lang(250, 0.3, 0.246, 0.358)),
-        },
-        "reference_model": "merged",
-        "comparisons": {
-            "task": {"sw": _paired(0.068, 0.012, 0.124, 0.0213, 31, 14),
-                     "en": _paired(-0.028, -0.07, 0.014, 0.21, 9, 16)},
-            "language": {"sw": _paired(0.16, 0.1, 0.22, 0.00001, 52, 12),
-                         "en": _paired(0.312, 0.25, 0.374, 0.0000001, 84, 6)},
-        },
-        "gate": {"passed": passed,
-                 "reasons": [] if passed else ["sw: merged 36.4% < task expert 39.6% + 0.0"],
-                 "checks": checks if passed else ["sw: merged 36.4% < task expert 39.6% + 0.0", checks[1]],
-                 "must_beat": ["task", "language"], "margin": 0.0, "min_accuracy": 0.0,
-                 "target_language": "sw", "accuracy": 0.364},
-    }
-    if local_dataset:  # as the evaluation records a local copy of MGSM
-        results["settings"].update(
-            dataset="/data/mgsm", dataset_revision=None,
-            dataset_revisions={"sw": "sha256:f1a2ae4b146f0316", "en": "sha256:5e9abcb4d309f958"},
-        )
-    return results
+def _eval_results(passed: bool = True, local_dataset: bool = False) -> EvalResults:
+    """The evaluation of a fixed build as typed records; the comparisons are stats.paired_comparison's
+    and the gate's verdict is apply_gate's, as `hubswap build` writes them."""
+    dataset = dict(dataset="/data/mgsm", dataset_revision=None,
+                   dataset_revisions={"sw": "sha256:f1a2ae4b146f0316", "en": "sha256:5e9abcb4d309f958"}) \
+        if local_dataset else dict(dataset="juletxara/mgsm", dataset_revision="b" * 40,
+                                   dataset_revisions={"sw": "b" * 40, "en": "b" * 40})
+    settings = Settings(
+        **dataset, hub_dataset="juletxara/mgsm", languages=["sw", "en"], target_language="sw", prompt="native-cot",
+        num_fewshot=8, fewshot_seed=1234, max_new_tokens=512, backend="vllm", dtype="bfloat16", batch_size=None,
+        limit=0, questions={"sw": N, "en": N}, seed=0, greedy=True, vllm={"tensor_parallel_size": 1},
+        vllm_cpu_defaults=None,
+        scores=ScoreMethods(accuracy="robust", strict_match="lm-eval 0.4.13 strict-match",
+                            flexible_extract="lm-eval 0.4.13 flexible-extract", ci95="Wilson score interval",
+                            comparison_ci95="Newcombe paired score interval; McNemar exact test"),
+    )
+    verdicts = {m: {lang: _verdicts(m, lang) for lang in ("sw", "en")} for m in CORRECT}
+    models = {m: ModelResult(source=SOURCES[m][0], cache_key=None, cached=SOURCES[m][1],
+                             cached_languages=["sw", "en"] if SOURCES[m][1] else [], engine=None,
+                             languages={lang: _scores(v) for lang, v in verdicts[m].items()})
+              for m in CORRECT}
+    results = EvalResults(
+        settings=settings,
+        versions={"hubswap": "0.1.0", "torch": "2.13.0", "transformers": "5.19.0", "vllm": "0.32.0",
+                  "datasets": "4.1.0"},
+        hardware=Hardware(device="cuda", gpu="NVIDIA H100 80GB HBM3", gpu_count=1, cpu="x86_64", cpu_count=32,
+                          platform="Linux-6.8.0-x86_64-with-glibc2.39"),
+        models=models, reference_model="merged",
+        comparisons={o: {lang: paired_comparison(verdicts["merged"][lang], verdicts[o][lang]) for lang in ("sw", "en")}
+                     for o in ("task", "language")},
+    )
+    # passed: the merged model beats both experts; failed: not by the 10 points the gate asks
+    gate = Gate(must_beat=["task", "language"], margin=0.0 if passed else 0.1)
+    return results.model_copy(update={"gate": apply_gate(results, gate).record()})
 
 
 def make_build(root: Path, *, evaluated: bool = True, recipe: str = RECIPE, **eval_kw) -> Path:
-    """A build folder as `hubswap build` leaves it (no weights: the card reads only the records)."""
+    """A build folder as `hubswap build` leaves it (no weights: the card reads only the records),
+    its records written by their own writers."""
     records = root / "model" / "hubswap"
     records.mkdir(parents=True)
     (records / "recipe.toml").write_text(recipe)
-    (records / "lock.json").write_text(json.dumps(_lock(recipe), indent=2))
+    write_json(records / "lock.json", _lock(recipe).to_json())
     if evaluated:
-        (records / "eval_results.json").write_text(json.dumps(_eval_results(**eval_kw), indent=2))
+        _eval_results(**eval_kw).write(records / "eval_results.json")
     (root / "model" / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 8}')
     return root
 
@@ -212,7 +221,7 @@ def test_header_parses_back_with_every_field(tmp_path):
         assert r.metric_name and "8-shot" in r.metric_name and "native-cot" in r.metric_name
     sw = [r for (c, _), r in results.items() if c == "sw"]
     assert sorted((r.metric_type, r.metric_value) for r in sw) == [
-        ("accuracy", 0.364), ("exact_match", 0.344), ("exact_match", 0.354)]
+        ("accuracy", 0.364), ("exact_match", 0.344), ("exact_match", 0.352)]
     assert {r.metric_name.split(" (")[1].split(",")[0] for r in sw} == {
         "hubswap robust answer extraction", "lm-eval strict-match", "lm-eval flexible-extract"}
     # The raw YAML holds exactly what the Hub indexes, in the Hub's key names.
@@ -253,7 +262,7 @@ def test_failed_gate_local_experts_and_local_dataset(tmp_path):
     recipe = RECIPE.replace('repo = "hubswap-test/tiny-swahili"', 'path = "../experts/sw"')
     text = render_card(make_build(tmp_path / "build", recipe=recipe, passed=False, local_dataset=True))
     assert "**Gate: failed**, so this build must not be published" in text
-    assert "- sw: merged 36.4% < task expert 39.6% + 0.0" in text
+    assert "- merged 0.364 < task 0.296 + margin 0.100 (n=250)" in text  # apply_gate's own words
     card = ModelCard(text)
     assert card.data.base_model == ["hubswap-test/tiny-math"]
     assert {(r.dataset_type, r.dataset_revision) for r in card.data.eval_results} == {("juletxara/mgsm", None)}
@@ -288,7 +297,7 @@ def test_card_summary_is_the_comparison_table_and_verdict(tmp_path, capsys):
     assert main(["card", str(build), "--summary"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("## tiny-swahili-math\n")
-    assert "| Swahili (`sw`) ★ | 250 | 36.4 [30.6, 42.4] |" in out and "**Gate: passed**" in out
+    assert "| Swahili (`sw`) ★ | 250 | 36.4 [30.7, 42.5] |" in out and "**Gate: passed**" in out
     assert "## How to use" not in out and not (build / "model" / "README.md").exists()
 
 
