@@ -175,7 +175,7 @@ def test_a_truncated_input_fails_the_pool_cleanly(tiny_llama, tmp_path, monkeypa
     assert not list((tmp_path / "b").glob(".model.partial-*"))
 
 
-def test_first_build_hashes_local_inputs_in_parallel_and_says_so(tiny_llama, tmp_path, monkeypatch, caplog):
+def test_first_build_hashes_local_inputs_once_and_says_so(tiny_llama, tmp_path, monkeypatch, caplog):
     """A first build names the files it hashes and records their true sha256; a rebuild reads the
     hash cache and hashes nothing."""
     import hashlib
