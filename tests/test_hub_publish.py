@@ -204,17 +204,17 @@ def test_a_build_that_failed_its_gate_is_not_published(published, tmp_path):
 
     hub, build, _ = published
 
-    def failed(model: Path) -> None:
-        from test_card import _eval_results
+    from test_card import _eval_results
 
-        results = _eval_results(passed=False)
-        results["gate"]["reasons"] = ["merged 0.10 < task 0.20 + margin 0.00 on sw"]
-        (model / "hubswap" / "eval_results.json").write_text(json.dumps(results))
+    results = _eval_results(passed=False)  # the gate's verdict as apply_gate records it
+    assert not results.gate.passed and results.gate.reasons
+
+    def failed(model: Path) -> None:
+        results.write(model / "hubswap" / "eval_results.json")
 
     with pytest.raises(PublishRefusedError) as e:
         publish(_variant(build, tmp_path / "failed", failed), repo="org/gated-out", endpoint=hub.url, token=WRITE)
-    assert str(e.value) == ("this build failed its gate (merged 0.10 < task 0.20 + margin 0.00 on sw); "
-                            "refusing to publish it")
+    assert str(e.value) == f"this build failed its gate ({'; '.join(results.gate.reasons)}); refusing to publish it"
     assert "org/gated-out" not in hub.repos
 
 
