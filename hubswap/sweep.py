@@ -5,13 +5,15 @@
 The experts are downloaded once (the build's own steps). Each configuration is merged by the
 streaming swap into a scratch folder, evaluated on the recipe's target language with the
 recipe's evaluation settings, and removed unless ``--keep``. The experts are evaluated once on
-the same questions.
+all the questions.
 
 Choosing the best of many configurations on a set of questions and reporting its score on those
 same questions overstates it (the winner is partly the luckiest). So the questions are split once
-into two fixed halves (a seeded shuffle of the question indices): configurations are ranked and
-the winner chosen on the *selection* half only, and the winner's score, with its paired
-comparisons against both experts, is reported on the other, *held-out* half.
+into two fixed halves (a seeded shuffle of the question indices): every configuration is scored
+on the *selection* half only, and the winner chosen there; then the winner alone is scored on
+the other, *held-out* half, with its paired comparisons against both experts. A grid of N
+configurations thus generates N/2 + 1/2 sets of answers, not N. The summary prints what each
+configuration cost (merge and evaluation).
 
 Outputs, in the sweep folder: ``sweep.csv`` and ``sweep.json`` (every configuration, ranked),
 ``sweep.svg`` (selection accuracy over bottom x top, one panel per transition), the per-question
@@ -27,6 +29,7 @@ import logging
 import random
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,34 +149,62 @@ def rank(verdicts: dict[str, list[bool]], configs: list[Config], select: list[in
     """Rank ``configs`` on the ``select`` questions; score the winner on the ``heldout`` ones.
 
     ``verdicts`` maps each configuration's name and ``task``/``language`` to per-question
-    correctness, all on the same questions in the same order. Ties in selection accuracy go to
-    the smaller swap (more of the task expert kept), then to the lower bottom.
+    correctness, indexed by question (a configuration needs only the questions it is scored on).
     """
-    def pick(name: str, idx: list[int]) -> list[bool]:
-        v = verdicts[name]
-        return [v[i] for i in idx]
+    rows = rank_selection(verdicts, configs, select)
+    return rows, score_heldout(verdicts, rows[0].config, heldout)
 
+
+def _pick(verdicts: dict[str, list[bool]], name: str, idx: list[int]) -> list[bool]:
+    v = verdicts[name]
+    return [v[i] for i in idx]
+
+
+def rank_selection(verdicts: dict[str, list[bool]], configs: list[Config], select: list[int]) -> list[Ranked]:
+    """``configs`` best first by accuracy on the ``select`` questions, with paired comparisons.
+
+    Ties in selection accuracy go to the smaller swap (more of the task expert kept), then to the
+    lower bottom.
+    """
     # Layers not purely from the task expert: bottom, top and both transitions.
-    ordered = sorted(configs, key=lambda c: (-accuracy(pick(c.name, select)),
+    ordered = sorted(configs, key=lambda c: (-accuracy(_pick(verdicts, c.name, select)),
                                              c.bottom + c.top + 2 * c.transition, c))
-    best = ordered[0]
-    best_v = pick(best.name, select)
-    task_v, lang_v = pick("task", select), pick("language", select)
+    best_v = _pick(verdicts, ordered[0].name, select)
+    task_v, lang_v = _pick(verdicts, "task", select), _pick(verdicts, "language", select)
     rows = []
     for c in ordered:
-        v = pick(c.name, select)
+        v = _pick(verdicts, c.name, select)
         rows.append(Ranked(c, accuracy(v), paired_comparison(v, best_v), paired_comparison(v, task_v),
                            paired_comparison(v, lang_v)))
+    return rows
 
-    h = {name: pick(name, heldout) for name in (best.name, *EXPERTS)}
-    held = HeldOut(
+
+def score_heldout(verdicts: dict[str, list[bool]], chosen: Config, heldout: list[int]) -> HeldOut:
+    """The chosen configuration and both experts on the ``heldout`` questions."""
+    h = {name: _pick(verdicts, name, heldout) for name in (chosen.name, *EXPERTS)}
+    return HeldOut(
         n=len(heldout),
         accuracy={k: accuracy(v) for k, v in h.items()},
         interval={k: wilson_interval(sum(v), len(v)) for k, v in h.items()},
-        vs_task=paired_comparison(h[best.name], h["task"]),
-        vs_language=paired_comparison(h[best.name], h["language"]),
+        vs_task=paired_comparison(h[chosen.name], h["task"]),
+        vs_language=paired_comparison(h[chosen.name], h["language"]),
     )
-    return rows, held
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one configuration cost: its merge, and its evaluation on ``questions`` questions."""
+
+    merge_s: float
+    eval_s: float
+    questions: int
+
+    @property
+    def total_s(self) -> float:
+        return self.merge_s + self.eval_s
+
+    def to_json(self) -> dict:
+        return {"merge_s": round(self.merge_s, 3), "eval_s": round(self.eval_s, 3), "questions": self.questions}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +223,8 @@ class SweepResult:
     holdout: bool
     skipped: int
     files: dict[str, Path] = field(default_factory=dict)
+    costs: dict[str, Cost] = field(default_factory=dict)  # each configuration, on the selection half
+    winner_cost: Cost | None = None  # the chosen one again, on the held-out half
 
     @property
     def chosen(self) -> Config:
@@ -244,9 +277,29 @@ class SweepResult:
             f"  task      {fmt('task')}   chosen - task: {long(h.vs_task)}",
             f"  language  {fmt('language')}   chosen - language: {long(h.vs_language)}",
         ]
+        lines += self.cost_lines()
         if self.files:
             lines += ["", "wrote " + ", ".join(str(p) for p in self.files.values())]
         return "\n".join(lines)
+
+    def cost_lines(self) -> list[str]:
+        """Per-configuration cost: merge and evaluation, median over the grid, and the total."""
+        if not self.costs:
+            return []
+        import statistics
+
+        cs = list(self.costs.values())
+        med = {k: statistics.median(getattr(c, k) for c in cs) for k in ("merge_s", "eval_s", "total_s")}
+        total = sum(c.total_s for c in cs) + (self.winner_cost.total_s if self.winner_cost else 0.0)
+        lines = ["", f"cost per configuration (median of {len(cs)}): {med['total_s']:.1f} s = merge "
+                     f"{med['merge_s']:.1f} s + evaluation {med['eval_s']:.1f} s on {cs[0].questions} questions "
+                     f"(cached generations cost nothing)"]
+        if self.winner_cost:
+            w = self.winner_cost
+            lines.append(f"the chosen configuration on the held-out half: {w.total_s:.1f} s = merge {w.merge_s:.1f} s "
+                         f"+ evaluation {w.eval_s:.1f} s on {w.questions} questions")
+        lines.append(f"all configurations: {total:.1f} s")
+        return lines
 
     def to_json(self) -> dict:
         c, h = self.chosen, self.heldout
@@ -265,9 +318,11 @@ class SweepResult:
                 {"rank": i, "name": r.config.name, "bottom": r.config.bottom, "top": r.config.top,
                  "transition": r.config.transition, "selection_accuracy": r.accuracy,
                  "vs_best": r.vs_best.to_json(), "vs_task": r.vs_task.to_json(),
-                 "vs_language": r.vs_language.to_json()}
+                 "vs_language": r.vs_language.to_json(),
+                 "cost": self.costs[r.config.name].to_json() if r.config.name in self.costs else None}
                 for i, r in enumerate(self.rows, 1)
             ],
+            "heldout_cost": self.winner_cost.to_json() if self.winner_cost else None,
         }
 
 
@@ -367,42 +422,65 @@ def sweep(
     eval_dir.mkdir(parents=True, exist_ok=True)
     keys = {role: inputs.key(role) for role in EXPERTS}
 
-    # 2. Both experts once, on the same questions as every configuration.
+    # 2. Both experts once, on every question: each half is compared with them.
     verdicts = evaluate_verdicts({role: dirs[role] for role in EXPERTS}, cfg, eval_dir,
                                  dataset=dataset, limit=lim, cache_keys=keys, progress=progress)
-
-    # 3. Each configuration: merge into scratch, evaluate, remove.
-    shard = parse_size(max_shard_size)
-    for k, c in enumerate(configs, 1):
-        log.info("[%d/%d] %s: %s", k, len(configs), c.name, layer_map(c.swap(r.swap), pre.num_layers).picture())
-        folder = scratch / c.name
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        try:
-            plan = plan_merge(layer_map(c.swap(r.swap), pre.num_layers, pre.stack), pre.tensors, dirs,
-                              out_dtype=r.swap.dtype, max_shard_size=shard)
-            merge(plan, folder, progress=progress)
-            copy_side_files(dirs[r.swap.files_from], folder, r.swap.dtype)
-            # A merge is a pure function of the experts and the [swap]: key its generations by
-            # them, so a sweep run again (or widened) generates only the new configurations.
-            key = json_sha256([__version__, keys["task"], keys["language"], c.swap(r.swap).model_dump()])
-            verdicts.update(evaluate_verdicts({c.name: folder}, cfg, eval_dir, dataset=dataset, limit=lim,
-                                              cache_keys={c.name: f"swap-{key}"}, progress=progress))
-        finally:
-            if not keep:
-                shutil.rmtree(folder, ignore_errors=True)
-    if not keep and scratch.exists() and not any(scratch.iterdir()):
-        scratch.rmdir()
-
-    # 4. Rank on the selection half, report the winner on the held-out half.
     n = len(verdicts["task"])
     if holdout and n < 2:
         raise HubswapError(f"{n} question(s) cannot be split into a selection and a held-out half",
                            hint="raise --limit, or pass --no-holdout")
     select, held = split_halves(n, cfg.seed) if holdout else (list(range(n)), list(range(n)))
-    rows, heldout = rank(verdicts, configs, select, held)
-    result = SweepResult(r.name, lang, pre.num_layers, rows, heldout, n, len(select), holdout, skipped)
+
+    # 3. Each configuration: merge into scratch, evaluate on the selection half only, remove.
+    #    Only the winner is evaluated on the held-out half (4): half the generations of scoring
+    #    every configuration on every question.
+    shard = parse_size(max_shard_size)
+
+    def merge_and_score(c: Config, questions: list[int], name: str) -> Cost:
+        folder = scratch / c.name
+        t0 = time.perf_counter()
+        if not (keep and (folder / "model.safetensors.index.json").is_file()):  # (kept from step 3)
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            plan = plan_merge(layer_map(c.swap(r.swap), pre.num_layers, pre.stack), pre.tensors, dirs,
+                              out_dtype=r.swap.dtype, max_shard_size=shard)
+            merge(plan, folder, progress=progress)
+            copy_side_files(dirs[r.swap.files_from], folder, r.swap.dtype)
+        t1 = time.perf_counter()
+        try:
+            # A merge is a pure function of the experts and the [swap]: key its generations by
+            # them, so a sweep run again (or widened) generates only the new configurations.
+            key = json_sha256([__version__, keys["task"], keys["language"], c.swap(r.swap).model_dump()])
+            got = evaluate_verdicts({name: folder}, cfg, eval_dir, dataset=dataset, limit=lim,
+                                    cache_keys={name: f"swap-{key}"}, questions=questions, progress=progress)
+        finally:
+            if not keep:
+                shutil.rmtree(folder, ignore_errors=True)
+        v = verdicts.setdefault(c.name, [None] * n)
+        for i, ok in zip(questions, got[name], strict=True):
+            v[i] = ok
+        return Cost(t1 - t0, time.perf_counter() - t1, len(questions))
+
+    costs: dict[str, Cost] = {}
+    for k, c in enumerate(configs, 1):
+        log.info("[%d/%d] %s: %s", k, len(configs), c.name, layer_map(c.swap(r.swap), pre.num_layers).picture())
+        costs[c.name] = merge_and_score(c, select, c.name)
+        log.info("[%d/%d] %s: merge %.1f s, evaluation %.1f s on %d questions", k, len(configs), c.name,
+                 costs[c.name].merge_s, costs[c.name].eval_s, len(select))
+
+    # 4. Rank on the selection half; the winner alone on the held-out half.
+    rows = rank_selection(verdicts, configs, select)
+    winner_cost = None
+    if holdout:
+        best = rows[0].config
+        log.info("chosen on the selection half: %s; scoring it on the held-out half (%d questions)", best.name, len(held))
+        winner_cost = merge_and_score(best, held, f"{best.name}.heldout")
+    if not keep and scratch.exists() and not any(scratch.iterdir()):
+        scratch.rmdir()
+    heldout = score_heldout(verdicts, rows[0].config, held)
+    result = SweepResult(r.name, lang, pre.num_layers, rows, heldout, n, len(select), holdout, skipped,
+                         costs=costs, winner_cost=winner_cost)
 
     files = {"csv": out / "sweep.csv", "json": out / "sweep.json", "svg": out / "sweep.svg"}
     write_csv(files["csv"], rows)
@@ -432,11 +510,14 @@ def _relative_paths(loaded: LoadedRecipe) -> list[str]:
 
 
 def evaluate_verdicts(models: dict[str, Path], cfg, eval_dir: Path, *, dataset: str, limit: int | None,
-                      cache_keys: dict[str, str] | None = None, progress: bool = True) -> dict[str, list[bool]]:
-    """Per-question correctness on the target language for each model, in question order."""
+                      cache_keys: dict[str, str] | None = None, questions: list[int] | None = None,
+                      progress: bool = True) -> dict[str, list[bool]]:
+    """Per-question correctness on the target language for each model, in question order (of
+    ``questions`` only, when given)."""
     from hubswap.evaluate import run_evaluation
     from hubswap.hashing import cache_root
 
     results = run_evaluation(models, cfg, eval_dir, dataset=dataset, cache_keys=cache_keys,
-                             cache_dir=cache_root() / "eval", limit=limit or 0, progress=progress)
+                             cache_dir=cache_root() / "eval", limit=limit or 0, questions=questions,
+                             progress=progress)
     return {name: results.verdicts[name][cfg.target_language] for name in models}

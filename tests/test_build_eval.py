@@ -73,11 +73,13 @@ def test_failing_gate_stops_the_build_after_writing_every_result(tiny_llama_vllm
     assert again["models"]["task"]["engine"]["eos"] == results["models"]["task"]["engine"]["eos"]  # from the cache
 
     # A sweep of the same recipe shares that cache: one key per model, so its experts are not
-    # evaluated again (only its own merge is).
+    # evaluated again (only its own merge is: on the selection half, 1 of the 3 questions, then,
+    # as the winner, on the held-out half).
     caplog.set_level(logging.INFO, logger="hubswap.evaluate.runner")
     sweep = ["sweep", str(recipe), "--bottom", "2", "--top", "1", "--transition", "1", "--limit", "3",
              "-o", str(tmp_path / "sweep")]
     assert main(sweep) == 0
     for expert in ("task", "language"):
         assert f"evaluating {expert}: all 1 languages from the cache" in caplog.text, expert
-    assert "evaluating b2-u1-t1: 3 prompts" in caplog.text
+    assert "evaluating b2-u1-t1: 1 prompts" in caplog.text
+    assert "evaluating b2-u1-t1.heldout: 2 prompts" in caplog.text

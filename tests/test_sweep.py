@@ -171,16 +171,29 @@ def test_sweep_end_to_end(sweep_recipe, tiny_llama, tmp_path, capsys, caplog):
     assert (data["questions"], data["selection_questions"], data["heldout_questions"]) == (6, 3, 3)
     names = {c["name"] for c in data["configs"]}
     assert names == {"b1-u1-t0", "b1-u1-t1", "b2-u1-t0", "b2-u1-t1"}
-    # Only the target language, the same 6 questions for every model.
+    # Only the target language: the experts on all 6 questions, every configuration on the
+    # selection half only, and only the chosen one on the held-out half too.
+    select, held = split_halves(6, seed=0)
+
+    def indices(name: str) -> list[int]:
+        return [json.loads(x)["index"] for x in (out / "eval" / f"{name}.sw.jsonl").read_text().splitlines()]
+
     for name in [*names, "task", "language"]:
-        records = [json.loads(x) for x in (out / "eval" / f"{name}.sw.jsonl").read_text().splitlines()]
-        assert [r["index"] for r in records] == list(range(6))
+        assert indices(name) == (list(range(6)) if name in ("task", "language") else select), name
         assert not (out / "eval" / f"{name}.en.jsonl").exists()
-    # The selection accuracy is computed on the selection half of those records.
-    select, _ = split_halves(6, seed=0)
+    winner = data["configs"][0]["name"]
+    assert indices(f"{winner}.heldout") == held
+    assert sorted(p.name for p in (out / "eval").glob("*.heldout.*")) == [f"{winner}.heldout.sw.jsonl"]
+    # The selection accuracy is computed on those records; the held-out accuracy on the others.
     for c in data["configs"]:
         records = [json.loads(x) for x in (out / "eval" / f"{c['name']}.sw.jsonl").read_text().splitlines()]
-        assert c["selection_accuracy"] == sum(records[i]["correct"] for i in select) / 3
+        assert c["selection_accuracy"] == sum(r["correct"] for r in records) / 3
+        assert c["cost"]["questions"] == 3 and c["cost"]["merge_s"] > 0 and c["cost"]["eval_s"] > 0
+    records = [json.loads(x) for x in (out / "eval" / f"{winner}.heldout.sw.jsonl").read_text().splitlines()]
+    assert data["heldout"]["accuracy"]["chosen"] == sum(r["correct"] for r in records) / 3
+    assert data["heldout_cost"]["questions"] == 3
+    assert "cost per configuration (median of 4):" in printed
+    assert "the chosen configuration on the held-out half:" in printed
 
     # --keep: the merged models stay, and each is the layer swap it claims to be.
     kept = out / "scratch" / "b1-u1-t0"

@@ -54,6 +54,7 @@ class Settings(Record):
     batch_size: int | None
     limit: int
     questions: dict[str, int]
+    subset: list[int] | None = None  # positions of the questions asked, when not all (a sweep's half)
     seed: int
     greedy: bool
     vllm: dict[str, Any] | None

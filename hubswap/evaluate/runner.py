@@ -71,6 +71,7 @@ def run_evaluation(
     cache_keys: dict[str, str] | None = None,
     cache_dir: Path | None = None,
     limit: int | None = None,
+    questions: list[int] | None = None,
     progress: bool = True,
     on_event: Callable[[WorkerEvent], None] | None = None,
 ) -> EvalResults:
@@ -78,8 +79,10 @@ def run_evaluation(
 
     Writes ``eval_dir/<model>.<lang>.jsonl`` and returns what ``eval_results.json`` holds, with
     each question's verdict (``gate`` is left None for the caller). ``limit`` overrides
-    ``cfg.limit`` (0: all questions). Each model's engine runs in a process of its own
-    (``worker.py``); ``on_event`` sees what the workers report (stage, prompts done).
+    ``cfg.limit`` (0: all questions). ``questions`` (positions among those) asks only these, each
+    with the very prompt it has in the whole set (the sweep scores configurations on half of them).
+    Each model's engine runs in a process of its own (``worker.py``); ``on_event`` sees what the
+    workers report (stage, prompts done).
     """
     if not models:
         raise EvaluationError("no model to evaluate")
@@ -91,7 +94,9 @@ def run_evaluation(
     data = {lang: load_language(dataset, lang, revision=cfg.dataset_revision) for lang in cfg.languages}
     prompts = {lang: build_prompts(data[lang], cfg.prompt, num_fewshot=cfg.num_fewshot, limit=limit)
                for lang in cfg.languages}
-    settings = _settings(cfg, dataset, data, limit)
+    if questions is not None:
+        prompts = {lang: [ps[i] for i in questions] for lang, ps in prompts.items()}
+    settings = _settings(cfg, dataset, data, limit, questions)
     settings["dtype"] = eval_dtype(cfg, models)
     metric = _load_metric()
 
@@ -185,6 +190,8 @@ def _cache_id(key: str, lang: str, settings: dict) -> str:
         format=CACHE_FORMAT, key=key, lang=lang, dataset_revision=settings["dataset_revisions"][lang],
         engine_version=versions().get(settings["backend"]), device=hardware()["gpu"] or "cpu",
     )
+    if settings.get("subset") is not None:  # (absent otherwise: caches of whole sets keep their ids)
+        relevant["subset"] = settings["subset"]
     return text_sha256(json.dumps(relevant, sort_keys=True, default=str))[:24]
 
 
@@ -275,7 +282,7 @@ def eval_dtype(cfg, models: dict[str, Path]) -> str:
     return model_dtype(Path(ref)) or "auto"
 
 
-def _settings(cfg, dataset, data, limit: int) -> dict:
+def _settings(cfg, dataset, data, limit: int, subset: list[int] | None = None) -> dict:
     local = is_local(dataset)
     vllm_args = dict(cfg.vllm)
     return {
@@ -292,7 +299,9 @@ def _settings(cfg, dataset, data, limit: int) -> dict:
         "backend": cfg.backend,
         "batch_size": cfg.batch_size if cfg.backend == "transformers" else None,
         "limit": limit,
-        "questions": {lang: min(len(d.test), limit) if limit else len(d.test) for lang, d in data.items()},
+        "questions": {lang: len(subset) if subset is not None else min(len(d.test), limit) if limit else len(d.test)
+                      for lang, d in data.items()},
+        "subset": list(subset) if subset is not None else None,
         "seed": cfg.seed,
         "greedy": True,
         "vllm": vllm_args if cfg.backend == "vllm" else None,
