@@ -13,7 +13,8 @@ into two fixed halves (a seeded shuffle of the question indices): every configur
 on the *selection* half only, and the winner chosen there; then the winner alone is scored on
 the other, *held-out* half, with its paired comparisons against both experts. A grid of N
 configurations thus generates N/2 + 1/2 sets of answers, not N. The summary prints what each
-configuration cost (merge and evaluation).
+configuration cost (merge and evaluation). This module is the grid, the ranking, the result and
+its files; ``sweep_eval.py`` merges and evaluates.
 
 Outputs, in the sweep folder: ``sweep.csv`` and ``sweep.json`` (every configuration, ranked),
 ``sweep.svg`` (selection accuracy over bottom x top, one panel per transition), the per-question
@@ -28,22 +29,17 @@ import json
 import logging
 import random
 import re
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hubswap import __version__
 from hubswap.errors import HubswapError
 from hubswap.evaluate.stats import Paired, paired_comparison, wilson_interval
 from hubswap.figures import sweep_heatmap
-from hubswap.hashing import json_sha256
 from hubswap.layermap import layer_map
 from hubswap.recipe import LoadedRecipe, Swap, key_lines, load_recipe, parse_recipe
+from hubswap.sweep_eval import EXPERTS, ConfigScorer, Cost
 
 log = logging.getLogger(__name__)
-
-EXPERTS = ("task", "language")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,22 +185,6 @@ def score_heldout(verdicts: dict[str, list[bool]], chosen: Config, heldout: list
         vs_task=paired_comparison(h[chosen.name], h["task"]),
         vs_language=paired_comparison(h[chosen.name], h["language"]),
     )
-
-
-@dataclass(frozen=True)
-class Cost:
-    """What one configuration cost: its merge, and its evaluation on ``questions`` questions."""
-
-    merge_s: float
-    eval_s: float
-    questions: int
-
-    @property
-    def total_s(self) -> float:
-        return self.merge_s + self.eval_s
-
-    def to_json(self) -> dict:
-        return {"merge_s": round(self.merge_s, 3), "eval_s": round(self.eval_s, 3), "questions": self.questions}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +368,6 @@ def sweep(
     from hubswap.build import dataset_location
     from hubswap.evaluate.backends import require_libraries
     from hubswap.inputs import prepare_inputs
-    from hubswap.swap import copy_side_files, merge, parse_size, plan_merge
 
     loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
     r = loaded.recipe
@@ -423,8 +402,9 @@ def sweep(
     keys = {role: inputs.key(role) for role in EXPERTS}
 
     # 2. Both experts once, on every question: each half is compared with them.
-    verdicts = evaluate_verdicts({role: dirs[role] for role in EXPERTS}, cfg, eval_dir,
-                                 dataset=dataset, limit=lim, cache_keys=keys, progress=progress)
+    scorer = ConfigScorer(r.swap, pre, dirs, keys, cfg, eval_dir, scratch, dataset=dataset, limit=lim, keep=keep,
+                          max_shard_size=max_shard_size, progress=progress)
+    verdicts = scorer.experts()
     n = len(verdicts["task"])
     if holdout and n < 2:
         raise HubswapError(f"{n} question(s) cannot be split into a selection and a held-out half",
@@ -434,40 +414,7 @@ def sweep(
     # 3. Each configuration: merge into scratch, evaluate on the selection half only, remove.
     #    Only the winner is evaluated on the held-out half (4): half the generations of scoring
     #    every configuration on every question.
-    shard = parse_size(max_shard_size)
-
-    def merge_and_score(c: Config, questions: list[int], name: str) -> Cost:
-        folder = scratch / c.name
-        t0 = time.perf_counter()
-        if not (keep and (folder / "model.safetensors.index.json").is_file()):  # (kept from step 3)
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
-            plan = plan_merge(layer_map(c.swap(r.swap), pre.num_layers, pre.stack), pre.tensors, dirs,
-                              out_dtype=r.swap.dtype, max_shard_size=shard)
-            merge(plan, folder, progress=progress)
-            copy_side_files(dirs[r.swap.files_from], folder, r.swap.dtype)
-        t1 = time.perf_counter()
-        try:
-            # A merge is a pure function of the experts and the [swap]: key its generations by
-            # them, so a sweep run again (or widened) generates only the new configurations.
-            key = json_sha256([__version__, keys["task"], keys["language"], c.swap(r.swap).model_dump()])
-            got = evaluate_verdicts({name: folder}, cfg, eval_dir, dataset=dataset, limit=lim,
-                                    cache_keys={name: f"swap-{key}"}, questions=questions, progress=progress)
-        finally:
-            if not keep:
-                shutil.rmtree(folder, ignore_errors=True)
-        v = verdicts.setdefault(c.name, [None] * n)
-        for i, ok in zip(questions, got[name], strict=True):
-            v[i] = ok
-        return Cost(t1 - t0, time.perf_counter() - t1, len(questions))
-
-    costs: dict[str, Cost] = {}
-    for k, c in enumerate(configs, 1):
-        log.info("[%d/%d] %s: %s", k, len(configs), c.name, layer_map(c.swap(r.swap), pre.num_layers).picture())
-        costs[c.name] = merge_and_score(c, select, c.name)
-        log.info("[%d/%d] %s: merge %.1f s, evaluation %.1f s on %d questions", k, len(configs), c.name,
-                 costs[c.name].merge_s, costs[c.name].eval_s, len(select))
+    costs = scorer.score_all(configs, select)
 
     # 4. Rank on the selection half; the winner alone on the held-out half.
     rows = rank_selection(verdicts, configs, select)
@@ -475,9 +422,8 @@ def sweep(
     if holdout:
         best = rows[0].config
         log.info("chosen on the selection half: %s; scoring it on the held-out half (%d questions)", best.name, len(held))
-        winner_cost = merge_and_score(best, held, f"{best.name}.heldout")
-    if not keep and scratch.exists() and not any(scratch.iterdir()):
-        scratch.rmdir()
+        winner_cost = scorer.score(best, held, f"{best.name}.heldout")
+    scorer.finish()
     heldout = score_heldout(verdicts, rows[0].config, held)
     result = SweepResult(r.name, lang, pre.num_layers, rows, heldout, n, len(select), holdout, skipped,
                          costs=costs, winner_cost=winner_cost)
@@ -507,17 +453,3 @@ def _relative_paths(loaded: LoadedRecipe) -> list[str]:
     if Path(r.eval.dataset).expanduser().exists() or r.eval.dataset.startswith("."):
         paths.append(r.eval.dataset)
     return [p for p in paths if not Path(p).expanduser().is_absolute()]
-
-
-def evaluate_verdicts(models: dict[str, Path], cfg, eval_dir: Path, *, dataset: str, limit: int | None,
-                      cache_keys: dict[str, str] | None = None, questions: list[int] | None = None,
-                      progress: bool = True) -> dict[str, list[bool]]:
-    """Per-question correctness on the target language for each model, in question order (of
-    ``questions`` only, when given)."""
-    from hubswap.evaluate import run_evaluation
-    from hubswap.hashing import cache_root
-
-    results = run_evaluation(models, cfg, eval_dir, dataset=dataset, cache_keys=cache_keys,
-                             cache_dir=cache_root() / "eval", limit=limit or 0, questions=questions,
-                             progress=progress)
-    return {name: results.verdicts[name][cfg.target_language] for name in models}
