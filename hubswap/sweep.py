@@ -402,28 +402,27 @@ def sweep(
     keys = {role: inputs.key(role) for role in EXPERTS}
 
     # 2. Both experts once, on every question: each half is compared with them.
-    scorer = ConfigScorer(r.swap, pre, dirs, keys, cfg, eval_dir, scratch, dataset=dataset, limit=lim, keep=keep,
-                          max_shard_size=max_shard_size, progress=progress)
-    verdicts = scorer.experts()
-    n = len(verdicts["task"])
-    if holdout and n < 2:
-        raise HubswapError(f"{n} question(s) cannot be split into a selection and a held-out half",
-                           hint="raise --limit, or pass --no-holdout")
-    select, held = split_halves(n, cfg.seed) if holdout else (list(range(n)), list(range(n)))
+    with ConfigScorer(r.swap, pre, dirs, keys, cfg, eval_dir, scratch, dataset=dataset, limit=lim, keep=keep,
+                      max_shard_size=max_shard_size, progress=progress) as scorer:
+        verdicts = scorer.experts()
+        n = len(verdicts["task"])
+        if holdout and n < 2:
+            raise HubswapError(f"{n} question(s) cannot be split into a selection and a held-out half",
+                               hint="raise --limit, or pass --no-holdout")
+        select, held = split_halves(n, cfg.seed) if holdout else (list(range(n)), list(range(n)))
 
-    # 3. Each configuration: merge into scratch, evaluate on the selection half only, remove.
-    #    Only the winner is evaluated on the held-out half (4): half the generations of scoring
-    #    every configuration on every question.
-    costs = scorer.score_all(configs, select)
+        # 3. Each configuration: merge into scratch, evaluate on the selection half only, remove.
+        #    Only the winner is evaluated on the held-out half (4): half the generations of scoring
+        #    every configuration on every question.
+        costs = scorer.score_all(configs, select)
 
-    # 4. Rank on the selection half; the winner alone on the held-out half.
-    rows = rank_selection(verdicts, configs, select)
-    winner_cost = None
-    if holdout:
-        best = rows[0].config
-        log.info("chosen on the selection half: %s; scoring it on the held-out half (%d questions)", best.name, len(held))
-        winner_cost = scorer.score(best, held, f"{best.name}.heldout")
-    scorer.finish()
+        # 4. Rank on the selection half; the winner alone on the held-out half.
+        rows = rank_selection(verdicts, configs, select)
+        winner_cost = None
+        if holdout:
+            best = rows[0].config
+            log.info("chosen on the selection half: %s; scoring it on the held-out half (%d questions)", best.name, len(held))
+            winner_cost = scorer.score(best, held, f"{best.name}.heldout")
     heldout = score_heldout(verdicts, rows[0].config, held)
     result = SweepResult(r.name, lang, pre.num_layers, rows, heldout, n, len(select), holdout, skipped,
                          costs=costs, winner_cost=winner_cost)

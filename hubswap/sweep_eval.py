@@ -1,6 +1,7 @@
 """The sweep's evaluation job (``sweep.py`` is the command): both experts once on every question,
 then each configuration merged into scratch, scored on the questions it is asked, and removed
-unless ``--keep``; what each configuration cost.
+unless ``--keep``; what each configuration cost. All in one worker session: on vLLM, one engine
+takes each configuration's weights in turn (``evaluate/worker.py``, ``WorkerSession``).
 
 Generations are cached by content: an expert by its inputs' key, a configuration by the experts'
 keys and its ``[swap]`` (a merge is a pure function of them), so a sweep run again, or widened,
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubswap import __version__
+from hubswap.evaluate.worker import WorkerSession
 from hubswap.hashing import json_sha256
 from hubswap.layermap import layer_map
 
@@ -59,6 +61,21 @@ class ConfigScorer:
         self.keep, self.shard, self.progress = keep, parse_size(max_shard_size), progress
         self.verdicts: dict[str, list[bool | None]] = {}
         self.n = 0
+        # One vLLM engine for the whole sweep: a configuration that differs from the last only in
+        # its weights is loaded into the running engine (worker.WorkerSession).
+        self.session = WorkerSession(reuse=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker; remove the scratch folder if nothing is kept in it."""
+        self.session.close()
+        if not self.keep and self.scratch.exists() and not any(self.scratch.iterdir()):
+            self.scratch.rmdir()
 
     def experts(self) -> dict[str, list[bool | None]]:
         """Both experts on every question; returns ``verdicts``."""
@@ -109,11 +126,6 @@ class ConfigScorer:
             v[i] = ok
         return Cost(t1 - t0, time.perf_counter() - t1, len(questions))
 
-    def finish(self) -> None:
-        """Remove the scratch folder if nothing is kept in it."""
-        if not self.keep and self.scratch.exists() and not any(self.scratch.iterdir()):
-            self.scratch.rmdir()
-
     def evaluate(self, models: dict[str, Path], cache_keys: dict[str, str],
                  questions: list[int] | None = None) -> dict[str, list[bool]]:
         """Per-question correctness on the target language for each model, in question order (of
@@ -123,5 +135,5 @@ class ConfigScorer:
 
         results = run_evaluation(models, self.cfg, self.eval_dir, dataset=self.dataset, cache_keys=cache_keys,
                                  cache_dir=cache_root() / "eval", limit=self.limit or 0, questions=questions,
-                                 progress=self.progress)
+                                 progress=self.progress, session=self.session)
         return {name: results.verdicts[name][self.cfg.target_language] for name in models}

@@ -87,3 +87,66 @@ def test_a_worker_killed_mid_evaluation_is_an_error_and_a_rerun_keeps_what_was_d
     assert not again.models["language"].cached and again.models["language"].engine["dtype"] == "float32"
     assert {m for m, _ in stages} == {"language"}  # only the model that was not done got a worker
     assert [s for _, s in stages][-1] == "done"
+
+
+def test_a_sweep_session_loads_each_configuration_into_one_engine(tiny_llama_vllm, tmp_path):
+    """WorkerSession(reuse=True), as the sweep runs it, with the real vLLM engine: one engine start
+    for three configurations (counted from the worker's own reports), the later two loaded into the
+    running engine, each generating what a fresh engine on it generates, token for token; a model
+    whose side files differ gets a fresh worker; a worker that dies while loading weights is one
+    error naming the model and the stage."""
+    import shutil
+
+    from hubswap.build import BuildOptions, build
+    from hubswap.evaluate.prompts import Prompt
+    from hubswap.evaluate.worker import WorkerSession
+    from tests.helpers import local_recipe
+
+    models = {}
+    for name, swap in (("a", dict(bottom=2, top=1, transition=1)), ("b", dict(bottom=1, top=2, transition=0)),
+                       ("c", dict(bottom=0, top=0, transition=0))):
+        recipe = local_recipe(tmp_path / f"{name}.toml", tiny_llama_vllm, name=name, **swap)
+        models[name] = build(recipe, BuildOptions(output=tmp_path / name, evaluate=False, progress=False)).model_dir
+    prompts = [Prompt("sw", i, 0, (), text=f"Swali {i}: {i} na {3 * i} ni ngapi? Jibu:") for i in range(6)]
+    args = dict(backend="vllm", options={}, seed=0, batch_size=16, max_new_tokens=12, progress=False, token_ids=True)
+    events = []
+
+    def tokens(result) -> list[tuple[int, ...]]:
+        assert all(g.token_ids for g in result.generations)
+        return [g.token_ids for g in result.generations]
+
+    with WorkerSession(reuse=True) as session:
+        got = {m: tokens(session.generate(m, models[m], prompts, on_event=events.append, **args)) for m in "abc"}
+        starts = [(e.model, e.pid) for e in events if e.stage == "starting the engine"]
+        reloads = [(e.model, e.pid) for e in events if e.stage == "loading the weights into the running engine"]
+        pid = starts[0][1]
+        assert starts == [("a", pid)] and reloads == [("b", pid), ("c", pid)]
+        assert got["a"] != got["b"] != got["c"]  # the weights did change
+        with WorkerSession() as fresh:  # without reuse: a fresh engine on each, in a worker of its own
+            for m in "bc":
+                events.clear()
+                assert tokens(fresh.generate(m, models[m], prompts, on_event=events.append, **args)) == got[m], m
+                assert "starting the engine" in {e.stage for e in events} and events[0].pid != pid
+
+        # Other side files (here the generation config, vLLM's sampling defaults): a fresh worker.
+        other = tmp_path / "a-other"
+        shutil.copytree(models["a"], other)
+        (other / "generation_config.json").write_text('{"do_sample": false, "max_new_tokens": 5}\n')
+        events.clear()
+        session.generate("a-other", other, prompts, on_event=events.append, **args)
+        assert {e.stage for e in events} >= {"starting the engine"} and events[0].pid != pid
+        assert not os.path.exists(f"/proc/{pid}")  # the first worker was stopped and reaped first
+
+        # A worker that dies while taking the next model's weights: the model and the stage.
+        other_b = tmp_path / "b-other"
+        shutil.copytree(models["b"], other_b)
+        shutil.copy(other / "generation_config.json", other_b / "generation_config.json")
+
+        def killer(e):
+            if e.stage == "loading the weights into the running engine":
+                os.kill(e.pid, signal.SIGKILL)
+
+        with pytest.raises(EvaluationError) as err:
+            session.generate("b-other", other_b, prompts, on_event=killer, **args)
+        assert str(err.value) == (f"evaluating b-other ({other_b}): its worker process died while "
+                                  "loading the weights into the running engine (killed by SIGKILL)")

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,20 @@ class VllmBackend(Backend):
                 token_ids=tuple(o.token_ids),
             ))
         return result
+
+    def reload(self, path: Path) -> None:
+        """Put ``path``'s weights into this running engine, for a model that differs from the one
+        it runs only in its weights (same config, generation config and tokenizer: the worker
+        checks): vLLM's in-place ``reload_weights`` on each of its workers, which also redoes the
+        weights' processing (the CPU kernels' repacking), then a reset of the prefix cache, whose
+        entries were computed with the old weights. 0.04-0.4 s on the CPU test models against
+        2-18 s for a new engine; generations equal a fresh engine's, token for token
+        (tests/test_eval_workers.py)."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path), "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+        log.info("loaded %s into the running vLLM engine in %.2f s", path, time.perf_counter() - t0)
+        self.engine_args = {**self.engine_args, "model": str(path)}
 
     def close(self, *, release: bool = True) -> None:
         """Shut the engine down (and its engine-core process, if any); ``release=False`` skips

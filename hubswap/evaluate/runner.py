@@ -31,7 +31,7 @@ from hubswap.evaluate.data import HUB_DATASET, is_local, load_language
 from hubswap.evaluate.prompts import FEWSHOT_SEED, Prompt, build_prompts
 from hubswap.evaluate.results import EvalResults
 from hubswap.evaluate.stats import paired_comparison, wilson_interval
-from hubswap.evaluate.worker import WorkerEvent, generate_in_worker
+from hubswap.evaluate.worker import WorkerEvent, WorkerSession, generate_in_worker
 from hubswap.files import atomic_write, write_json
 from hubswap.hashing import text_sha256
 
@@ -74,6 +74,7 @@ def run_evaluation(
     questions: list[int] | None = None,
     progress: bool = True,
     on_event: Callable[[WorkerEvent], None] | None = None,
+    session: WorkerSession | None = None,
 ) -> EvalResults:
     """Evaluate ``models`` (merged first) on MGSM as ``cfg`` (an ``EvalConfig``) says.
 
@@ -82,7 +83,8 @@ def run_evaluation(
     ``cfg.limit`` (0: all questions). ``questions`` (positions among those) asks only these, each
     with the very prompt it has in the whole set (the sweep scores configurations on half of them).
     Each model's engine runs in a process of its own (``worker.py``); ``on_event`` sees what the
-    workers report (stage, prompts done).
+    workers report (stage, prompts done). ``session``, a ``WorkerSession`` the caller keeps open
+    across calls, runs them instead (the sweep's: one vLLM engine takes each model's weights).
     """
     if not models:
         raise EvaluationError("no model to evaluate")
@@ -105,7 +107,7 @@ def run_evaluation(
     for name, path in models.items():
         key = cache_keys.get(name)
         rows, cached_langs, engine = _generate_or_load(
-            name, Path(path), prompts, cfg, settings, key, cache_dir, progress, on_event,
+            name, Path(path), prompts, cfg, settings, key, cache_dir, progress, on_event, session,
         )
         langs_out = {}
         verdicts[name] = {}
@@ -148,7 +150,7 @@ def run_evaluation(
 # --- generation and the cache -------------------------------------------------------------
 
 
-def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progress, on_event=None):
+def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progress, on_event=None, session=None):
     """Per language, the (rendered prompt, Generation) pairs of one model, from cache or fresh."""
     rows: dict[str, list[tuple[str, Generation]]] = {}
     cached = []
@@ -164,10 +166,12 @@ def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progre
         flat: list[Prompt] = [p for lang in todo for p in prompts[lang]]
         log.info("evaluating %s: %d prompts in %s (%s)", name, len(flat), ", ".join(todo), cfg.backend)
         dtype = None if settings.get("dtype") == "auto" else settings.get("dtype")
-        # One engine per process: the worker's exit frees all of the engine's memory (worker.py).
-        out = generate_in_worker(name, path, flat, backend=cfg.backend, options=cfg.vllm, seed=cfg.seed,
-                                 batch_size=cfg.batch_size, dtype=dtype, max_new_tokens=cfg.max_new_tokens,
-                                 progress=progress, on_event=on_event)
+        # One engine per process: the worker's exit frees all of the engine's memory (worker.py);
+        # a session (the sweep's) may load this model into its running engine instead.
+        generate = session.generate if session is not None else generate_in_worker
+        out = generate(name, path, flat, backend=cfg.backend, options=cfg.vllm, seed=cfg.seed,
+                       batch_size=cfg.batch_size, dtype=dtype, max_new_tokens=cfg.max_new_tokens,
+                       progress=progress, on_event=on_event)
         rendered, generations, engine = out.rendered, out.generations, out.engine
         i = 0
         for lang in todo:
