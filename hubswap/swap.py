@@ -14,6 +14,7 @@ and the work queue that keeps every core busy are one piece that only makes sens
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -337,8 +338,8 @@ class _Queue:
     file, so a copy is handed out only for a shard nobody is copying into.
     """
 
-    def __init__(self, copies: list[_Copy], chunks: list[_Chunk]):
-        from collections import deque
+    def __init__(self, copies: list[_Copy], chunks: list[_Chunk], on_written: Callable[..., None]):
+        from collections import Counter, deque
 
         self._lock = threading.Lock()
         self._copies: dict[int, deque[_Copy]] = {}
@@ -346,6 +347,8 @@ class _Queue:
             self._copies.setdefault(c.dst, deque()).append(c)
         self._chunks = deque(chunks)
         self._copying: set[int] = set()
+        self._left = Counter(item.dst for item in (*copies, *chunks))  # items not done, per shard
+        self._on_written = on_written
         self.error: BaseException | None = None
 
     def take(self, prefer_copy: bool) -> _Copy | _Chunk | None:
@@ -365,10 +368,15 @@ class _Queue:
     def _take_chunk(self) -> _Chunk | None:
         return self._chunks.popleft() if self._chunks else None
 
-    def done(self, item: _Copy | _Chunk) -> None:
-        if isinstance(item, _Copy):
-            with self._lock:
+    def done(self, item: _Copy | _Chunk, nbytes: int = 0) -> None:
+        """``item`` is over, ``nbytes`` of it written (0 when it failed)."""
+        with self._lock:
+            if isinstance(item, _Copy):
                 self._copying.discard(item.dst)
+            self._left[item.dst] -= 1
+            complete = self._left[item.dst] == 0
+        if nbytes:
+            self._on_written(item.dst, nbytes, complete=complete)
 
     def fail(self, e: BaseException) -> None:
         with self._lock:
@@ -400,13 +408,75 @@ def _work_items(plan: MergePlan, files: _Files) -> tuple[list[_Copy], list[_Chun
                 for start in range(0, numel, TASK_ELEMENTS):
                     chunks.append(_Chunk(t, start, min(TASK_ELEMENTS, numel - start), k, offset))
             offset += t.nbytes
+    # Copies of at most SYNC_BYTES each, so the syncer hears of the progress inside a big tensor.
+    copies = [_Copy(c.src, c.src_off + i, c.dst, c.dst_off + i, min(SYNC_BYTES, c.count - i))
+              for c in copies for i in range(0, c.count, SYNC_BYTES)]
     return copies, chunks
+
+
+# Bytes a shard may hold in the page cache, written but not yet on the disk, before the syncer
+# sends them (and the largest raw copy made in one call, so that it reports progress that often).
+SYNC_BYTES = 64 << 20
+
+
+class _Syncer:
+    """The merge's output sent to the disk while the merge runs: a thread of its own fdatasyncs a
+    shard every ``SYNC_BYTES`` written into it and once more when it is complete, so a durable
+    build does not wait for the whole model's write-back after the merge (the build's fsync before
+    its rename then finds the shards clean). The thread waits on the disk, not on a core. A failed
+    sync (a full disk, EIO) is raised by ``join``.
+
+    Written by hand: ``sync_file_range``, which starts write-back without waiting, is not in
+    Python's ``os``; repeated ``fdatasync`` from a thread gives the same overlap portably."""
+
+    def __init__(self, fds: list[int]):
+        self._fds = fds
+        self._cond = threading.Condition()
+        self._pending: dict[int, int] = {}  # shard -> bytes written since its last sync
+        self._finished = False
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="hubswap-fdatasync", daemon=True)
+        self._thread.start()
+
+    def written(self, k: int, nbytes: int, *, complete: bool = False) -> None:
+        with self._cond:
+            self._pending[k] = self._pending.get(k, 0) + nbytes
+            if complete:
+                self._pending[k] = max(self._pending[k], SYNC_BYTES)  # send its tail now
+            if self._pending[k] >= SYNC_BYTES:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._finished or any(n >= SYNC_BYTES for n in self._pending.values()))
+                due = [k for k, n in self._pending.items() if n >= SYNC_BYTES or (self._finished and n)]
+                for k in due:
+                    del self._pending[k]
+                if not due and self._finished:
+                    return
+            for k in due:
+                if self.error is None:
+                    try:
+                        os.fdatasync(self._fds[k])
+                    except OSError as e:
+                        self.error = e
+
+    def join(self) -> None:
+        """Sync what is left, wait for the thread; raise the first failure."""
+        with self._cond:
+            self._finished = True
+            self._cond.notify()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _run(queue: _Queue, files: _Files, fds: list[int], prefer_copy: bool, progress, progress_lock) -> None:
     bufs = _Buffers()
     try:
         while (item := queue.take(prefer_copy)) is not None:
+            n = 0
             try:
                 if isinstance(item, _Copy):
                     _copy_range(files.fd(item.src), item.src_off, fds[item.dst], item.dst_off, item.count)
@@ -415,7 +485,7 @@ def _run(queue: _Queue, files: _Files, fds: list[int], prefer_copy: bool, progre
                     _compute(item, files, fds[item.dst], bufs)
                     n = item.nbytes
             finally:
-                queue.done(item)
+                queue.done(item, n)
             if progress is not None:
                 with progress_lock:
                     progress.update(n)
@@ -429,14 +499,15 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
     copies, chunks = _work_items(plan, files)
     fds: list[int] = []
     workers: list[threading.Thread] = []
-    queue = None
+    queue = syncer = None
     try:
         for path, tensors in zip(paths, plan.shards, strict=True):
             fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
             header = _header_bytes(tensors)
             os.write(fds[-1], header)
             os.ftruncate(fds[-1], len(header) + sum(t.nbytes for t in tensors))
-        queue = _Queue(copies, chunks)
+        syncer = _Syncer(fds)
+        queue = _Queue(copies, chunks, syncer.written)
         lock = threading.Lock()
         n = min(_workers() - 1, len(chunks) + len(copies))
         workers = [threading.Thread(target=_run, args=(queue, files, fds, False, progress, lock),
@@ -448,6 +519,8 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
             w.join()
         if queue.error is not None:
             raise queue.error
+        syncer.join()
+        syncer = None
     except BaseException as e:  # Ctrl-C while the workers start: they stop after their current item
         if queue is not None:
             queue.fail(e)
@@ -456,6 +529,9 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
         for w in workers:  # on KeyboardInterrupt: the workers stop after their current item
             if w.ident is not None:  # started (Ctrl-C can come between two starts)
                 w.join()
+        if syncer is not None:  # after a failure: let the sync in progress end before closing its fd
+            with contextlib.suppress(OSError):
+                syncer.join()
         for fd in fds:
             os.close(fd)
 

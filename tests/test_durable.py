@@ -24,7 +24,7 @@ def test_every_output_is_fsynced_before_the_rename_that_publishes_it(tiny_llama,
         pytest.skip("strace is not installed (apt-get install strace)")
     recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
     out, log = tmp_path / "build", tmp_path / "strace.log"
-    cmd = [strace, "-f", "-y", "-qq", "-e", "trace=fsync,rename,renameat,renameat2", "-o", str(log),
+    cmd = [strace, "-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", str(log),
            sys.executable, "-m", "hubswap.cli", "build", str(recipe), "--no-eval", "-o", str(out)]
     cmd[-4:-4] = ["--max-shard-size", "200KB"]  # several shards
     r = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
@@ -43,5 +43,14 @@ def test_every_output_is_fsynced_before_the_rename_that_publishes_it(tiny_llama,
     for rel in outputs:  # every file and folder, weights, index, side files, records and card
         assert f"{stage}/{rel}" in synced_before, f"{rel} was not fsynced before the model was published"
     assert stage in synced_before
+    # The shards were sent to the disk by the merge's own sync thread as they were written (so the
+    # write-back overlaps the merge; bench/ measures by how much), each before the final fsync.
+    main_pid = calls[published].split()[0]
+    for shard in (p for p in outputs if str(p).endswith(".safetensors")):
+        path = re.escape(f"{stage}/{shard}")
+        synced = [i for i, c in enumerate(calls) if re.search(rf"fdatasync\(\d+<{path}>", c)]
+        final = next(i for i, c in enumerate(calls) if re.search(rf"^{main_pid} fsync\(\d+<{path}>", c))
+        assert synced and synced[0] < final, f"{shard} was not synced during the merge"
+        assert all(calls[i].split()[0] != main_pid for i in synced)  # by the sync thread
     after = [m.group(1) for c in calls[published + 1:] if (m := re.search(r"fsync\(\d+<([^>]*)>", c))]
     assert str(out) in after  # the build folder, which holds the new name
