@@ -52,7 +52,8 @@ def verdicts(results: dict) -> list[str]:
         if cp and hub and target:
             r, d = hub["median"] / cp["median"], hub["durable"] / cp["durable"]
             out.append(f"{label}: hubswap / cp = {r:.2f}x page-cache (target <= {target}x): {_mark(r <= target)}"
-                       f"{caveat}; durable {d:.2f}x (no target)")
+                       f"{caveat}; durable {d:.2f}x, like for like: hubswap's own time includes syncing its "
+                       f"output (durable builds, issue 11), cp's page-cache time does not")
         if hub and first:
             r = first["median"] / hub["median"]
             out.append(f"{label}: first build / second build = {r:.2f}x page-cache (target <= {FIRST_BUILD}x, "
