@@ -493,9 +493,10 @@ def _run(queue: _Queue, files: _Files, fds: list[int], prefer_copy: bool, progre
         queue.fail(e)
 
 
-def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=None) -> None:
+def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=None, *, durable: bool = True) -> None:
     """Write every shard: headers first, then the tensors by the main thread and one worker per
-    other core, each at its final offset (no two threads ever write the same bytes)."""
+    other core, each at its final offset (no two threads ever write the same bytes); with
+    ``durable``, the shards' data is on the disk when it returns."""
     copies, chunks = _work_items(plan, files)
     fds: list[int] = []
     workers: list[threading.Thread] = []
@@ -506,8 +507,8 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
             header = _header_bytes(tensors)
             os.write(fds[-1], header)
             os.ftruncate(fds[-1], len(header) + sum(t.nbytes for t in tensors))
-        syncer = _Syncer(fds)
-        queue = _Queue(copies, chunks, syncer.written)
+        syncer = _Syncer(fds) if durable else None
+        queue = _Queue(copies, chunks, syncer.written if syncer else lambda *a, **k: None)
         lock = threading.Lock()
         n = min(_workers() - 1, len(chunks) + len(copies))
         workers = [threading.Thread(target=_run, args=(queue, files, fds, False, progress, lock),
@@ -519,8 +520,9 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
             w.join()
         if queue.error is not None:
             raise queue.error
-        syncer.join()
-        syncer = None
+        if syncer is not None:
+            syncer.join()
+            syncer = None
     except BaseException as e:  # Ctrl-C while the workers start: they stop after their current item
         if queue is not None:
             queue.fail(e)
@@ -536,15 +538,19 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
             os.close(fd)
 
 
-def merge(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[str, str]:
-    """Write the plan's shards and the index into ``out_dir`` (which must exist). Returns weight_map."""
+def merge(plan: MergePlan, out_dir: Path, *, progress: bool = True, durable: bool = True) -> dict[str, str]:
+    """Write the plan's shards and the index into ``out_dir`` (which must exist). Returns weight_map.
+
+    ``durable``: the shards' data is sent to the disk while they are written and is there when
+    this returns (a build publishes the folder next); a scratch merge that is read and deleted
+    (the sweep's) leaves it to the page cache."""
     from tqdm.auto import tqdm
 
     names = plan.shard_names()
     files = _Files()
     bar = tqdm(total=plan.total_size, unit="B", unit_scale=True, desc="merging", disable=not progress)
     try:
-        _write_shards([out_dir / n for n in names], plan, files, bar)
+        _write_shards([out_dir / n for n in names], plan, files, bar, durable=durable)
     finally:
         files.close()
         bar.close()

@@ -110,7 +110,7 @@ class ConfigScorer:
             pre = self.pre
             plan = plan_merge(layer_map(swap, pre.num_layers, pre.stack), pre.tensors, self.dirs,
                               out_dtype=self.base.dtype, max_shard_size=self.shard)
-            merge(plan, folder, progress=self.progress)
+            merge(plan, folder, progress=self.progress, durable=False)  # scratch: read, then deleted
             copy_side_files(self.dirs[self.base.files_from], folder, self.base.dtype)
         t1 = time.perf_counter()
         try:

@@ -49,7 +49,7 @@ def test_every_output_is_fsynced_before_the_rename_that_publishes_it(tiny_llama,
     for shard in (p for p in outputs if str(p).endswith(".safetensors")):
         path = re.escape(f"{stage}/{shard}")
         synced = [i for i, c in enumerate(calls) if re.search(rf"fdatasync\(\d+<{path}>", c)]
-        final = next(i for i, c in enumerate(calls) if re.search(rf"^{main_pid} fsync\(\d+<{path}>", c))
+        final = next(i for i, c in enumerate(calls) if re.search(rf"^{main_pid}\s+fsync\(\d+<{path}>", c))
         assert synced and synced[0] < final, f"{shard} was not synced during the merge"
         assert all(calls[i].split()[0] != main_pid for i in synced)  # by the sync thread
     after = [m.group(1) for c in calls[published + 1:] if (m := re.search(r"fsync\(\d+<([^>]*)>", c))]
