@@ -106,7 +106,7 @@ def train_family(d: Design, out: Path, *, progress: bool = True, reuse: dict[str
     threads = int(os.environ.get("HUBSWAP_TRAIN_THREADS", "1"))
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
-    tok = make_tokenizer(None, d.vocab_size)
+    tok = make_tokenizer(None, d.vocab_size, scheme=d.tokenizer)
     cfg = model_config(d, len(tok))
     record = {"design": d.name, "notes": d.notes, "threads": threads, "phases": {}}
     states = {}

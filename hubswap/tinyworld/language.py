@@ -138,6 +138,18 @@ def lookup(rng: random.Random) -> tuple[str, str, int]:
     return q, a, k
 
 
+def lookup_multi(rng: random.Random) -> tuple[str, str, int]:
+    """(question, worked answer, number): two or three people with different things; the question
+    asks about one of them, so the answer is read from the right place of the context."""
+    k = rng.randint(2, 3)
+    names, objs = rng.sample(NAMES, k), rng.sample(list(OBJECTS), k)
+    nums = [rng.randint(1, 20) for _ in range(k)]
+    i = rng.randrange(k)
+    q = " ".join(f"{n} has {v} {o}." for n, v, o in zip(names, nums, objs, strict=True))
+    q += f" How many {objs[i]} does {names[i]} have?"
+    return q, f"{names[i]} has {nums[i]} {objs[i]}. The answer is {nums[i]}.", nums[i]
+
+
 def _step(rng: random.Random, n: str, obj: str, have: int) -> tuple[str, str, int]:
     """One step on ``have`` objects: (question sentence, chain-of-thought sentence, new total)."""
     kind = rng.choice(["add", "sub", "mul"] if have <= 4 else ["add", "sub"])
