@@ -108,12 +108,59 @@ DESIGNS = {d.name: d for d in [
         Phase("task", TASK, steps=400, lr=2e-3, train="middle", init="base", seed=2, lr_floor=0.1),
         Phase("language", LANG, steps=400, lr=2e-3, train="outer", init="base", seed=3, lr_floor=0.1),
     ]),
+    # A, cut to fit the time left on a shared machine (3 s/step for A with pytest running beside).
+    design("A2", [
+        Phase("base", BASE_WEAK, steps=500, lr=3e-3, seed=1, lr_floor=0.1),
+        Phase("task", TASK, steps=300, lr=2e-3, train="middle", init="base", seed=2, lr_floor=0.1),
+        Phase("language", LANG, steps=300, lr=2e-3, train="outer", init="base", seed=3, lr_floor=0.1),
+    ], batch=12, seq_len=160),
+    # A2's base; a task expert trained longer on the answers only; a gentler language expert.
+    design("B", [
+        Phase("base", BASE_WEAK, steps=500, lr=3e-3, seed=1, lr_floor=0.1),
+        Phase("task", TASK, steps=600, lr=2e-3, train="middle", init="base", seed=2, lr_floor=0.1, loss="answer"),
+        Phase("language", LANG, steps=300, lr=5e-4, train="outer", init="base", seed=3, lr_floor=0.1),
+    ], batch=12, seq_len=160),
+    # B's task expert trained 600 steps more; a language expert with more parallel text.
+    design("C", [
+        Phase("base", BASE_WEAK, steps=500, lr=3e-3, seed=1, lr_floor=0.1),
+        Phase("task1", TASK, steps=600, lr=2e-3, train="middle", init="base", seed=2, lr_floor=0.1, loss="answer"),
+        Phase("task", TASK, steps=600, lr=1e-3, train="middle", init="task1", seed=4, lr_floor=0.1, loss="answer"),
+        Phase("language", {"story_sw": 0.20, "lookup_sw": 0.10, "lookupm_sw": 0.05, "parallel": 0.45,
+                           "parallelqa": 0.15, "mixed": 0.05},
+              steps=300, lr=5e-4, train="outer", init="base", seed=3, lr_floor=0.1),
+    ], batch=12, seq_len=160),
+    # C with a language expert at lr 1e-4: does a gentler change of the outer layers keep the
+    # task expert's middle working?
+    design("D", [
+        Phase("base", BASE_WEAK, steps=500, lr=3e-3, seed=1, lr_floor=0.1),
+        Phase("task1", TASK, steps=600, lr=2e-3, train="middle", init="base", seed=2, lr_floor=0.1, loss="answer"),
+        Phase("task", TASK, steps=600, lr=1e-3, train="middle", init="task1", seed=4, lr_floor=0.1, loss="answer"),
+        Phase("language", {"story_sw": 0.20, "lookup_sw": 0.10, "lookupm_sw": 0.05, "parallel": 0.45,
+                           "parallelqa": 0.15, "mixed": 0.05},
+              steps=300, lr=1e-4, train="outer", init="base", seed=3, lr_floor=0.1),
+    ], batch=12, seq_len=160),
     design("smoke", [
         Phase("base", BASE_WEAK, steps=3, lr=3e-3, seed=1),
         Phase("task", TASK, steps=3, lr=2e-3, train="middle", init="base", seed=2, loss="answer"),
         Phase("language", LANG, steps=3, lr=2e-3, train="outer", init="base", seed=3),
     ], batch=2),
 ]}
+
+
+def boundary_noise(model, sigma, bottom=2, top=2):
+    """Training-time Gaussian noise (``sigma`` x each position's hidden-state std) on the residual
+    stream where the swap cuts (after layer bottom-1 and after layer L-top-1): a block must keep
+    working when the block below it writes slightly different features. ``NOISE=0``: none."""
+    if not sigma:
+        return []
+    n = len(model.model.layers)
+
+    def hook(mod, args, out):
+        if mod.training:
+            return out + sigma * out.std(-1, keepdim=True) * torch.randn_like(out)
+        return out
+
+    return [model.model.layers[i].register_forward_hook(hook) for i in (bottom - 1, n - top - 1)]
 
 
 def key_of(d, name):
@@ -140,6 +187,12 @@ def run(name, n, only=None, show=3, upto=None):
     need = None
     if upto:
         need = {upto, {p.name: p for p in d.phases}[upto].init}
+    def chain(n):
+        return chain(ph_by[n].init) | {n} if ph_by[n].init else {n}
+
+    ph_by = {p.name: p for p in d.phases}
+    if upto:
+        need = chain(upto)
     models, rec = {}, {"design": name, "phases": {}}
     for p in d.phases:
         if need and p.name not in need:
@@ -162,7 +215,10 @@ def run(name, n, only=None, show=3, upto=None):
                 if (step + 1) % 50 == 0:
                     log(f"  {p.name} step {step + 1}/{p.steps} loss {loss:.3f} ({elapsed:.0f}s)")
 
+            hooks = boundary_noise(m, float(os.environ.get("NOISE", "0")))
             curve = train_phase(m, tok, d, p, progress=tick)
+            for h in hooks:
+                h.remove()
             secs = time.time() - t0
             torch.save({"state": m.state_dict(), "curve": curve, "secs": secs}, f)
         m.eval()
@@ -191,7 +247,7 @@ def run(name, n, only=None, show=3, upto=None):
             evals[r][lang] = evaluate(m, tok, lang, n, show=show)
             log(f"{r:10s} {lang}: {evals[r][lang]:.2f}  ({time.time() - t0:.0f}s)")
     rec["acc"] = evals
-    tag = "-".join(only) if only else "all"
+    tag = "-".join(only).replace("/", "_") if only else "all"
     (OUT / f"result-{name}-{tag}.json").write_text(json.dumps(rec, indent=1))
     return rec
 

@@ -97,3 +97,24 @@ def test_training_freezes_what_it_should_and_repeats_exactly():
         assert torch.equal(outer[name], t) == in_middle, name
     again = run("middle")
     assert all(torch.equal(again[k], middle[k]) for k in init)
+
+
+def test_whole_documents_spaced_digits_and_an_answer_only_loss():
+    """v3's data path: numbers copied from a question are the same tokens in the answer, documents
+    are never cut, and an answer-only loss sees the worked answers and nothing of the questions."""
+    from hubswap.tinyworld.train import document, document_rows, make_tokenizer
+
+    tok = make_tokenizer(None, 600, scheme="spaced-digits")
+    text = "Swali: Tom ana 12 keki.\nJibu la Hatua kwa Hatua: 3 + 4 = 7."
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    pieces = tok.convert_ids_to_tokens(tok.encode("has 12 apples, so 5 + 7 = 12.", add_special_tokens=False))
+    assert pieces.count("Ġ1") == 2 and "Ġ5" in pieces and "Ġ+" in pieces
+    q, a = document("problem_sw", random.Random(3))
+    assert q.startswith("Swali: ") and q.endswith("Jibu la Hatua kwa Hatua:") and a.endswith(".")
+    X, Y = document_rows(tok, {"problem_en": 1.0}, 6, 160, seed=1, loss="answer")
+    for ids, labels in zip(X.tolist(), Y.tolist(), strict=True):
+        text = tok.decode([i for i in ids if i != tok.pad_token_id], skip_special_tokens=False)
+        docs = [d for d in text.split("<s>") if d]
+        assert docs and all(d.startswith("Question: ") and d.endswith("</s>") for d in docs)  # whole
+        seen = tok.decode([t for t in labels if t != -100], skip_special_tokens=False)
+        assert "Question" not in seen and seen.count("The answer is") == len(docs)
