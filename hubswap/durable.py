@@ -4,7 +4,8 @@
   can point at a file whose data never reached the disk. So everything a build publishes is
   fsynced, files and folders, before the rename that publishes it, and the folder holding the
   new name after it (``files.fsync_tree`` and ``files.fsync_path``; ``files.atomic_write`` does
-  the same for single files).
+  the same for single files). The merge's shards are sent to the disk while they are written
+  (:class:`WriteBack`), so that fsync finds them clean.
 - **Disk space**: what is about to be written is compared with the free space of the
   filesystem it goes to (:func:`check_free_space`) before anything is written; a disk that fills
   up anyway (another process, a quota) ends in one line naming the folder
@@ -23,6 +24,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,3 +87,61 @@ def build_lock(build_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays (removing it would race with a new holder)
+
+
+# Bytes a file may hold in the page cache, written but not yet on the disk, before the write-back
+# thread sends them (the merge also makes its raw copies this size, so it reports that often).
+SYNC_BYTES = 64 << 20
+
+
+class WriteBack:
+    """Files sent to the disk while they are written: a thread of its own fdatasyncs a file (an
+    fd of ``fds``, by index) every ``SYNC_BYTES`` reported written into it and once more when it
+    is complete, so a build does not wait for the whole model's write-back after the merge (its
+    fsync before the rename then finds the shards clean). The thread waits on the disk, not on a core. A failed
+    sync (a full disk, EIO) is raised by ``join``.
+
+    Written by hand: ``sync_file_range``, which starts write-back without waiting, is not in
+    Python's ``os``; repeated ``fdatasync`` from a thread gives the same overlap portably."""
+
+    def __init__(self, fds: list[int]):
+        self._fds = fds
+        self._cond = threading.Condition()
+        self._pending: dict[int, int] = {}  # shard -> bytes written since its last sync
+        self._finished = False
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="hubswap-fdatasync", daemon=True)
+        self._thread.start()
+
+    def written(self, k: int, nbytes: int, *, complete: bool = False) -> None:
+        with self._cond:
+            self._pending[k] = self._pending.get(k, 0) + nbytes
+            if complete:
+                self._pending[k] = max(self._pending[k], SYNC_BYTES)  # send its tail now
+            if self._pending[k] >= SYNC_BYTES:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._finished or any(n >= SYNC_BYTES for n in self._pending.values()))
+                due = [k for k, n in self._pending.items() if n >= SYNC_BYTES or (self._finished and n)]
+                for k in due:
+                    del self._pending[k]
+                if not due and self._finished:
+                    return
+            for k in due:
+                if self.error is None:
+                    try:
+                        os.fdatasync(self._fds[k])
+                    except OSError as e:
+                        self.error = e
+
+    def join(self) -> None:
+        """Sync what is left, wait for the thread; raise the first failure."""
+        with self._cond:
+            self._finished = True
+            self._cond.notify()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error

@@ -8,7 +8,7 @@ spread over all the cores). Peak memory is bounded by a few slices per thread, n
 tensor or the model. Output headers are computed up front from the sources' headers, so every
 output tensor is written exactly once at its final offset.
 
-It is longer than most stages (~480 lines) because the plan, the byte copies, the float32 kernels
+It is longer than most stages (~520 lines) because the plan, the byte copies, the float32 kernels
 and the work queue that keeps every core busy are one piece that only makes sense together.
 """
 
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubswap.compat import SIDE_FILES, TensorInfo
+from hubswap.durable import SYNC_BYTES, WriteBack
 from hubswap.layermap import LayerMap
 from hubswap.safetensors_format import DTYPE_SIZE, encode_header
 
@@ -338,7 +339,7 @@ class _Queue:
     file, so a copy is handed out only for a shard nobody is copying into.
     """
 
-    def __init__(self, copies: list[_Copy], chunks: list[_Chunk], on_written: Callable[..., None]):
+    def __init__(self, copies: list[_Copy], chunks: list[_Chunk], on_written: Callable[..., None] | None):
         from collections import Counter, deque
 
         self._lock = threading.Lock()
@@ -375,7 +376,7 @@ class _Queue:
                 self._copying.discard(item.dst)
             self._left[item.dst] -= 1
             complete = self._left[item.dst] == 0
-        if nbytes:
+        if nbytes and self._on_written is not None:
             self._on_written(item.dst, nbytes, complete=complete)
 
     def fail(self, e: BaseException) -> None:
@@ -414,64 +415,6 @@ def _work_items(plan: MergePlan, files: _Files) -> tuple[list[_Copy], list[_Chun
     return copies, chunks
 
 
-# Bytes a shard may hold in the page cache, written but not yet on the disk, before the syncer
-# sends them (and the largest raw copy made in one call, so that it reports progress that often).
-SYNC_BYTES = 64 << 20
-
-
-class _Syncer:
-    """The merge's output sent to the disk while the merge runs: a thread of its own fdatasyncs a
-    shard every ``SYNC_BYTES`` written into it and once more when it is complete, so a durable
-    build does not wait for the whole model's write-back after the merge (the build's fsync before
-    its rename then finds the shards clean). The thread waits on the disk, not on a core. A failed
-    sync (a full disk, EIO) is raised by ``join``.
-
-    Written by hand: ``sync_file_range``, which starts write-back without waiting, is not in
-    Python's ``os``; repeated ``fdatasync`` from a thread gives the same overlap portably."""
-
-    def __init__(self, fds: list[int]):
-        self._fds = fds
-        self._cond = threading.Condition()
-        self._pending: dict[int, int] = {}  # shard -> bytes written since its last sync
-        self._finished = False
-        self.error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, name="hubswap-fdatasync", daemon=True)
-        self._thread.start()
-
-    def written(self, k: int, nbytes: int, *, complete: bool = False) -> None:
-        with self._cond:
-            self._pending[k] = self._pending.get(k, 0) + nbytes
-            if complete:
-                self._pending[k] = max(self._pending[k], SYNC_BYTES)  # send its tail now
-            if self._pending[k] >= SYNC_BYTES:
-                self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._finished or any(n >= SYNC_BYTES for n in self._pending.values()))
-                due = [k for k, n in self._pending.items() if n >= SYNC_BYTES or (self._finished and n)]
-                for k in due:
-                    del self._pending[k]
-                if not due and self._finished:
-                    return
-            for k in due:
-                if self.error is None:
-                    try:
-                        os.fdatasync(self._fds[k])
-                    except OSError as e:
-                        self.error = e
-
-    def join(self) -> None:
-        """Sync what is left, wait for the thread; raise the first failure."""
-        with self._cond:
-            self._finished = True
-            self._cond.notify()
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def _run(queue: _Queue, files: _Files, fds: list[int], prefer_copy: bool, progress, progress_lock) -> None:
     bufs = _Buffers()
     try:
@@ -507,8 +450,8 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
             header = _header_bytes(tensors)
             os.write(fds[-1], header)
             os.ftruncate(fds[-1], len(header) + sum(t.nbytes for t in tensors))
-        syncer = _Syncer(fds) if durable else None
-        queue = _Queue(copies, chunks, syncer.written if syncer else lambda *a, **k: None)
+        syncer = WriteBack(fds) if durable else None
+        queue = _Queue(copies, chunks, syncer.written if syncer else None)
         lock = threading.Lock()
         n = min(_workers() - 1, len(chunks) + len(copies))
         workers = [threading.Thread(target=_run, args=(queue, files, fds, False, progress, lock),
