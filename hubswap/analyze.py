@@ -25,14 +25,13 @@ from pathlib import Path
 from hubswap.compat import TensorInfo
 from hubswap.errors import HubswapError, IncompatibleModelsError, ModelFilesError
 from hubswap.figures import change_bars
-from hubswap.inputs import prepare_inputs
+from hubswap.inputs import EXPERTS, prepare_inputs
 from hubswap.layermap import LayerStack, layer_map
 from hubswap.recipe import LoadedRecipe, Swap, load_recipe
 from hubswap.safetensors_format import DTYPE_SIZE, NUMPY_DTYPE
 
 log = logging.getLogger(__name__)
 
-EXPERTS = ("task", "language")
 KINDS = ("attention", "mlp", "norm", "other")
 # Largest slice of a tensor read at once (elements): a 128k x 4096 embedding is read in 128 slices,
 # so memory stays near two slices of 4M float64 values (64 MB) whatever the model size.

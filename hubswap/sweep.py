@@ -35,9 +35,10 @@ from pathlib import Path
 from hubswap.errors import HubswapError
 from hubswap.evaluate.stats import Paired, paired_comparison, wilson_interval
 from hubswap.figures import sweep_heatmap
+from hubswap.inputs import EXPERTS
 from hubswap.layermap import layer_map
 from hubswap.recipe import LoadedRecipe, Swap, key_lines, load_recipe, parse_recipe
-from hubswap.sweep_eval import EXPERTS, ConfigScorer, Cost
+from hubswap.sweep_eval import ConfigScorer, Cost
 
 log = logging.getLogger(__name__)
 

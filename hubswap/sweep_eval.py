@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from hubswap import __version__
 from hubswap.evaluate.worker import WorkerSession
 from hubswap.hashing import json_sha256
+from hubswap.inputs import EXPERTS
 from hubswap.layermap import layer_map
 
 if TYPE_CHECKING:
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
     from hubswap.sweep import Config
 
 log = logging.getLogger(__name__)
-
-EXPERTS = ("task", "language")
 
 
 @dataclass(frozen=True)
