@@ -11,11 +11,11 @@ demo: install  ## tiny experts made on the spot, the whole pipeline offline on t
 	$(BIN)/hubswap demo --output demo
 
 test: install workflows  ## lint, then the whole test suite (real vLLM on the CPU, real Hub protocol)
-	$(BIN)/ruff check hubswap tests bench experiments
+	$(BIN)/ruff check hubswap tests bench
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check hubswap tests bench experiments
+	$(BIN)/ruff check hubswap tests bench
 
 workflows: install  ## the GitHub Actions workflows, offline: security audit and schema
 	$(BIN)/zizmor --offline --no-progress .github/workflows

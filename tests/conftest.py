@@ -12,12 +12,6 @@ from hypothesis import settings
 REPO = Path(__file__).resolve().parent.parent
 MGSM = (REPO.parent / "shared" / "mgsm").resolve()
 
-# The tiny world's trained family outlives a test session (training it takes minutes): it stays
-# in the user's hubswap cache, located here before the isolation below moves HF_HOME.
-os.environ.setdefault("HUBSWAP_TINYWORLD", str(
-    Path(os.environ.get("HUBSWAP_CACHE")
-         or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hubswap") / "tinyworld"))
-
 # Keep every cache of the ecosystem out of the user's home, before anything imports it.
 _TMP = Path(tempfile.mkdtemp(prefix="hubswap-tests-"))
 os.environ["HF_HOME"] = str(_TMP / "hf_home")
@@ -98,12 +92,3 @@ def standins(tmp_path_factory) -> dict[str, Path]:
     from tests.standins import make_standins
 
     return make_standins(tmp_path_factory.mktemp("standins"))
-
-
-@pytest.fixture(scope="session")
-def tiny_world() -> dict[str, Path]:
-    """base/task/language of ``hubswap.tinyworld``: trained on the CPU the first time on a machine
-    (minutes; CI trains it once), read from ``$HUBSWAP_TINYWORLD`` afterwards."""
-    from hubswap.tinyworld.family import ensure_family
-
-    return ensure_family()
