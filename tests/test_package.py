@@ -46,6 +46,43 @@ def dist(tmp_path_factory) -> Path:
     return out
 
 
+def _reachable_modules() -> set[str]:
+    """Files of the package that ``hubswap`` (its API), the command line or a file the code loads by
+    path reaches: the import closure read from the source, function-level imports included."""
+    import ast
+
+    def file_of(module: str) -> Path | None:
+        base = REPO.joinpath(*module.split("."))
+        return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+    todo = ["hubswap", "hubswap.cli", "hubswap.evaluate.metrics.mgsm"]  # the metric: loaded by its path
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        path = file_of(module)
+        if path is None or path.relative_to(REPO).as_posix() in seen:
+            continue
+        seen.add(path.relative_to(REPO).as_posix())
+        todo += [module.rsplit(".", k)[0] for k in range(1, module.count(".") + 1)]  # its packages
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hubswap"):
+                todo += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.startswith("hubswap")]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("hubswap."):
+                todo.append(node.value)  # the API's lazy table names modules as strings
+    return seen
+
+
+def test_the_wheel_holds_only_what_a_command_or_the_api_reaches(dist):
+    with zipfile.ZipFile(dist / f"hubswap-{__version__}-py3-none-any.whl") as z:
+        files = {n for n in z.namelist() if not n.startswith(f"hubswap-{__version__}.dist-info/")}
+    modules = {n for n in files if n.endswith(".py")}
+    assert sorted(modules - _reachable_modules()) == []  # nothing unreachable ships
+    assert sorted(files - modules) == ["hubswap/templates/model_card.md.j2"]
+    assert not any(n.startswith(("experiments/", "hubswap/tinyworld/", "bench/", "scripts/")) for n in files)
+
+
 def test_wheel_and_sdist_pass_twine_check_and_carry_the_package_data(dist):
     wheel, sdist = dist / f"hubswap-{__version__}-py3-none-any.whl", dist / f"hubswap-{__version__}.tar.gz"
     assert wheel.is_file() and sdist.is_file()
