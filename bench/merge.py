@@ -419,12 +419,12 @@ def help_startup(n: int) -> list[float]:
 PHASES = [  # (label, file suffix, function): cumulative times picked from one cProfile run
     ("whole command (main thread)", "hubswap/cli.py", "main"),
     ("resolve inputs", "hubswap/inputs.py", "resolve"),
-    ("preflight (headers, configs, tokenizers)", "hubswap/compat.py", "check_compatible"),
+    ("preflight (headers, configs, tokenizers)", "hubswap/preflight.py", "check_compatible"),
     ("merge (swap.merge)", "hubswap/swap.py", "merge"),
     ("  raw byte copies (os.copy_file_range), main thread", "~", "<built-in method posix.copy_file_range>"),
     ("  blends and casts, the main thread's share", "hubswap/swap.py", "_compute"),
     ("side files (config, tokenizer)", "hubswap/swap.py", "copy_side_files"),
-    ("model card", "hubswap/build.py", "write_card"),
+    ("model card", "hubswap/pipeline.py", "write_card"),
 ]
 
 
@@ -455,7 +455,7 @@ def profile_hubswap(c: Contender, logs: Path) -> list[tuple[str, float]]:
     merge_at = next(i for i, (label, _) in enumerate(rows) if label.startswith("merge"))
     rows.insert(merge_at + 3, ("  waiting for the other threads' last chunks",
                                waits("hubswap/swap.py", "join", "threading.py")))
-    rows.append(("waiting for the sha256 threads (inputs)", waits("hubswap/build.py")))
+    rows.append(("waiting for the sha256 threads (inputs)", waits("hubswap/pipeline.py")))
     top = dict(rows)
     rows.insert(1, ("interpreter start-up, `import hubswap.cli`, cProfile", wall - top[PHASES[0][0]]))
     rest = top[PHASES[0][0]] - sum(sec for label, sec in rows[3:] if not label.startswith(" "))

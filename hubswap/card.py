@@ -18,10 +18,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubswap.card_figure import layer_map_svg
 from hubswap.errors import ModelFilesError
 from hubswap.evaluate.data import TEST_QUESTIONS
 from hubswap.evaluate.languages import language_name
-from hubswap.figures import layer_map_svg
 from hubswap.files import atomic_write, human_size
 from hubswap.recipe import LoadedRecipe, parse_recipe
 from hubswap.records import (
@@ -113,8 +113,6 @@ def write_card(model_dir: str | Path) -> Path:
     atomic_write(readme, render_card(model_dir))
     log.info("wrote the model card %s", readme)
     return readme
-
-
 
 
 # --- the YAML header -----------------------------------------------------------------------------

@@ -130,7 +130,7 @@ def _build_arguments(s: argparse.ArgumentParser) -> None:
          "model/ holds exactly what is published, eval/ the per-question generations.",
          arguments=_build_arguments)
 def _build(args: argparse.Namespace) -> int:
-    from hubswap.build import BuildOptions, build
+    from hubswap.pipeline import BuildOptions, build
 
     opts = BuildOptions(
         output=Path(args.output) if args.output else None,
@@ -206,7 +206,7 @@ def _analyze_arguments(s: argparse.ArgumentParser) -> None:
          "bottom/top/transition with the reasoning.",
          arguments=_analyze_arguments)
 def _analyze(args: argparse.Namespace) -> int:
-    from hubswap.analyze import analyze
+    from hubswap.analysis import analyze
 
     print(analyze(args.recipe, args.output).report())
     return 0
@@ -238,7 +238,7 @@ def _sweep_arguments(s: argparse.ArgumentParser) -> None:
          "sweep.json and sweep.svg, and the winning configuration as a new recipe beside RECIPE.",
          arguments=_sweep_arguments)
 def _sweep(args: argparse.Namespace) -> int:
-    from hubswap.sweep import parse_range, sweep
+    from hubswap.sweeps import parse_range, sweep
 
     result = sweep(
         args.recipe,
@@ -264,7 +264,7 @@ def _demo_arguments(s: argparse.ArgumentParser) -> None:
 @command("demo", help="make tiny experts on the spot and run the whole pipeline offline on the CPU",
          arguments=_demo_arguments)
 def _demo(args: argparse.Namespace) -> int:
-    from hubswap.build import run_demo
+    from hubswap.demo import run_demo
 
     return run_demo(Path(args.output), limit=args.limit, evaluate=not args.no_eval)
 

@@ -7,9 +7,12 @@ tokenizer is a byte-level BPE trained on a few built-in sentences, so any text e
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # Enough text for a byte-level BPE to learn a few hundred merges in the MGSM languages' scripts.
 _CORPUS = [
@@ -296,3 +299,19 @@ def make_scripted_model(out_dir: str | Path, script: dict[str, str], *, hidden: 
     GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=False).save_pretrained(str(out_dir))
     (out_dir / "README.md").write_text("# scripted tiny model\n\nA bigram model made by `hubswap.demo` for tests.\n")
     return out_dir
+
+
+def run_demo(output: Path, *, limit: int = 8, evaluate: bool = True, dataset: str | None = None) -> int:
+    """Make tiny experts (once), write the demo recipe beside them and build it."""
+    from hubswap.pipeline import BuildOptions, build
+
+    output = output.resolve()
+    experts = output / "experts"
+    if not all((experts / r / "config.json").is_file() for r in ("base", "task", "language")):
+        log.info("making tiny experts in %s", experts)
+        make_family(experts, arch="llama", hidden=128, seed=0)  # head size 32: vLLM CPU kernels need >= 32
+    recipe = write_demo_recipe(output / "recipe.toml", experts, dataset=dataset, need_dataset=evaluate)
+    result = build(recipe, BuildOptions(output=output / "build", evaluate=evaluate, limit=limit))
+    print(result.summary())
+    print(f"\nmodel card: {result.model_dir / 'README.md'}")
+    return 0

@@ -1,4 +1,4 @@
-"""Small file helpers every stage uses: atomic and durable writes, JSON documents, sizes for messages.
+"""Small file helpers every stage uses: atomic and durable writes, JSON documents, sizes, cores.
 
 A reader (another process, a crashed build run again) never sees half a file: each write goes to
 a hidden temporary sibling that is renamed over the destination once complete. A rename is atomic
@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,24 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
+
+
+def parse_size(size: str | int) -> int:
+    """``"5GB"`` -> 5_000_000_000 (decimal units, like transformers' ``max_shard_size``)."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", size, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"not a size: {size!r} (e.g. 5GB, 500MB)")
+    unit = (m.group(2) or "B").upper()
+    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+            "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a container or taskset limits it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

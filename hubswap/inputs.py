@@ -4,7 +4,7 @@
 
 1. **resolve**: each role to something pinned, a Hub repo at a commit SHA (the recipe's lock when
    there is one, which is checked against the recipe) or a local folder as it is;
-2. **preflight** (``hubswap.compat``): configs, tokenizers and safetensors headers compared, no
+2. **preflight** (``hubswap.preflight``): configs, tokenizers and safetensors headers compared, no
    weight read; its warnings are logged here;
 3. **download** (:meth:`Inputs.folders`): the needed files of the roles asked for, each checked
    against its sha256; local folders are used in place.
@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from hubswap.compat import (
+from hubswap.files import cores, human_size
+from hubswap.hashing import cached_sha256, file_sha256, json_sha256
+from hubswap.hub.resolve import HubModelFiles, resolve_model
+from hubswap.preflight import (
     INDEX,
     SIDE_FILES,
     LocalModelFiles,
@@ -33,12 +36,8 @@ from hubswap.compat import (
     check_compatible,
     weight_files,
 )
-from hubswap.files import human_size
-from hubswap.hashing import cached_sha256, file_sha256, json_sha256
-from hubswap.hub.resolve import HubModelFiles, resolve_model
 from hubswap.recipe import LoadedRecipe
 from hubswap.records import FileEntry
-from hubswap.swap import cores
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +178,20 @@ def prepare_inputs(loaded: LoadedRecipe) -> Inputs:
     for w in pre.warnings:
         log.warning("preflight: %s", w)
     return Inputs(loaded, models, pre)
+
+
+def published_path(path: str | None) -> str | None:
+    """A path as a published record may show it: relative to the recipe as the recipe wrote it, or
+    only the folder's name when the recipe gave an absolute one (or a Hub id, unchanged)."""
+    if path is None:
+        return None
+    p = Path(path)
+    return p.name if p.is_absolute() or str(path).startswith("~") else str(path)
+
+
+def dataset_location(loaded: LoadedRecipe) -> str:
+    """The eval dataset: a local folder (relative to the recipe) when one exists, else a Hub id."""
+    ds = loaded.recipe.eval.dataset
+    p = Path(ds).expanduser()
+    local = p if p.is_absolute() else loaded.path.parent / p
+    return str(local.resolve()) if local.is_dir() else ds

@@ -1,4 +1,4 @@
-"""The safetensors file format, in one place: dtype sizes, header limits, reading a header.
+"""The safetensors file format, in one place: dtypes and their decoding, header limits, reading a header.
 
 A safetensors file is an 8-byte little-endian header length, a JSON header (each tensor's dtype,
 shape and ``data_offsets`` relative to the data section; an optional ``__metadata__``), then the
@@ -21,11 +21,18 @@ from hubswap.errors import ModelFilesError
 
 # The largest header hubswap accepts (the safetensors library's own limit is 100 MB too).
 MAX_HEADER = 100 << 20
-# Bytes per element of each safetensors dtype hubswap reads or writes.
-DTYPE_SIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-# The numpy dtype holding each one's raw bits (bfloat16 has none: its 16 bits, widened by hand).
-NUMPY_DTYPE = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
-               "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+# The dtypes hubswap reads or writes, in one table: safetensors name -> (bytes per element, the
+# numpy dtype of its values, its torch / config.json name for floats). bfloat16 has no numpy dtype
+# of numpy's own: it is ml_dtypes' (JAX's numpy bfloat16, a core dependency).
+DTYPES = {
+    "F64": (8, "<f8", "float64"), "F32": (4, "<f4", "float32"), "F16": (2, "<f2", "float16"),
+    "BF16": (2, "bfloat16", "bfloat16"), "I64": (8, "<i8", None), "I32": (4, "<i4", None),
+    "I16": (2, "<i2", None), "I8": (1, "i1", None), "U8": (1, "u1", None), "BOOL": (1, "?", None),
+}
+DTYPE_SIZE = {name: size for name, (size, _, _) in DTYPES.items()}
+# Floating-point dtypes (those a merge may blend or cast), by their torch / config.json name.
+FLOAT_DTYPES = {torch: name for name, (_, _, torch) in DTYPES.items() if torch is not None}
+FLOATS = frozenset(FLOAT_DTYPES.values())
 # A parsed header carries the absolute offset of the data section under this key.
 DATA_START = "__data_start__"
 
@@ -146,3 +153,43 @@ def encode_header(tensors: Iterable[tuple[str, str, tuple[int, ...], int]]) -> b
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     return len(raw).to_bytes(8, "little") + raw
+
+
+def numpy_dtype(dtype: str):
+    """numpy's dtype for the values of a safetensors ``dtype`` (bfloat16: ml_dtypes')."""
+    import numpy as np
+
+    if dtype == "BF16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(DTYPES[dtype][1])
+
+
+def to_float32(raw, dtype: str, out=None):
+    """float32 values of a raw little-endian buffer of ``dtype``, into ``out`` when given (no other
+    allocation). Exact for BF16, F16 and F32; F64 rounds to nearest. Every decoder of tensor values
+    (the merge, the analysis, preflight's token rows) goes through here."""
+    import numpy as np
+
+    src = np.frombuffer(raw, dtype=numpy_dtype(dtype))
+    if out is None:
+        out = np.empty(len(src), np.float32)
+    np.copyto(out, src, casting="unsafe")
+    return out
+
+
+def from_float32(x, dtype: str, out=None):
+    """``x`` cast to ``dtype`` (into ``out``, a buffer of ``x``'s length, when given).
+
+    Round to nearest even as torch does; out-of-range values become inf, NaN stays NaN. bfloat16
+    goes through ml_dtypes' vectorised cast: 2x faster than the rounding written out in numpy
+    passes it replaced, and bit for bit the same (tests compare both with torch).
+    """
+    import numpy as np
+
+    if out is None:
+        out = np.empty(len(x), numpy_dtype(dtype))
+    with np.errstate(over="ignore"):
+        np.copyto(out, x, casting="unsafe")
+    return out

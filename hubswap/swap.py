@@ -19,17 +19,25 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubswap.compat import SIDE_FILES, TensorInfo
 from hubswap.durable import SYNC_BYTES, WriteBack
+from hubswap.files import cores
 from hubswap.layermap import LayerMap
-from hubswap.safetensors_format import DTYPE_SIZE, encode_header
+from hubswap.preflight import SIDE_FILES, TensorInfo
+from hubswap.safetensors_format import (
+    DTYPE_SIZE,
+    FLOAT_DTYPES,
+    FLOATS,
+    encode_header,
+    from_float32,
+    numpy_dtype,
+    to_float32,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +45,6 @@ CHUNK_BYTES = 16 << 20
 # Blends and casts go through float32 slices of 1 MiB, which stay in the CPU cache across the passes
 # numpy makes over them: 3x faster than 16 MiB slices, bit for bit the same result.
 SLICE_ELEMENTS = 256 << 10
-_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-_TORCH = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-
-
-def safetensors_dtype(dtype: str) -> str:
-    return _NAMES[dtype]
-
-
-def parse_size(size: str | int) -> int:
-    """``"5GB"`` -> 5_000_000_000 (decimal units, like transformers' ``max_shard_size``)."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", size, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"not a size: {size!r} (e.g. 5GB, 500MB)")
-    unit = (m.group(2) or "B").upper()
-    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-            "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
-    return int(float(m.group(1)) * mult)
 
 
 @dataclass(frozen=True)
@@ -115,9 +104,9 @@ def plan_merge(
     out: list[OutTensor] = []
     for name, ref in tensors[order_from].items():
         src = lmap.for_tensor(name)
-        dtype = ref.dtype if out_dtype == "auto" else safetensors_dtype(out_dtype)
+        dtype = ref.dtype if out_dtype == "auto" else FLOAT_DTYPES[out_dtype]
         weight = src.weight
-        if ref.dtype not in _TORCH:  # integer and bool buffers: whole from one side (see the docstring)
+        if ref.dtype not in FLOATS:  # integer and bool buffers: whole from one side (see the docstring)
             weight = 1 if weight > 0.5 else 0
         lang, task = tensors["language"].get(name), tensors["task"].get(name)
         if (lang is None and weight != 0) or (task is None and weight != 1):
@@ -125,7 +114,7 @@ def plan_merge(
 
             lacking = "language" if lang is None else "task"
             raise IncompatibleModelsError([f"{lacking} expert lacks tensor {name}, which the layer map takes from it"])
-        if ref.dtype not in _TORCH:
+        if ref.dtype not in FLOATS:
             dtype = (lang if weight == 1 else task).dtype
         if weight == 1:
             sources = (Source(dirs["language"] / lang.file, lang, 1.0),)
@@ -181,44 +170,6 @@ def _copy_range(src_fd: int, src_off: int, dst_fd: int, dst_off: int, count: int
         src_off += n
         dst_off += n
         count -= n
-
-
-def _np_dtype(dtype: str):
-    """numpy's dtype for a safetensors float dtype; bfloat16 is ml_dtypes' (JAX's numpy bfloat16)."""
-    import numpy as np
-
-    if dtype == "BF16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype({"F32": np.float32, "F16": np.float16, "F64": np.float64}[dtype])
-
-
-def _to_float32(raw, dtype: str, out=None):
-    """float32 values of a raw buffer of ``dtype``, into ``out`` when given (no other allocation)."""
-    import numpy as np
-
-    src = np.frombuffer(raw, dtype=_np_dtype(dtype))
-    if out is None:
-        out = np.empty(len(src), np.float32)
-    np.copyto(out, src, casting="unsafe")  # exact for bf16 and f16; f64 rounds to nearest
-    return out
-
-
-def _from_float32(x, dtype: str, out=None):
-    """``x`` cast to ``dtype`` (into ``out``, a buffer of ``x``'s length, when given).
-
-    Round to nearest even as torch does; out-of-range values become inf, NaN stays NaN. bfloat16
-    goes through ml_dtypes' vectorised cast: 2x faster than the rounding written out in numpy
-    passes it replaced, and bit for bit the same (tests compare both with torch).
-    """
-    import numpy as np
-
-    if out is None:
-        out = np.empty(len(x), _np_dtype(dtype))
-    with np.errstate(over="ignore"):
-        np.copyto(out, x, casting="unsafe")
-    return out
 
 
 @dataclass(frozen=True)
@@ -297,7 +248,7 @@ def _compute(c: _Chunk, files: _Files, dst_fd: int, bufs: _Buffers) -> None:
             else:
                 raw = bufs.get("raw", count, size)
                 _read(files.fd(s.path), raw, s.info.begin + start * size, s.path, t.name)
-                _to_float32(raw, s.info.dtype, out=x)
+                to_float32(raw, s.info.dtype, out=x)
             if blend:
                 np.multiply(x, s.weight, out=x)
                 if k:
@@ -306,16 +257,8 @@ def _compute(c: _Chunk, files: _Files, dst_fd: int, bufs: _Buffers) -> None:
             out = acc.data.cast("B")
         else:  # (a bfloat16 array exports no buffer: write the bytes it was made on)
             out = bufs.get("out", count, out_size)
-            _from_float32(acc, t.dtype, out=np.frombuffer(out, _np_dtype(t.dtype)))
+            from_float32(acc, t.dtype, out=np.frombuffer(out, numpy_dtype(t.dtype)))
         _pwrite(dst_fd, out, c.dst_off + start * out_size)
-
-
-def cores() -> int:
-    """The cores this process may run on (its CPU affinity, as a container or taskset limits it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _workers() -> int:

@@ -1,5 +1,5 @@
-"""The sweep's evaluation job (``sweep.py`` is the command): both experts once on every question,
-then each configuration merged into scratch, scored on the questions it is asked, and removed
+"""The sweep's evaluation job (``sweeps.py`` is the command): its grid points (``Config``), both
+experts once on every question, then each configuration merged into scratch, scored on the questions it is asked, and removed
 unless ``--keep``; what each configuration cost. All in one worker session: on vLLM, one engine
 takes each configuration's weights in turn (``evaluate/worker.py``, ``WorkerSession``).
 
@@ -25,9 +25,26 @@ from hubswap.layermap import layer_map
 
 if TYPE_CHECKING:
     from hubswap.recipe import Swap
-    from hubswap.sweep import Config
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, order=True)
+class Config:
+    bottom: int
+    top: int
+    transition: int
+
+    @property
+    def name(self) -> str:
+        return f"b{self.bottom}-u{self.top}-t{self.transition}"
+
+    def swap(self, base: Swap) -> Swap:
+        """The recipe's ``[swap]`` with this grid point (one transition size for both sides)."""
+        return base.model_copy(update={
+            "bottom": self.bottom, "top": self.top, "transition": self.transition,
+            "transition_bottom": None, "transition_top": None,
+        })
 
 
 @dataclass(frozen=True)
@@ -53,7 +70,7 @@ class ConfigScorer:
     def __init__(self, base: Swap, pre, dirs: dict[str, Path], keys: dict[str, str], cfg, eval_dir: Path,
                  scratch: Path, *, dataset: str, limit: int | None, keep: bool, max_shard_size: str | int,
                  progress: bool):
-        from hubswap.swap import parse_size
+        from hubswap.files import parse_size
 
         self.base, self.pre, self.dirs, self.keys, self.cfg = base, pre, dirs, keys, cfg
         self.eval_dir, self.scratch, self.dataset, self.limit = eval_dir, scratch, dataset, limit

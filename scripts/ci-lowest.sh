@@ -29,5 +29,5 @@ UV_NO_CONFIG=1 "$UV" pip install -q -p "$VENV/bin/python" --compile-bytecode --r
     -e ".[demo]" "pytest>=8" "hypothesis>=6.100"
 "$UV" pip list -p "$VENV/bin/python" 2>/dev/null |
     grep -Ei '^(huggingface.hub|safetensors|pydantic|numpy|tqdm|jinja2|torch|transformers|tokenizers) '
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_swap.py tests/test_compat.py \
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_swap.py tests/test_preflight.py \
     tests/test_real_traits.py tests/test_hub.py tests/test_hub_publish.py

@@ -134,7 +134,7 @@ print(json.dumps({"root": str(root), "expert_bytes": shape.num_bytes()}))
 CHECK_CODE = """
 import json, sys
 from pathlib import Path
-from hubswap.compat import read_header_file
+from hubswap.preflight import read_header_file
 model, task, language, mid = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 def raw(folder, name):
     shard = folder / json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"][name]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hubswap import analyze as analyze_mod
-from hubswap.analyze import analyze, module_kind, suggest
+from hubswap import analysis as analyze_mod
+from hubswap.analysis import analyze, module_kind, suggest
 from hubswap.cli import main
 from hubswap.errors import HubswapError, IncompatibleModelsError
 
@@ -197,8 +197,8 @@ def test_decode_reads_every_float_dtype_exactly(tmp_path, dtype):
     import torch
     from safetensors.torch import save_file
 
-    from hubswap.analyze import _decode
-    from hubswap.compat import LocalModelFiles, tensor_table
+    from hubswap.analysis import _decode
+    from hubswap.preflight import LocalModelFiles, tensor_table
 
     t = (torch.randn(7, 5, generator=torch.Generator().manual_seed(0)) * 3).to(getattr(torch, dtype))
     save_file({"w": t, "pad": torch.zeros(3)}, tmp_path / "model.safetensors")
@@ -230,7 +230,7 @@ def test_peak_memory_is_bounded_by_the_slice_not_the_model(tmp_path):
         out = subprocess.run([sys.executable, "-c", wrapper, code], capture_output=True, text=True, check=True)
         return int(out.stdout) / 1024
 
-    setup = "import numpy, tqdm, hubswap.analyze as a, hubswap.build; a.CHUNK_ELEMENTS = 1 << 18"
+    setup = "import numpy, tqdm, hubswap.analysis as a, hubswap.pipeline; a.CHUNK_ELEMENTS = 1 << 18"
     baseline = peak_mib(setup)
     run = peak_mib(f"{setup}; a.analyze({str(tmp_path / 'fam' / 'recipe.toml')!r}, {str(tmp_path / 'out')!r})")
     extra = run - baseline

@@ -307,7 +307,7 @@ def test_card_of_a_real_tiny_build(tiny_llama, tmp_path):
 
     from huggingface_hub import ModelCard
 
-    from hubswap.build import BuildOptions, build
+    from hubswap.pipeline import BuildOptions, build
 
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(

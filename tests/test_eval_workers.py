@@ -97,9 +97,9 @@ def test_a_sweep_session_loads_each_configuration_into_one_engine(tiny_llama_vll
     error naming the model and the stage."""
     import shutil
 
-    from hubswap.build import BuildOptions, build
     from hubswap.evaluate.prompts import Prompt
     from hubswap.evaluate.worker import WorkerSession
+    from hubswap.pipeline import BuildOptions, build
     from tests.helpers import local_recipe
 
     models = {}

@@ -19,7 +19,7 @@ import torch
 import transformers
 from safetensors import safe_open
 
-from hubswap.build import BuildOptions, build
+from hubswap.pipeline import BuildOptions, build
 from hubswap.recipe import Swap
 from tests.helpers import local_recipe
 
@@ -263,7 +263,7 @@ def test_vllm_serves_the_merged_family_like_transformers(built, vllm_in_process,
 
 def test_analyze_counts_only_the_language_models_layers_of_a_multimodal_model(tmp_path):
     """The vision tower's own numbered layers are non-layer rows, not layers 0..L-1 of the stack."""
-    from hubswap.analyze import analyze
+    from hubswap.analysis import analyze
     from hubswap.demo import make_family, region
 
     fam = make_family(tmp_path / "fam", config=BY_NAME["llava"].config(), seed=5, non_layer_change=0.0,

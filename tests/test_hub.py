@@ -169,8 +169,8 @@ def test_local_models_are_locked_by_path_and_hash(hub_env, tmp_path, tiny_llama)
 
 
 def test_preflight_reads_safetensors_headers_by_ranged_requests(hub_env, tmp_path, tiny_llama, monkeypatch):
-    from hubswap.compat import check_compatible
     from hubswap.inputs import resolve
+    from hubswap.preflight import check_compatible
     from hubswap.recipe import load_recipe
 
     monkeypatch.setenv("HUBSWAP_CACHE", str(tmp_path / "hubswap-cache"))  # no headers kept from before
@@ -403,6 +403,6 @@ def test_a_shard_whose_header_differs_from_the_one_preflight_read_is_refused(hub
     model = _resolve(hub_env, "org/twofaced")
     header = model.safetensors_header("model.safetensors")
     header["w"] = {**header["w"], "data_offsets": [0, 4]}  # what a server answering ranges wrongly would give
-    model._headers["model.safetensors"] = header
+    model.headers_seen["model.safetensors"] = header
     with pytest.raises(HubError, match="the header of model.safetensors read before the download differs"):
         download_model(model)

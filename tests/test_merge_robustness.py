@@ -73,7 +73,7 @@ def test_peak_memory_is_bounded_by_the_chunk_not_the_model(medium, tmp_path):
     model_mib = sum(f.stat().st_size for role in ("task", "language")
                     for f in medium[role].glob("*.safetensors")) / 2**20
     # The same process importing everything a build imports, but merging nothing.
-    baseline = _peak_rss_mib([sys.executable, "-c", "import hubswap.cli, hubswap.build, hubswap.card, numpy, tqdm"])
+    baseline = _peak_rss_mib([sys.executable, "-c", "import hubswap.cli, hubswap.pipeline, hubswap.card, numpy, tqdm"])
     merge = _peak_rss_mib(_build_cmd(recipe, tmp_path / "out"))
     extra = merge - baseline
     print(f"inputs {model_mib:.0f} MiB, baseline {baseline:.0f} MiB, merge {merge:.0f} MiB, extra {extra:.0f} MiB")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from hubswap.compat import LocalModelFiles, check_compatible, check_layer_map, resolved_config
 from hubswap.errors import IncompatibleModelsError
 from hubswap.layermap import layer_map
+from hubswap.preflight import LocalModelFiles, check_compatible, check_layer_map, resolved_config
 from hubswap.recipe import Swap
-from tests.test_compat import headers_only
+from tests.test_preflight import headers_only
 
 
 def models(**paths: Path) -> dict:
@@ -73,7 +73,7 @@ def test_spelling_rules_by_hand_agree_with_transformers_and_spare_its_import(hea
         for key in ("head_dim", "rope", "dtype", "num_key_value_heads", "tie_word_embeddings"):
             assert by_hand[key] == library[key], (role, key)
     # Configs that mean the same by the spelling rules never import transformers (nor torch).
-    code = ("import sys; from hubswap.compat import LocalModelFiles as M, check_compatible; "
+    code = ("import sys; from hubswap.preflight import LocalModelFiles as M, check_compatible; "
             f"check_compatible({{r: M(r, p) for r, p in {({r: str(p) for r, p in heads.items()})!r}.items()}}); "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -173,7 +173,7 @@ def test_each_models_eos_set_is_read_from_its_own_files(standins):
 def test_untrained_chat_tokens_taken_through_non_layer_are_a_warning(standins):
     """Lugha-Llama's rows for Llama 3's chat tokens are the base's; OpenMath2's eos set and chat
     template need them. Rows are compared as read from the shards (a few byte ranges)."""
-    from hubswap.special_tokens import untrained_token_warnings
+    from hubswap.preflight import untrained_token_warnings
 
     fam = models(**standins)
     pre = check_compatible(fam)

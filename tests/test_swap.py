@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from hubswap.build import BuildOptions, build
 from hubswap.layermap import layer_map
+from hubswap.pipeline import BuildOptions, build
 from hubswap.recipe import Swap
 from tests.helpers import local_recipe
 
@@ -149,7 +149,7 @@ def test_a_truncated_input_fails_the_pool_cleanly(tiny_llama, tmp_path, monkeypa
     """A worker's error reaches the caller; nothing is left half-written."""
     import shutil
 
-    import hubswap.build
+    import hubswap.pipeline
     import hubswap.swap
 
     monkeypatch.setattr(hubswap.swap, "WORKERS", 3)
@@ -158,7 +158,7 @@ def test_a_truncated_input_fails_the_pool_cleanly(tiny_llama, tmp_path, monkeypa
     lang = tmp_path / "language"
     shutil.copytree(tiny_llama["language"], lang)
     last = sorted(lang.glob("*.safetensors"))[-1]
-    real_plan = hubswap.build.plan_merge
+    real_plan = hubswap.pipeline.plan_merge
 
     def truncate_after_preflight(*args, **kwargs):
         # Preflight refuses a truncated file (tests/test_corrupt_inputs.py); one cut after it passed
@@ -167,7 +167,7 @@ def test_a_truncated_input_fails_the_pool_cleanly(tiny_llama, tmp_path, monkeypa
             f.truncate(last.stat().st_size - 5000)
         return real_plan(*args, **kwargs)
 
-    monkeypatch.setattr(hubswap.build, "plan_merge", truncate_after_preflight)
+    monkeypatch.setattr(hubswap.pipeline, "plan_merge", truncate_after_preflight)
     recipe = local_recipe(tmp_path / "r.toml", {**tiny_llama, "language": lang}, dtype="bfloat16")
     with pytest.raises(OSError, match="truncated|short copy"):
         build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False))
@@ -253,7 +253,7 @@ def test_rebuild_replaces_the_model_folder(tiny_llama, tmp_path):
 def test_bfloat16_conversion_matches_torch_bit_for_bit():
     import numpy as np
 
-    from hubswap.swap import _from_float32, _to_float32
+    from hubswap.safetensors_format import from_float32, to_float32
 
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-45, 3.4e38, 1.0 + 2**-8, 1.0 + 3 * 2**-8,
                         65504.0, 1e-8], dtype=np.float32)
@@ -261,12 +261,12 @@ def test_bfloat16_conversion_matches_torch_bit_for_bit():
     x = np.concatenate([special, rng.standard_normal(100_000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 100_000)])
     x = x.astype(np.float32)
     for dtype, torch_dtype in (("BF16", torch.bfloat16), ("F16", torch.float16)):
-        ours = _from_float32(x, dtype)
+        ours = from_float32(x, dtype)
         theirs = torch.from_numpy(x).to(torch_dtype).view(torch.int16).numpy().view(ours.dtype)
         nan = np.isnan(x)  # torch's own NaN payload depends on its code path; NaN must stay NaN
         assert np.array_equal(ours.view(np.uint16)[~nan], theirs.view(np.uint16)[~nan]), dtype
-        assert np.isnan(_to_float32(ours.tobytes(), dtype)[nan]).all()
-        back = _to_float32(ours.tobytes(), dtype)
+        assert np.isnan(to_float32(ours.tobytes(), dtype)[nan]).all()
+        back = to_float32(ours.tobytes(), dtype)
         assert np.array_equal(back, torch.from_numpy(theirs.view(np.int16)).view(torch_dtype).float().numpy(), equal_nan=True)
 
 

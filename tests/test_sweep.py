@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from hubswap.errors import HubswapError
-from hubswap.figures import sweep_heatmap
 from hubswap.recipe import load_recipe
-from hubswap.sweep import (
+from hubswap.sweeps import (
     Config,
     grid,
     parse_range,
     rank,
     split_halves,
+    sweep_heatmap,
     write_recipe,
 )
 
@@ -104,7 +104,7 @@ def test_write_recipe_adds_transition_and_drops_overrides(tmp_path):
 
 def test_render_svg_is_valid_and_marks_the_choice():
     from hubswap.evaluate.stats import paired_comparison
-    from hubswap.sweep import Ranked
+    from hubswap.sweeps import Ranked
 
     p = paired_comparison([True] * 10, [False] * 10)
     rows = [Ranked(Config(b, u, t), (b + u + t) / 10, p, p, p)
@@ -233,7 +233,7 @@ def test_sweep_end_to_end(sweep_recipe, tiny_llama, tmp_path, capsys, caplog):
 
 
 def test_summary_says_how_the_choice_was_made():
-    from hubswap.sweep import SweepResult
+    from hubswap.sweeps import SweepResult
 
     configs = [Config(1, 1, 0), Config(2, 1, 0)]
     verdicts = {"task": [True, False] * 5, "language": [False] * 10,

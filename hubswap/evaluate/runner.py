@@ -92,14 +92,7 @@ def run_evaluation(
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
     cache_keys = cache_keys or {}
-
-    data = {lang: load_language(dataset, lang, revision=cfg.dataset_revision) for lang in cfg.languages}
-    prompts = {lang: build_prompts(data[lang], cfg.prompt, num_fewshot=cfg.num_fewshot, limit=limit)
-               for lang in cfg.languages}
-    if questions is not None:
-        prompts = {lang: [ps[i] for i in questions] for lang, ps in prompts.items()}
-    settings = _settings(cfg, dataset, data, limit, questions)
-    settings["dtype"] = eval_dtype(cfg, models)
+    prompts, settings = _prompts_and_settings(models, cfg, dataset, limit, questions)
     metric = _load_metric()
 
     out_models: dict[str, dict] = {}
@@ -109,16 +102,7 @@ def run_evaluation(
         rows, cached_langs, engine = _generate_or_load(
             name, Path(path), prompts, cfg, settings, key, cache_dir, progress, on_event, session,
         )
-        langs_out = {}
-        verdicts[name] = {}
-        for lang in cfg.languages:
-            scored = metric.compute(predictions=[g.text for _, g in rows[lang]],
-                                    references=[str(p.gold) for p in prompts[lang]], lang=lang, mode=cfg.prompt)
-            records = [_record(name, p, g, r, s) for p, (r, g), s
-                       in zip(prompts[lang], rows[lang], scored["scores"], strict=True)]
-            _write_jsonl(eval_dir / f"{name}.{lang}.jsonl", records)
-            langs_out[lang] = _summary(records, scored)
-            verdicts[name][lang] = [r.correct for r in records]
+        langs_out, verdicts[name] = _score_model(name, rows, prompts, cfg, metric, eval_dir)
         out_models[name] = {
             "source": str(path),
             "cache_key": key,
@@ -127,24 +111,54 @@ def run_evaluation(
             "engine": engine,
             "languages": langs_out,
         }
-
-    names = list(models)
-    merged = "merged" if "merged" in models else names[0]
-    comparisons = {
-        other: {lang: paired_comparison(verdicts[merged][lang], verdicts[other][lang]).to_json()
-                for lang in cfg.languages}
-        for other in names if other != merged
-    }
+    merged = "merged" if "merged" in models else next(iter(models))
     return EvalResults.model_validate({
         "settings": settings,
         "versions": versions(),
         "hardware": hardware(),
         "models": out_models,
         "reference_model": merged,
-        "comparisons": comparisons,
+        "comparisons": _comparisons(verdicts, merged, cfg.languages),
         "gate": None,
         "verdicts": verdicts,
     })
+
+
+def _prompts_and_settings(models: dict[str, Path], cfg, dataset: str | Path, limit: int,
+                          questions: list[int] | None) -> tuple[dict[str, list[Prompt]], dict]:
+    """Every language's prompts (only ``questions`` of them, when given) and the settings record."""
+    data = {lang: load_language(dataset, lang, revision=cfg.dataset_revision) for lang in cfg.languages}
+    prompts = {lang: build_prompts(data[lang], cfg.prompt, num_fewshot=cfg.num_fewshot, limit=limit)
+               for lang in cfg.languages}
+    if questions is not None:
+        prompts = {lang: [ps[i] for i in questions] for lang, ps in prompts.items()}
+    settings = _settings(cfg, dataset, data, limit, questions)
+    settings["dtype"] = eval_dtype(cfg, models)
+    return prompts, settings
+
+
+def _score_model(name: str, rows: dict, prompts: dict[str, list[Prompt]], cfg, metric,
+                 eval_dir: Path) -> tuple[dict[str, dict], dict[str, list[bool]]]:
+    """One model's generations scored per language: its summaries and verdicts; writes
+    ``eval_dir/<name>.<lang>.jsonl``."""
+    summaries, verdicts = {}, {}
+    for lang in cfg.languages:
+        scored = metric.compute(predictions=[g.text for _, g in rows[lang]],
+                                references=[str(p.gold) for p in prompts[lang]], lang=lang, mode=cfg.prompt)
+        records = [_record(name, p, g, r, s) for p, (r, g), s
+                   in zip(prompts[lang], rows[lang], scored["scores"], strict=True)]
+        _write_jsonl(eval_dir / f"{name}.{lang}.jsonl", records)
+        summaries[lang] = _summary(records, scored)
+        verdicts[lang] = [r.correct for r in records]
+    return summaries, verdicts
+
+
+def _comparisons(verdicts: dict[str, dict[str, list[bool]]], merged: str, languages: list[str]) -> dict:
+    """The reference model paired with every other one, per language."""
+    return {
+        other: {lang: paired_comparison(verdicts[merged][lang], verdicts[other][lang]).to_json() for lang in languages}
+        for other in verdicts if other != merged
+    }
 
 
 # --- generation and the cache -------------------------------------------------------------

@@ -231,7 +231,7 @@ def _stop(proc) -> None:
 def _side_files(path: Path) -> dict[str, bytes]:
     """What an engine reads from a model folder besides the weights: config, generation config
     (vLLM's sampling defaults and the stop tokens), tokenizer and chat template."""
-    from hubswap.compat import SIDE_FILES
+    from hubswap.preflight import SIDE_FILES
 
     return {f: (path / f).read_bytes() for f in SIDE_FILES if (path / f).is_file()}
 

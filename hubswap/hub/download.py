@@ -12,18 +12,32 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from hubswap.durable import check_free_space, disk_full_is_an_error
 from hubswap.errors import HubError, ModelFilesError
 from hubswap.files import human_size
 from hubswap.hashing import cache_root, file_sha256
 from hubswap.hub.errors import hub_call
-
-if TYPE_CHECKING:
-    from hubswap.hub.resolve import HubModelFiles
+from hubswap.records import FileEntry
 
 log = logging.getLogger(__name__)
+
+
+class HubModelFiles(Protocol):
+    """What a download needs of a model pinned to a commit (``resolve.HubModelFiles`` is one; a
+    protocol here keeps this module below ``resolve``, which calls it)."""
+
+    role: str
+    repo: str
+    commit: str
+    endpoint: str | None
+    token: str | bool | None
+    display: str
+    records: dict[str, FileEntry]
+    headers_seen: dict[str, dict]  # the safetensors headers preflight read, by file name
+
+    def files(self) -> list[str]: ...
 
 
 def header_cache() -> Path:
@@ -106,7 +120,7 @@ def download_model(model: HubModelFiles) -> Path:
         with disk_full_is_an_error(hub_cache(), f"{name} of {model.display}"):
             path = download_verified(model, name)
         folder = path.parents[len(Path(name).parts) - 1]
-        seen = model._headers.get(name)
+        seen = model.headers_seen.get(name)
         if seen is not None and read_header_file(path) != seen:
             with contextlib.suppress(OSError):
                 (header_cache() / f"{model.records[name].sha256}.bin").unlink()

@@ -2,7 +2,7 @@
 
 It pins every model of a recipe (Hub repos to a commit SHA, local folders to their files' sha256)
 so that a build is repeatable and runs offline once its files are cached. It is a different
-document from the build record (``<build>/model/hubswap/lock.json``, written by ``hubswap.build``),
+document from the build record (``<build>/model/hubswap/lock.json``, written by ``hubswap.pipeline``),
 which also records the layer map, the outputs and the tool versions.
 
     write_recipe_lock(recipe)       ``hubswap lock``: resolve now, write the file
@@ -32,7 +32,7 @@ def recipe_lock_path(recipe_path: str | Path) -> Path:
 
 
 def _local_entry(loaded: LoadedRecipe, role: str, source: ModelSource) -> ModelEntry:
-    from hubswap.compat import LocalModelFiles
+    from hubswap.preflight import LocalModelFiles
 
     path = loaded.resolve_path(source)
     files = select_files(LocalModelFiles(role, path, display=source.path))
@@ -44,10 +44,10 @@ def resolve_recipe_lock(loaded: LoadedRecipe, *, endpoint: str | None = None,
                         token: str | bool | None = None) -> RecipeLock:
     """Resolve every model of a recipe now and return its lock.
 
-    Every weight file's safetensors header is checked first (``compat.tensor_table``): a lock
+    Every weight file's safetensors header is checked first (``preflight.tensor_table``): a lock
     never records the hash of a corrupt file as good.
     """
-    from hubswap.compat import LocalModelFiles, tensor_table
+    from hubswap.preflight import LocalModelFiles, tensor_table
 
     models = {}
     for role, source in loaded.recipe.models.roles().items():

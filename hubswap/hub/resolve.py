@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class _Listing:
-    """Just enough of compat's ``ModelFiles`` for ``compat.weight_files``: names and a reader."""
+    """Just enough of compat's ``ModelFiles`` for ``preflight.weight_files``: names and a reader."""
 
     def __init__(self, role: str, display: str, names: list[str], read_text: Callable[[str], str | None]):
         self.role, self.display, self._names, self.read_text = role, display, names, read_text
@@ -43,8 +43,8 @@ class _Listing:
 def select_files(model) -> list[str]:
     """The files of a model (a compat ``ModelFiles``) that a build uses: side files (configs,
     tokenizer, chat template), the safetensors index and shards. Pickled weights are never
-    selected; a model with only pickled weights is refused (``compat.weight_files``)."""
-    from hubswap.compat import INDEX, SIDE_FILES, weight_files
+    selected; a model with only pickled weights is refused (``preflight.weight_files``)."""
+    from hubswap.preflight import INDEX, SIDE_FILES, weight_files
 
     names = set(model.files())
     weights = weight_files(model)
@@ -55,7 +55,7 @@ def select_files(model) -> list[str]:
 
 
 class HubModelFiles:
-    """One Hub model pinned to a commit SHA: the ``ModelFiles`` of hubswap.compat for preflight.
+    """One Hub model pinned to a commit SHA: the ``ModelFiles`` of hubswap.preflight for preflight.
 
     Small files are downloaded into the huggingface_hub cache (and checked against the lock);
     safetensors headers are read with two ranged GETs (8 bytes, then the header), so the checks
@@ -73,7 +73,7 @@ class HubModelFiles:
         self.endpoint = endpoint
         self.token = token
         self.display = f"{repo}@{revision}" + ("" if revision == commit else f" ({commit[:12]})")
-        self._headers: dict[str, dict] = {}
+        self.headers_seen: dict[str, dict] = {}
         self._folder: Path | None = None
 
     def files(self) -> list[str]:
@@ -101,9 +101,9 @@ class HubModelFiles:
         return self.local_path(name).read_text(encoding="utf-8")
 
     def safetensors_header(self, name: str) -> dict:
-        if name not in self._headers:
-            self._headers[name] = self._read_header(name)
-        return dict(self._headers[name])
+        if name not in self.headers_seen:
+            self.headers_seen[name] = self._read_header(name)
+        return dict(self.headers_seen[name])
 
     def _read_header(self, name: str) -> dict:
         from huggingface_hub import try_to_load_from_cache

@@ -21,14 +21,15 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape
 
-from hubswap.compat import TensorInfo
 from hubswap.errors import HubswapError, IncompatibleModelsError, ModelFilesError
-from hubswap.figures import change_bars
+from hubswap.figures import axis, document, headings
 from hubswap.inputs import EXPERTS, prepare_inputs
 from hubswap.layermap import LayerStack, layer_map
+from hubswap.preflight import TensorInfo
 from hubswap.recipe import LoadedRecipe, Swap, load_recipe
-from hubswap.safetensors_format import DTYPE_SIZE, NUMPY_DTYPE
+from hubswap.safetensors_format import DTYPE_SIZE, to_float32
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +215,12 @@ def measure_changes(dirs: dict[str, Path], tensors: dict[str, dict[str, TensorIn
 
 
 def _decode(buf: bytes, info: TensorInfo, path: Path, count: int):
-    """``count`` elements of ``info``'s dtype as float64 (numpy has no bfloat16: widen its bits)."""
+    """``count`` elements of ``info``'s dtype, as float64 for the sums of squares."""
     import numpy as np
 
     if len(buf) != count * DTYPE_SIZE[info.dtype]:
         raise ModelFilesError(f"{path}: truncated while reading tensor {info.name}")
-    x = np.frombuffer(buf, NUMPY_DTYPE[info.dtype])
-    if info.dtype == "BF16":
-        x = (x.astype(np.uint32) << 16).view(np.float32)
-    return x.astype(np.float64)
+    return to_float32(buf, info.dtype).astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,3 +370,62 @@ def analyze(recipe: str | Path | LoadedRecipe, output: str | Path | None = None,
     }, indent=2) + "\n")
     files["svg"].write_text(change_bars(f"{r.name}: change from the base per layer", task, lang, s))
     return Analysis(r.name, num_layers, tuple(rows), s, files)
+
+
+# ---------------------------------------------------------------------------------------------
+# The figure
+
+
+def change_bars(title: str, task: list[float], language: list[float], s: Suggestion | None = None) -> str:
+    """Grouped bars of both experts' change per layer, the suggested swap shaded behind them."""
+    n = len(task)
+    left, right, top_m, bottom_m = 64, 16, 46, 56
+    slot = max(12.0, min(40.0, 760 / max(n, 1)))
+    width = max(560.0, left + right + slot * n)
+    slot = (width - left - right) / max(n, 1)
+    height = 300
+    plot_h = height - top_m - bottom_m
+    ymax, step = axis(max([*task, *language, 1e-12]))
+    colors = {"task": "#1f77b4", "language": "#ff7f0e"}
+
+    def y(v: float) -> float:
+        return top_m + plot_h * (1 - v / ymax)
+
+    el = headings(width, title, f"suggested swap: {s.toml()}" if s is not None else None)
+    if s is not None:  # shade the suggested swap: where the language expert's layers go
+        lm = layer_map(s.swap(), n)
+        for i, src in enumerate(lm.layers):
+            if src.source != "task":
+                op = 0.25 * src.language_weight
+                el.append(f'<rect x="{left + slot * i:.1f}" y="{top_m}" width="{slot:.1f}" '
+                          f'height="{plot_h}" fill="{colors["language"]}" fill-opacity="{op:.3f}"/>')
+    for k in range(round(ymax / step) + 1):  # y grid and ticks
+        v = step * k
+        el.append(f'<line x1="{left}" x2="{width - right:.0f}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+                  f'stroke="#ddd"/>')
+        el.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
+    bar = slot * 0.38
+    for i in range(n):
+        x0 = left + slot * i + slot * 0.12
+        for j, (role, vals) in enumerate((("task", task), ("language", language))):
+            el.append(f'<rect x="{x0 + j * bar:.1f}" y="{y(vals[i]):.1f}" width="{bar:.1f}" '
+                      f'height="{y(0) - y(vals[i]):.1f}" fill="{colors[role]}">'
+                      f'<title>layer {i} {role}: {vals[i]:.4g}</title></rect>')
+        if n <= 40 or i % 2 == 0:
+            el.append(f'<text x="{left + slot * (i + 0.5):.1f}" y="{y(0) + 14:.1f}" '
+                      f'text-anchor="middle">{i}</text>')
+    el.append(f'<line x1="{left}" x2="{width - right:.0f}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="black"/>')
+    el.append(f'<line x1="{left}" x2="{left}" y1="{top_m}" y2="{y(0):.1f}" stroke="black"/>')
+    el.append(f'<text x="{left + slot * n / 2:.0f}" y="{height - 24}" text-anchor="middle">layer</text>')
+    el.append(f'<text x="14" y="{top_m + plot_h / 2:.0f}" text-anchor="middle" '
+              f'transform="rotate(-90 14 {top_m + plot_h / 2:.0f})">||expert - base|| / ||base||</text>')
+    legend = [("task expert", colors["task"], 1.0), ("language expert", colors["language"], 1.0)]
+    if s is not None:
+        legend.append(("swapped in from the language expert", colors["language"], 0.25))
+    lx = left
+    for label, color, opacity in legend:
+        el.append(f'<rect x="{lx:.0f}" y="{height - 14}" width="10" height="10" fill="{color}" '
+                  f'fill-opacity="{opacity}"/>')
+        el.append(f'<text x="{lx + 14:.0f}" y="{height - 5}">{escape(label)}</text>')
+        lx += 30 + 6.2 * len(label)
+    return document(width, height, el)

@@ -31,38 +31,21 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from hubswap.errors import HubswapError
 from hubswap.evaluate.stats import Paired, paired_comparison, wilson_interval
-from hubswap.figures import sweep_heatmap
+from hubswap.figures import document, headings
 from hubswap.inputs import EXPERTS
 from hubswap.layermap import layer_map
 from hubswap.recipe import LoadedRecipe, Swap, key_lines, load_recipe, parse_recipe
-from hubswap.sweep_eval import ConfigScorer, Cost
+from hubswap.sweep_eval import Config, ConfigScorer, Cost
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
 # The grid
-
-
-@dataclass(frozen=True, order=True)
-class Config:
-    bottom: int
-    top: int
-    transition: int
-
-    @property
-    def name(self) -> str:
-        return f"b{self.bottom}-u{self.top}-t{self.transition}"
-
-    def swap(self, base: Swap) -> Swap:
-        """The recipe's ``[swap]`` with this grid point (one transition size for both sides)."""
-        return base.model_copy(update={
-            "bottom": self.bottom, "top": self.top, "transition": self.transition,
-            "transition_bottom": None, "transition_top": None,
-        })
 
 
 def parse_range(text: str, flag: str) -> list[int]:
@@ -366,9 +349,9 @@ def sweep(
     max_shard_size: str | int = "5GB",
     progress: bool = True,
 ) -> SweepResult:
-    from hubswap.build import dataset_location
+    """Score every configuration of the grid on the selection half, the winner on the held-out half,
+    and write ``sweep.csv``, ``sweep.json``, ``sweep.svg`` and the winning recipe."""
     from hubswap.evaluate.backends import require_libraries
-    from hubswap.inputs import prepare_inputs
 
     loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
     r = loaded.recipe
@@ -376,8 +359,6 @@ def sweep(
     out = Path(output) if output else Path("sweeps") / r.name
     # Only the target language: the sweep chooses for it, and every config costs an evaluation.
     cfg = r.eval.model_copy(update={"languages": [r.eval.target_language]})
-    lang = cfg.target_language
-
     lim = limit if limit is not None else (cfg.limit or None)
     if holdout and lim is not None and lim < 2:
         raise HubswapError(f"--limit {lim} cannot be split into a selection and a held-out half",
@@ -386,25 +367,36 @@ def sweep(
     if dest.resolve().parent != loaded.path.resolve().parent and _relative_paths(loaded):
         log.warning("%s is not beside %s: its relative paths (%s) will resolve from %s", dest, loaded.path,
                     ", ".join(_relative_paths(loaded)), dest.parent)
+    result, verdicts, select = _score_grid(loaded, cfg, (bottoms, tops, transitions), out, limit=lim, keep=keep,
+                                           holdout=holdout, max_shard_size=max_shard_size, progress=progress)
+    return dataclasses.replace(result, files=_write_outputs(loaded, result, verdicts, select, out, dest))
 
+
+def _score_grid(loaded: LoadedRecipe, cfg, axes: tuple[list[int], list[int], list[int]], out: Path, *,
+                limit: int | None, keep: bool, holdout: bool, max_shard_size: str | int,
+                progress: bool) -> tuple[SweepResult, dict[str, list[bool]], list[int]]:
+    """The sweep's protocol: the experts on every question, each configuration on the selection
+    half, the winner alone on the held-out half. Returns the result (no files yet), every
+    model's verdicts and the selection half."""
+    from hubswap.inputs import dataset_location, prepare_inputs
+
+    r, lang = loaded.recipe, cfg.target_language
     # 1. Resolve, preflight and download once, exactly as the build does.
     inputs = prepare_inputs(loaded)
     pre = inputs.preflight
-    configs, skipped = grid(bottoms, tops, transitions, pre.num_layers)
+    configs, skipped = grid(*axes, pre.num_layers)
     if not configs:
         raise HubswapError(f"no configuration of the grid fits in {pre.num_layers} layers",
                            hint="bottom + top + 2 x transition must leave at least one middle layer")
     log.info("sweeping %d configurations of %s (%d layers) on MGSM-%s", len(configs), r.name, pre.num_layers, lang)
     dirs = inputs.folders(EXPERTS)
-    dataset = dataset_location(loaded)
     eval_dir = out / "eval"
-    scratch = out / "scratch"
     eval_dir.mkdir(parents=True, exist_ok=True)
     keys = {role: inputs.key(role) for role in EXPERTS}
 
     # 2. Both experts once, on every question: each half is compared with them.
-    with ConfigScorer(r.swap, pre, dirs, keys, cfg, eval_dir, scratch, dataset=dataset, limit=lim, keep=keep,
-                      max_shard_size=max_shard_size, progress=progress) as scorer:
+    with ConfigScorer(r.swap, pre, dirs, keys, cfg, eval_dir, out / "scratch", dataset=dataset_location(loaded),
+                      limit=limit, keep=keep, max_shard_size=max_shard_size, progress=progress) as scorer:
         verdicts = scorer.experts()
         n = len(verdicts["task"])
         if holdout and n < 2:
@@ -427,23 +419,28 @@ def sweep(
     heldout = score_heldout(verdicts, rows[0].config, held)
     result = SweepResult(r.name, lang, pre.num_layers, rows, heldout, n, len(select), holdout, skipped,
                          costs=costs, winner_cost=winner_cost)
+    return result, verdicts, select
 
+
+def _write_outputs(loaded: LoadedRecipe, result: SweepResult, verdicts: dict[str, list[bool]], select: list[int],
+                   out: Path, dest: Path) -> dict[str, Path]:
+    """``sweep.csv``, ``sweep.json``, the heat map and the winning recipe (at ``dest``)."""
+    lang, rows = result.language, result.rows
     files = {"csv": out / "sweep.csv", "json": out / "sweep.json", "svg": out / "sweep.svg"}
     write_csv(files["csv"], rows)
     files["json"].write_text(json.dumps(result.to_json(), indent=2) + "\n")
     experts_sel = {e: accuracy([verdicts[e][i] for i in select]) for e in EXPERTS}
-    files["svg"].write_text(sweep_heatmap(f"{r.name}: MGSM-{lang} accuracy over bottom x top", rows, experts_sel))
-    c = result.chosen
-    h = heldout
+    files["svg"].write_text(sweep_heatmap(f"{result.name}: MGSM-{lang} accuracy over bottom x top", rows, experts_sel))
+    c, h = result.chosen, result.heldout
     note = [
-        f"Swap chosen by `hubswap sweep` over {len(configs)} configurations on MGSM-{lang}, "
+        f"Swap chosen by `hubswap sweep` over {len(rows)} configurations on MGSM-{lang}, "
         f"selected on {len(select)} questions" + (f", held-out accuracy {h.accuracy[c.name]:.3f} on "
-                                                  f"{h.n} other questions" if holdout else ""),
+                                                  f"{h.n} other questions" if result.holdout else ""),
         f"(task expert {h.accuracy['task']:.3f}, language expert {h.accuracy['language']:.3f}); "
         f"from {loaded.path.name}, only [swap] changed.",
     ]
     files["recipe"] = write_recipe(loaded, c, dest, note)
-    return dataclasses.replace(result, files=files)
+    return files
 
 
 def _relative_paths(loaded: LoadedRecipe) -> list[str]:
@@ -453,3 +450,55 @@ def _relative_paths(loaded: LoadedRecipe) -> list[str]:
     if Path(r.eval.dataset).expanduser().exists() or r.eval.dataset.startswith("."):
         paths.append(r.eval.dataset)
     return [p for p in paths if not Path(p).expanduser().is_absolute()]
+
+
+def sweep_heatmap(title: str, rows: list[Ranked], experts: dict[str, float]) -> str:
+    """Selection accuracy over bottom (rows) x top (columns), one panel per transition size."""
+    bottoms = sorted({r.config.bottom for r in rows})
+    tops = sorted({r.config.top for r in rows})
+    transitions = sorted({r.config.transition for r in rows})
+    acc = {r.config: r.accuracy for r in rows}
+    chosen = rows[0].config
+    outline = ""
+    cell, gap, left, top_m = 44, 36, 100, 70
+    panel_w = cell * len(tops)
+    expert_text = "on the same questions: " + ", ".join(f"{k} expert {v:.3f}" for k, v in experts.items())
+    width = round(max(420, left + len(transitions) * (panel_w + gap) + 20, 2 * left + 6.2 * len(expert_text)))
+    height = top_m + cell * len(bottoms) + 44
+    lo = min([*acc.values(), *experts.values()])
+    hi = max([*acc.values(), *experts.values()])
+
+    def color(v: float) -> str:
+        # White (worst) to dark blue (best) on this sweep's own scale.
+        f = 0.5 if hi == lo else (v - lo) / (hi - lo)
+        r, g, b = (round(255 + (c - 255) * f) for c in (8, 69, 148))
+        return f"rgb({r},{g},{b})"
+
+    el = headings(width, title, f"accuracy on the selection half; outlined: chosen ({chosen.name})")
+    for p, t in enumerate(transitions):
+        x0 = left + p * (panel_w + gap)
+        el.append(f'<text x="{x0 + panel_w / 2:.0f}" y="{top_m - 22}" text-anchor="middle">transition = {t}</text>')
+        for j, u in enumerate(tops):
+            el.append(f'<text x="{x0 + cell * (j + 0.5):.0f}" y="{top_m - 6}" text-anchor="middle">{u}</text>')
+        for i, b in enumerate(bottoms):
+            if p == 0:
+                el.append(f'<text x="{x0 - 8}" y="{top_m + cell * (i + 0.5) + 4:.0f}" text-anchor="end">{b}</text>')
+            for j, u in enumerate(tops):
+                c = Config(b, u, t)
+                x, y = x0 + cell * j, top_m + cell * i
+                if c not in acc:
+                    el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="#f4f4f4" stroke="#ccc"/>')
+                    continue
+                v = acc[c]
+                dark = hi > lo and (v - lo) / (hi - lo) > 0.6
+                if c == chosen:  # outlined after every cell, so no neighbour paints over it
+                    outline = (f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="none" '
+                               f'stroke="black" stroke-width="3"><title>chosen: {escape(c.name)}</title></rect>')
+                el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{color(v)}" stroke="#ccc">'
+                          f'<title>{escape(c.name)}: {v:.3f}</title></rect>')
+                el.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle" '
+                          f'fill="{"white" if dark else "black"}">{v:.2f}</text>')
+    el.append(outline)
+    el.append(f'<text x="{left - 8}" y="{top_m - 6}" text-anchor="end">bottom \\ top</text>')
+    el.append(f'<text x="{left}" y="{height - 14}">{escape(expert_text)}</text>')
+    return document(width, height, el)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hubswap.build import BuildOptions, build
 from hubswap.cli import main
-from hubswap.compat import LocalModelFiles, check_compatible
 from hubswap.demo import make_family
 from hubswap.errors import IncompatibleModelsError, RecipeError, UnsafeWeightsError
+from hubswap.pipeline import BuildOptions, build
+from hubswap.preflight import LocalModelFiles, check_compatible
 from tests.helpers import local_recipe
 
 

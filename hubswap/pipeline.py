@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubswap import __version__
-from hubswap.compat import INDEX, SIDE_FILES, check_layer_map
 from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error
 from hubswap.errors import HubswapError
-from hubswap.files import atomic_write, fsync_path, fsync_tree, write_json
+from hubswap.files import atomic_write, cores, fsync_path, fsync_tree, parse_size, write_json
 from hubswap.hashing import cache_root, text_sha256
-from hubswap.inputs import Inputs, prepare_inputs
+from hubswap.inputs import Inputs, dataset_location, prepare_inputs, published_path
 from hubswap.layermap import LayerMap, layer_map
+from hubswap.preflight import INDEX, SIDE_FILES, check_layer_map, untrained_token_warnings
 from hubswap.recipe import LoadedRecipe, load_recipe
 from hubswap.records import (
     BUILD_RECORD,
@@ -41,8 +41,7 @@ from hubswap.records import (
     OutputFile,
     RecipeRef,
 )
-from hubswap.special_tokens import untrained_token_warnings
-from hubswap.swap import copy_side_files, cores, merge, parse_size, plan_merge
+from hubswap.swap import copy_side_files, merge, plan_merge
 
 if TYPE_CHECKING:
     from hubswap.evaluate.gate import GateVerdict
@@ -226,23 +225,6 @@ def evaluate_build(inputs: Inputs, model_dir: Path, eval_dir: Path, dirs: dict[s
     return results, verdict
 
 
-def published_path(path: str | None) -> str | None:
-    """A path as a published record may show it: relative to the recipe as the recipe wrote it, or
-    only the folder's name when the recipe gave an absolute one (or a Hub id, unchanged)."""
-    if path is None:
-        return None
-    p = Path(path)
-    return p.name if p.is_absolute() or str(path).startswith("~") else str(path)
-
-
-def dataset_location(loaded: LoadedRecipe) -> str:
-    """The eval dataset: a local folder (relative to the recipe) when one exists, else a Hub id."""
-    ds = loaded.recipe.eval.dataset
-    p = Path(ds).expanduser()
-    local = p if p.is_absolute() else loaded.path.parent / p
-    return str(local.resolve()) if local.is_dir() else ds
-
-
 def _preload_card_libraries() -> None:
     import huggingface_hub.repocard  # noqa: F401
     import jinja2  # noqa: F401
@@ -306,19 +288,3 @@ def _replace_dir(new: Path, dest: Path) -> None:
     fsync_path(dest.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def run_demo(output: Path, *, limit: int = 8, evaluate: bool = True, dataset: str | None = None) -> int:
-    """Make tiny experts (once), write the demo recipe beside them and build it."""
-    from hubswap.demo import make_family, write_demo_recipe
-
-    output = output.resolve()
-    experts = output / "experts"
-    if not all((experts / r / "config.json").is_file() for r in ("base", "task", "language")):
-        log.info("making tiny experts in %s", experts)
-        make_family(experts, arch="llama", hidden=128, seed=0)  # head size 32: vLLM CPU kernels need >= 32
-    recipe = write_demo_recipe(output / "recipe.toml", experts, dataset=dataset, need_dataset=evaluate)
-    result = build(recipe, BuildOptions(output=output / "build", evaluate=evaluate, limit=limit))
-    print(result.summary())
-    print(f"\nmodel card: {result.model_dir / 'README.md'}")
-    return 0
