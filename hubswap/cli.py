@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubswap import __version__
-from hubswap.errors import HubswapError
+from hubswap.errors import EXIT_CODES, HubswapError
 
 log = logging.getLogger("hubswap")
 
@@ -35,9 +35,8 @@ examples:
   hubswap push builds/x                          publish a build in one commit (HF_TOKEN with write access)
   hubswap eval MODEL --dataset ../shared/mgsm --languages sw en --limit 20   MGSM on one model
 
-Exit codes: 0 ok, 1 error, 2 bad recipe or lock, 3 incompatible, unsafe or corrupt models,
-4 Hub error, 5 publish refused, 6 gate failed, 7 evaluation error, 8 not enough disk space,
-9 another build is writing the same folder, 130 interrupted (Ctrl-C).
+exit codes (hubswap/errors.py):
+""" + "".join(f"  {code:<4} {meaning}\n" for code, meaning in EXIT_CODES.items()) + """\
 Set HUBSWAP_DEBUG=1 to see tracebacks.
 """
 

@@ -112,3 +112,21 @@ class BuildBusyError(HubswapError):
     """Another build is writing the same build folder."""
 
     exit_code = 9
+
+
+# Every exit code of `hubswap`, the one place they are stated: `hubswap --help` prints this table,
+# and tests/test_readme.py checks that the README's "Errors and exit codes" table says the same and
+# that each class above carries one of these codes (0 and 130 belong to no class).
+EXIT_CODES: dict[int, str] = {
+    0: "ok",
+    1: "error",
+    2: "bad recipe or lock",
+    3: "incompatible, unsafe or corrupt models",
+    4: "Hub error",
+    5: "publish refused",
+    6: "gate failed",
+    7: "evaluation error",
+    8: "not enough disk space (before writing, or the disk filled up)",
+    9: "another build is writing the same build folder",
+    130: "interrupted (Ctrl-C)",
+}
