@@ -1,6 +1,6 @@
 """scripts/gpu-smoke.sh, checked on the CPU: every step of the GPU smoke check with a 6-layer shape
 (`--tiny`), its one-line-per-step summary, and the cleanup. What it measures on a GPU is not
-tested here: the lead runs it on the device host (README, "GPU smoke check")."""
+tested here: the lead runs it on the device host (docs/operations.md, "GPU smoke check")."""
 
 from __future__ import annotations
 

@@ -22,7 +22,6 @@ PAGES = [README, REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md"))
 # The README is also shown on a package index, so it links into this repository absolutely.
 OWN = re.compile(r"https://(?:github\.com/hubswap/hubswap/blob|raw\.githubusercontent\.com/hubswap/hubswap)/main/")
 # A move another branch is making: the link is right once it lands, and the text exists meanwhile.
-MOVING = {"docs/reports/tiny-world.md": "docs/TINY_WORLD.md"}
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 
 
@@ -79,7 +78,7 @@ def test_links_name_files_and_headings_that_exist(page):
             continue
         file, anchor = where
         rel = file.relative_to(REPO).as_posix() if file.is_relative_to(REPO) else str(file)
-        if not file.exists() and not (rel in MOVING and (REPO / MOVING[rel]).exists()):
+        if not file.exists():
             broken.append(f"{target}: no file {rel}")
         elif anchor and file.suffix == ".md" and file.exists() and anchor not in anchors(file):
             broken.append(f"{target}: no heading #{anchor} in {rel}")
