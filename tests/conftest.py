@@ -94,8 +94,8 @@ def tiny_llama_vllm(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def standins(tmp_path_factory) -> dict[str, Path]:
     """base/task/language: tiny stand-ins for the repos of recipes/llama-swahili-math.toml, with
-    their real tensor names and metadata traits (see tests/standins.py)."""
-    from tests.standins import make_standins
+    their real tensor names and metadata traits (see tests/support/standins.py)."""
+    from tests.support.standins import make_standins
 
     return make_standins(tmp_path_factory.mktemp("standins"))
 

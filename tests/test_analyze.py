@@ -13,25 +13,16 @@ from hubswap import analyze as analyze_mod
 from hubswap.analyze import analyze, module_kind, suggest
 from hubswap.cli import main
 from hubswap.errors import HubswapError, IncompatibleModelsError
+from tests.support.recipes import hub_models, write_recipe
 
-RECIPE = """\
-schema_version = 1
-name = "tiny-regions"
-{base}
-[models.task]
-path = "task"
-[models.language]
-path = "language"
-[swap]
-bottom = 1
-top = 1
-"""
+
+def regions_recipe(path: Path, models) -> Path:
+    return write_recipe(path, models, name="tiny-regions", bottom=1, top=1, transition=None, dtype=None)
 
 
 def _recipe(root: Path, base: bool = True) -> Path:
-    p = root / "recipe.toml"
-    p.write_text(RECIPE.format(base='[models.base]\npath = "base"\n' if base else ""))
-    return p
+    roles = ("base", "task", "language") if base else ("task", "language")
+    return regions_recipe(root / "recipe.toml", {role: Path(role) for role in roles})
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +124,7 @@ def test_module_kinds():
 
 
 def test_analyze_needs_a_base(regional, tmp_path):
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(base="").replace('"task"', f'"{regional / "task"}"')
-                      .replace('"language"', f'"{regional / "language"}"'))
+    recipe = regions_recipe(tmp_path / "recipe.toml", {"task": regional / "task", "language": regional / "language"})
     with pytest.raises(HubswapError, match=r"no \[models.base\]"):
         analyze(recipe, tmp_path / "out")
 
@@ -166,13 +155,10 @@ def test_analyze_hub_repos_matches_local(regional, tmp_path):
     import subprocess
     import sys
 
-    from hub_server import HubServer
+    from tests.support.hub_server import HubServer
 
     local = analyze(regional / "recipe.toml", tmp_path / "local")
-    recipe = tmp_path / "hub.toml"
-    recipe.write_text(RECIPE.format(base='[models.base]\nrepo = "org/base"\n')
-                      .replace('path = "task"', 'repo = "org/task"')
-                      .replace('path = "language"', 'repo = "org/language"'))
+    recipe = regions_recipe(tmp_path / "hub.toml", hub_models())
     with HubServer() as hub:
         for role in ("base", "task", "language"):
             hub.upload_folder(f"org/{role}", regional / role, message=f"tiny {role}")

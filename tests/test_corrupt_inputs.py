@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
 
-from tests.helpers import local_recipe
+from tests.support.hub_server import HubServer
+from tests.support.recipes import write_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,7 +142,7 @@ def test_a_corrupt_local_shard_is_refused_at_preflight(family, tmp_path, corrupt
     problem = corrupt(shard)
     assert _library_refuses(shard), "the safetensors library accepts this file: not a corruption"
 
-    recipe = local_recipe(tmp_path / "r.toml", family)
+    recipe = write_recipe(tmp_path / "r.toml", family)
     for args in (["build", str(recipe), "--no-eval", "-o", str(tmp_path / "build")], ["lock", str(recipe)]):
         r = _cli(*args, cwd=tmp_path)
         assert r.returncode == 3, r.stderr
@@ -160,10 +160,7 @@ def test_a_corrupt_hub_shard_is_refused_before_any_weight_is_downloaded(tiny_lla
     bad = Path(shutil.copytree(tiny_llama["language"], tmp_path / "language"))
     shard = _unused_shard(bad)
     problem = corrupt(bad / shard)
-    recipe = tmp_path / "merge.toml"
-    recipe.write_text('schema_version = 1\nname = "hub-corrupt"\n\n[models.task]\nrepo = "org/task"\n\n'
-                      '[models.language]\nrepo = "org/language"\n\n[swap]\nbottom = 2\ntop = 1\ntransition = 1\n'
-                      'dtype = "float32"\n')
+    recipe = write_recipe(tmp_path / "merge.toml", {"task": "org/task", "language": "org/language"}, name="hub-corrupt")
     with HubServer() as hub:
         hub.upload_folder("org/task", tiny_llama["task"])
         hub.upload_folder("org/language", bad)

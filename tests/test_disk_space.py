@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
 
 from hubswap.demo import make_family
-from tests.helpers import local_recipe
+from tests.support.hub_server import HubServer
+from tests.support.recipes import write_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def _fill(folder: Path) -> Path:
 
 def test_a_model_that_does_not_fit_is_refused_before_anything_is_written(tiny_llama, small_fs, tmp_path):
     disk = small_fs("512k")
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama)
     r = _cli("build", str(recipe), "--no-eval", "-o", str(disk / "build"))
     assert r.returncode == 8, r.stderr
     error = _errors(r.stderr)
@@ -88,7 +88,7 @@ def medium(tmp_path_factory) -> dict[str, Path]:
 
 def test_the_disk_filling_up_during_the_merge_is_one_line_and_leaves_nothing(medium, small_fs, tmp_path):
     disk = small_fs("160m")  # room for the 89 MB bf16 model, which a filler takes away mid-merge
-    recipe = local_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
+    recipe = write_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
     out = disk / "build"
     proc = subprocess.Popen([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "--no-eval", "-o", str(out)],
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
@@ -113,7 +113,7 @@ def test_the_disk_filling_up_during_the_merge_is_one_line_and_leaves_nothing(med
 
 
 def test_a_full_disk_while_writing_the_card_keeps_the_old_card(tiny_llama, small_fs, tmp_path):
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama)
     built = tmp_path / "build"
     assert _cli("build", str(recipe), "--no-eval", "-o", str(built)).returncode == 0
     disk = small_fs("8m")
@@ -133,10 +133,7 @@ def test_a_full_disk_while_writing_the_card_keeps_the_old_card(tiny_llama, small
 
 def test_downloads_that_do_not_fit_the_hub_cache_are_refused_before_fetching(tiny_llama, small_fs, tmp_path):
     cache = small_fs("512k")
-    recipe = tmp_path / "merge.toml"
-    recipe.write_text('schema_version = 1\nname = "hub-disk"\n\n[models.task]\nrepo = "org/task"\n\n'
-                      '[models.language]\nrepo = "org/language"\n\n[swap]\nbottom = 2\ntop = 1\ntransition = 1\n'
-                      'dtype = "float32"\n')
+    recipe = write_recipe(tmp_path / "merge.toml", {"task": "org/task", "language": "org/language"}, name="hub-disk")
     with HubServer() as hub:
         hub.upload_folder("org/task", tiny_llama["task"])
         hub.upload_folder("org/language", tiny_llama["language"])

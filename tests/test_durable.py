@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import local_recipe
+from tests.support.recipes import write_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def test_every_output_is_fsynced_before_the_rename_that_publishes_it(tiny_llama,
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace is not installed (apt-get install strace)")
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama)
     out, log = tmp_path / "build", tmp_path / "strace.log"
     cmd = [strace, "-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", str(log),
            sys.executable, "-m", "hubswap.cli", "build", str(recipe), "--no-eval", "-o", str(out)]

@@ -164,10 +164,9 @@ def test_eval_command_user_errors(tmp_path, mgsm_dir, capsys):
 
 
 def test_eval_model_from_the_hub(tiny_llama_vllm, tmp_path):
-    from hub_server import HubServer
-
     from hubswap.errors import HubError
     from hubswap.evaluate.command import resolve_model
+    from tests.support.hub_server import HubServer
 
     with HubServer() as hub:
         hub.upload_folder("org/task", tiny_llama_vllm["task"], message="tiny task")

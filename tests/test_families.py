@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from hubswap.build import BuildOptions, build
 from hubswap.recipe import Swap
-from tests.helpers import local_recipe
+from tests.support.recipes import write_recipe
 
 LAYERS = 6
 # Language weights 1, 2/3, 1/3, 0, 1/2, 1 (L~~T~L): inexact blends in float32. Multimodal models
@@ -138,10 +138,9 @@ def built(tmp_path_factory):
             fam = BY_NAME[name]
             root = tmp_path_factory.mktemp(f"family-{name}")
             experts = make_family(root / "experts", config=fam.config(), seed=11, with_base=False)
-            vision = f'vision = "{SWAP.vision}"\n' if fam.vision else ""
-            recipe = local_recipe(root / "r.toml", experts, bottom=SWAP.bottom, top=SWAP.top, transition=0,
-                                  non_layer=SWAP.non_layer, name=f"tiny-{name}",
-                                  extra=f"transition_bottom = {SWAP.tb}\ntransition_top = {SWAP.tu}\n{vision}")
+            swap = {"transition_bottom": SWAP.tb, "transition_top": SWAP.tu, "vision": SWAP.vision if fam.vision else None}
+            recipe = write_recipe(root / "r.toml", experts, bottom=SWAP.bottom, top=SWAP.top, transition=0,
+                                  non_layer=SWAP.non_layer, name=f"tiny-{name}", swap=swap)
             result = build(recipe, BuildOptions(output=root / "build", evaluate=False, progress=False,
                                                 max_shard_size="400KB"))
             cache[name] = {"experts": experts, "model": result.model_dir, "recipe": recipe}
@@ -268,7 +267,7 @@ def test_analyze_counts_only_the_language_models_layers_of_a_multimodal_model(tm
 
     fam = make_family(tmp_path / "fam", config=BY_NAME["llava"].config(), seed=5, non_layer_change=0.0,
                       task_change=region(range(2, 4), 0.1), language_change=region(range(0, 2), 0.1))
-    result = analyze(local_recipe(tmp_path / "r.toml", fam), tmp_path / "analysis", progress=False)
+    result = analyze(write_recipe(tmp_path / "r.toml", fam), tmp_path / "analysis", progress=False)
     layers = [r for r in result.rows if r.kind == "all"]
     assert [r.layer for r in layers] == list(range(LAYERS))
     assert [r.task > 0 for r in layers] == [False, False, True, True, False, False]

@@ -1,6 +1,6 @@
 """recipes/llama-swahili-math.toml itself, unedited, end to end against stand-ins of its repos.
 
-tests/standins.py makes tiny models with the traits of meta-llama/Llama-3.1-8B,
+tests/support/standins.py makes tiny models with the traits of meta-llama/Llama-3.1-8B,
 nvidia/OpenMath2-Llama3.1-8B and Lugha-Llama/Lugha-Llama-8B-wura; the test Hub serves them under
 those ids, and juletxara/mgsm as the Hub does (a loading script on main, parquet on
 refs/convert/parquet). `hubswap lock`, `plan` and `build` run as a user would, with HF_ENDPOINT
@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
-from test_mgsm_data import _parquet, _rows
 
 from hubswap.evaluate.data import PARQUET_REVISION
-from tests.standins import REPOS, special_id
+from tests.support.hub_server import HubServer
+from tests.support.mgsm import parquet as _parquet
+from tests.support.mgsm import rows as _rows
+from tests.support.standins import REPOS, special_id
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "llama-swahili-math.toml"

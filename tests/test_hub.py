@@ -1,4 +1,4 @@
-"""Hub stage against tests/hub_server.py: the real huggingface_hub client over real HTTP.
+"""Hub stage against tests/support/hub_server.py: the real huggingface_hub client over real HTTP.
 
 Resolving and locking, preflight by ranged reads, verified and resumable downloads, and every
 failure a user can meet on the way in (gated, missing revision, dropped connections, 5xx, bytes that
@@ -15,47 +15,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
 
-WRITE, READ = "hf_test_alice_write_token", "hf_test_alice_read_token"
+from tests.support.hub_server import WRITE, HubServer, seed
+from tests.support.recipes import hub_models, recipe_toml
 
 
 def recipe_text(task_rev: str = "main", *, publish: str = "org/merged", name: str = "tiny-hub-merge",
                 bottom: int = 2, task_repo: str = "org/task", org: str = "org") -> str:
-    return f"""\
-schema_version = 1
-name = "{name}"
-
-[models.base]
-repo = "{org}/base"
-
-[models.task]
-repo = "{task_repo}"
-revision = "{task_rev}"
-
-[models.language]
-repo = "{org}/language"
-
-[swap]
-bottom = {bottom}
-top = 1
-transition = 1
-dtype = "float32"
-
-[publish]
-repo = "{publish}"
-private = true
-"""
-
-
-def seed(server: HubServer, family: dict[str, Path]) -> HubServer:
-    """The users every Hub test knows, and a tiny family as org/base, org/task, org/language."""
-    server.add_user("alice", WRITE, role="write", orgs=("org",))
-    server.add_user("alice", READ, role="read", orgs=("org",))
-    server.add_user("bob", "hf_test_bob_token", role="write")
-    for role, path in family.items():
-        server.upload_folder(f"org/{role}", path, message=f"tiny {role}")
-    return server
+    return recipe_toml(hub_models(org, task=task_repo, revision=task_rev), name=name, bottom=bottom,
+                       publish={"repo": publish, "private": True})
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
-from test_hub import READ, WRITE, recipe_text, seed
 
+from tests.support.hub_server import READ, WRITE, HubServer, seed
+from tests.support.recipes import hub_models, write_recipe
+
+NAME, PUBLISH = "tiny-hub-merge", {"repo": "org/merged", "private": True}
 
 def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
@@ -28,7 +30,7 @@ def published(tiny_llama, tmp_path_factory):
     work = tmp_path_factory.mktemp("publish")
     with HubServer() as hub:
         seed(hub, tiny_llama)
-        (work / "merge.toml").write_text(recipe_text())
+        write_recipe(work / "merge.toml", hub_models(revision="main"), name=NAME, publish=PUBLISH)
         lock = run_cli("lock", "merge.toml", cwd=work, HF_ENDPOINT=hub.url)
         assert lock.returncode == 0, lock.stderr
         build = run_cli("build", "merge.toml", "--no-eval", "--push", "-o", "build", cwd=work,
@@ -126,7 +128,8 @@ def test_push_over_another_recipes_build_is_refused_unless_forced(published, tmp
     hub, build, _ = published
 
     def other_recipe(model: Path) -> None:
-        (model / "hubswap" / "recipe.toml").write_text(recipe_text(bottom=3, name="another-merge"))
+        write_recipe(model / "hubswap" / "recipe.toml", hub_models(revision="main"), bottom=3, name="another-merge",
+                     publish=PUBLISH)
 
     other = _variant(build, tmp_path / "other", other_recipe)
     head = hub.head("org/merged").sha
@@ -204,9 +207,9 @@ def test_a_build_that_failed_its_gate_is_not_published(published, tmp_path):
 
     hub, build, _ = published
 
-    from test_card import _eval_results
+    from tests.support.fixed_build import eval_results
 
-    results = _eval_results(passed=False)  # the gate's verdict as apply_gate records it
+    results = eval_results(passed=False)  # the gate's verdict as apply_gate records it
     assert not results.gate.passed and results.gate.reasons
 
     def failed(model: Path) -> None:
@@ -221,7 +224,7 @@ def test_a_build_that_failed_its_gate_is_not_published(published, tmp_path):
 def test_build_refuses_a_lock_that_no_longer_matches(published, tmp_path):
     hub, _, work = published
     shutil.copy(work / "merge.lock.json", tmp_path / "merge.lock.json")
-    (tmp_path / "merge.toml").write_text(recipe_text(task_rev="v2"))
+    write_recipe(tmp_path / "merge.toml", hub_models(revision="v2"), name=NAME, publish=PUBLISH)
     r = run_cli("build", "merge.toml", "--no-eval", cwd=tmp_path, HF_ENDPOINT=hub.url)
     assert r.returncode == 2
     assert r.stderr.splitlines() == [

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hubswap.demo import make_family
-from tests.helpers import local_recipe
+from tests.support.recipes import write_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,14 +69,14 @@ def _errors(stderr: str) -> list[str]:
 
 
 def test_ctrl_c_during_the_merge_exits_130_and_keeps_the_previous_build(medium, tmp_path):
-    recipe = local_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")  # every tensor is cast: a slow merge
+    recipe = write_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")  # every tensor is cast: a slow merge
     out = tmp_path / "build"
     first = subprocess.run([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out), "--no-eval"],
                            env=_env(), capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     before = _digests(out / "model")
 
-    local_recipe(tmp_path / "r.toml", medium, dtype="float16", bottom=3)  # another merge into the same folder
+    write_recipe(tmp_path / "r.toml", medium, dtype="float16", bottom=3)  # another merge into the same folder
     proc = _build(recipe, out, "--no-eval")
     _wait_for(proc, lambda: _writing_shards(out), "shard being written")
     proc.send_signal(signal.SIGINT)
@@ -88,7 +88,7 @@ def test_ctrl_c_during_the_merge_exits_130_and_keeps_the_previous_build(medium, 
 
 
 def test_a_second_build_into_the_same_folder_refuses_while_the_first_runs(medium, tmp_path):
-    recipe = local_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
+    recipe = write_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
     out = tmp_path / "build"
     first = _build(recipe, out, "--no-eval")
     _wait_for(first, lambda: _writing_shards(out), "shard being written")
@@ -119,24 +119,13 @@ def test_a_second_build_into_the_same_folder_refuses_while_the_first_runs(medium
     assert third.returncode == 0, third.stderr
 
 
-EVAL = """
-[eval]
-dataset = "{mgsm}"
-languages = ["sw"]
-prompt = "direct"
-num_fewshot = 0
-max_new_tokens = 16
-compare = ["task", "language", "base"]
-backend = "vllm"
-limit = 4
-
-[eval.vllm]
-max_model_len = 1024
-"""
+def eval_table(mgsm: Path) -> dict:
+    return {"dataset": str(mgsm), "languages": ["sw"], "prompt": "direct", "num_fewshot": 0, "max_new_tokens": 16,
+            "compare": ["task", "language", "base"], "backend": "vllm", "limit": 4, "vllm": {"max_model_len": 1024}}
 
 
 def test_ctrl_c_during_the_evaluation_keeps_the_model_and_the_cached_results(tiny_llama_vllm, mgsm_dir, tmp_path):
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama_vllm, extra=EVAL.format(mgsm=mgsm_dir))
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama_vllm, eval=eval_table(mgsm_dir))
     out, cache = tmp_path / "build", tmp_path / "cache"
     env = _env(HUBSWAP_CACHE=str(cache), VLLM_ENABLE_V1_MULTIPROCESSING="0", OMP_NUM_THREADS="1",
                TMPDIR=str(tmp_path))

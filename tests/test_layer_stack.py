@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from tests.helpers import local_recipe
+from tests.support.recipes import write_recipe
 
 
 def _shapes(prefixes: dict[str, int], vocab: int = 512, extra: tuple[str, ...] = ()) -> dict[str, list[int]]:
@@ -86,7 +86,7 @@ def test_build_refuses_two_candidate_stacks_before_merging(tmp_path, capsys):
         save_file({f"{p}.{i}.w": torch.zeros(4) for p in ("enc.layers", "dec.layers") for i in range(2)},
                   str(folder / "model.safetensors"))
         experts[role] = folder
-    recipe = local_recipe(tmp_path / "r.toml", experts, bottom=1, top=0, transition=0)
+    recipe = write_recipe(tmp_path / "r.toml", experts, bottom=1, top=0, transition=0)
     assert main(["build", str(recipe), "--no-eval", "-o", str(tmp_path / "out")]) == 3
     err = capsys.readouterr().err
     assert "2 tensor-name prefixes are followed by exactly the layers 0..1" in err

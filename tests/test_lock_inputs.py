@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import local_recipe
 
 from hubswap.hashing import file_sha256
+from tests.support.recipes import write_recipe
 
 
 def _hubswap(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def _flip_last_byte(path: Path, *, keep_mtime: bool) -> None:
 @pytest.fixture
 def locked(tmp_path, tiny_llama):
     family = {role: shutil.copytree(tiny_llama[role], tmp_path / role) for role in ("task", "language")}
-    local_recipe(tmp_path / "merge.toml", family)
+    write_recipe(tmp_path / "merge.toml", family)
     r = _hubswap("lock", "merge.toml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     return tmp_path, family

@@ -4,7 +4,6 @@ check CI runs on its copy (250 questions, 8 exemplars with their cues)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -12,26 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
 
 from hubswap.errors import EvaluationError
 from hubswap.evaluate.data import PARQUET_REVISION, load_language, write_local
+from tests.support.hub_server import HubServer
+from tests.support.mgsm import parquet as _parquet
+from tests.support.mgsm import rows as _rows
 
 REPO = Path(__file__).resolve().parent.parent
 LANGS = ("sw", "en")
-
-
-def _parquet(rows: list[dict]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf)
-    return buf.getvalue()
-
-
-def _rows(mgsm: Path, lang: str, split: str) -> list[dict]:
-    return [json.loads(line) for line in (mgsm / lang / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture(scope="module")
