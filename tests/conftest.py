@@ -38,6 +38,20 @@ settings.register_profile("explore", database=None, deadline=None, max_examples=
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "hubswap"))
 
 
+@pytest.fixture(scope="module")
+def hub():
+    """The test Hub (tests/support/hub_server.py) on 127.0.0.1, empty: one server per test module,
+    which a module seeds in a module-scoped fixture of its own (``hub_server.seed`` adds the usual
+    users and a tiny family; a module may override ``hub`` with one that takes this ``hub``). Its
+    repos, request log and faults belong to the module: a test that counts requests clears
+    ``hub.requests`` first, or counts from a mark. Tests that need a server of their own (two Hubs
+    at once, a dead one) construct ``HubServer`` from the support package."""
+    from tests.support.hub_server import HubServer
+
+    with HubServer() as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def mgsm_dir() -> Path:
     """MGSM as ``datasets.load_dataset(folder, lang)`` reads it, in the layout of juletxara/mgsm."""

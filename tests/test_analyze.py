@@ -13,6 +13,7 @@ from hubswap import analyze as analyze_mod
 from hubswap.analyze import analyze, module_kind, suggest
 from hubswap.cli import main
 from hubswap.errors import HubswapError, IncompatibleModelsError
+from tests.support.cli import run_hubswap
 from tests.support.recipes import hub_models, write_recipe
 
 
@@ -149,24 +150,15 @@ def test_analyze_reports_tensors_an_expert_lacks(regional, tmp_path):
         analyze(tmp_path / "recipe.toml", tmp_path / "out")
 
 
-def test_analyze_hub_repos_matches_local(regional, tmp_path):
+def test_analyze_hub_repos_matches_local(hub, regional, tmp_path):
     """The same experts served by a real HTTP Hub: downloaded as the build does, same numbers."""
-    import os
-    import subprocess
-    import sys
 
-    from tests.support.hub_server import HubServer
 
     local = analyze(regional / "recipe.toml", tmp_path / "local")
     recipe = regions_recipe(tmp_path / "hub.toml", hub_models())
-    with HubServer() as hub:
-        for role in ("base", "task", "language"):
-            hub.upload_folder(f"org/{role}", regional / role, message=f"tiny {role}")
-        run = subprocess.run(
-            [sys.executable, "-m", "hubswap.cli", "analyze", str(recipe), "-o", str(tmp_path / "hub")],
-            env={**os.environ, "HF_ENDPOINT": hub.url}, cwd=tmp_path, capture_output=True, text=True,
-            timeout=300,
-        )
+    for role in ("base", "task", "language"):
+        hub.upload_folder(f"org/{role}", regional / role, message=f"tiny {role}")
+    run = run_hubswap("analyze", recipe, "-o", tmp_path / "hub", hub=hub, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     data = json.loads((tmp_path / "hub" / "changes.json").read_text())
     assert data["models"]["base"] == "org/base@main"

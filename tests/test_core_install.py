@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.support.hub_server import WRITE, HubServer, seed
+from tests.support.hub_server import WRITE, seed
 from tests.support.recipes import hub_models, write_recipe
 from tests.support.venvs import HEAVY, REPO, core_venv
 
@@ -76,9 +76,9 @@ def family(core, env, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def hub(family):
-    with HubServer() as server:
-        yield seed(server, family)
+def hub(hub, family):
+    """The test Hub of tests/conftest.py with the usual users and the numpy family."""
+    return seed(hub, family)
 
 
 def hubswap(core: Path, env: dict, *args: str, cwd: Path, **extra: str) -> subprocess.CompletedProcess:

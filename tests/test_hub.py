@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_hubswap
 from tests.support.hub_server import WRITE, HubServer, seed
 from tests.support.recipes import hub_models, recipe_toml
 
@@ -27,9 +25,9 @@ def recipe_text(task_rev: str = "main", *, publish: str = "org/merged", name: st
 
 
 @pytest.fixture(scope="module")
-def hub(tiny_llama):
-    with HubServer() as server:
-        yield seed(server, tiny_llama)
+def hub(hub, tiny_llama):
+    """The test Hub of tests/conftest.py with the usual users and a tiny family."""
+    return seed(hub, tiny_llama)
 
 
 @pytest.fixture
@@ -287,18 +285,13 @@ def test_network_failure_after_retries(tmp_path):
     assert "for model info of org/base after 3 attempts (ConnectError" in str(e.value)
 
 
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hubswap.cli", *args], env={**os.environ, **env},
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
 def test_cli_lock_and_offline_mode(hub_env, tmp_path):
     recipe = write_recipe(tmp_path, recipe_text())
-    ok = run_cli("lock", str(recipe), env={"HF_ENDPOINT": hub_env.url}, cwd=tmp_path)
+    ok = run_hubswap("lock", recipe, hub=hub_env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "merge.lock.json" in ok.stdout and hub_env.head("org/task").sha[:12] in ok.stdout
 
-    off = run_cli("lock", str(recipe), env={"HF_ENDPOINT": hub_env.url, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    off = run_hubswap("lock", recipe, hub=hub_env, env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
     assert off.returncode == 4
     assert off.stderr.splitlines()[0].startswith("error: offline mode is on (HF_HUB_OFFLINE=1)")
     assert off.stderr.splitlines()[1].startswith("hint: unset HF_HUB_OFFLINE")
@@ -356,7 +349,7 @@ def test_a_run_stopped_halfway_resumes_where_it_stopped(hub_env, tiny_llama):
 
 def test_cli_plan_reads_the_layer_count_of_a_hub_model(hub_env, tmp_path):
     recipe = write_recipe(tmp_path, recipe_text())
-    r = run_cli("plan", str(recipe), env={"HF_ENDPOINT": hub_env.url}, cwd=tmp_path)
+    r = run_hubswap("plan", recipe, hub=hub_env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "tiny-hub-merge: 8 layers" in r.stdout and "LL~TTT~L" in r.stdout
     assert hub_env.count("GET", "*.safetensors") == 0

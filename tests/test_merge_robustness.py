@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 from hubswap.demo import make_family
 from hubswap.swap import CHUNK_BYTES
+from tests.support.cli import hubswap_argv, hubswap_env
 from tests.support.recipes import write_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,11 +26,11 @@ def medium(tmp_path_factory) -> dict[str, Path]:
 
 
 def _build_cmd(recipe: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "hubswap.cli", "build", str(recipe), "--no-eval", "-o", str(out)]
+    return hubswap_argv("build", recipe, "--no-eval", "-o", out)
 
 
 def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO))
+    return hubswap_env()
 
 
 def test_killed_merge_leaves_no_model_folder_and_rerun_succeeds(medium, tmp_path):

@@ -23,26 +23,25 @@ LANGS = ("sw", "en")
 
 
 @pytest.fixture(scope="module")
-def mgsm_hub(mgsm_dir):
+def mgsm_hub(hub, mgsm_dir):
     """``juletxara/mgsm`` as the Hub serves it: a loading script on main and the Hub's parquet
     conversion on refs/convert/parquet; ``converted/mgsm`` as it would be after a move to parquet."""
-    with HubServer() as hub:
-        hub.commit_files("datasets/juletxara/mgsm", {
-            "README.md": b"---\nlicense: cc-by-sa-4.0\n---\n# MGSM\n",
-            "mgsm.py": b"import datasets  # the original loading script\n",
-            **{f"mgsm_{lang}.tsv": b"question\tanswer\n" for lang in LANGS},
-        })
-        parquet = {f"{lang}/{split}/0000.parquet": _parquet(_rows(mgsm_dir, lang, split))
-                   for lang in LANGS for split in ("test", "train")}
-        hub.commit_files("datasets/juletxara/mgsm", parquet, branch=PARQUET_REVISION, message="parquet conversion")
-        configs = "".join(f"- config_name: {lang}\n  data_files:\n  - split: train\n    path: {lang}/train-*.parquet\n"
-                          f"  - split: test\n    path: {lang}/test-*.parquet\n" for lang in LANGS)
-        hub.commit_files("datasets/converted/mgsm", {
-            "README.md": f"---\nconfigs:\n{configs}---\n".encode(),
-            **{f"{lang}/{split}-00000-of-00001.parquet": _parquet(_rows(mgsm_dir, lang, split))
-               for lang in LANGS for split in ("test", "train")},
-        })
-        yield hub
+    hub.commit_files("datasets/juletxara/mgsm", {
+        "README.md": b"---\nlicense: cc-by-sa-4.0\n---\n# MGSM\n",
+        "mgsm.py": b"import datasets  # the original loading script\n",
+        **{f"mgsm_{lang}.tsv": b"question\tanswer\n" for lang in LANGS},
+    })
+    parquet = {f"{lang}/{split}/0000.parquet": _parquet(_rows(mgsm_dir, lang, split))
+               for lang in LANGS for split in ("test", "train")}
+    hub.commit_files("datasets/juletxara/mgsm", parquet, branch=PARQUET_REVISION, message="parquet conversion")
+    configs = "".join(f"- config_name: {lang}\n  data_files:\n  - split: train\n    path: {lang}/train-*.parquet\n"
+                      f"  - split: test\n    path: {lang}/test-*.parquet\n" for lang in LANGS)
+    hub.commit_files("datasets/converted/mgsm", {
+        "README.md": f"---\nconfigs:\n{configs}---\n".encode(),
+        **{f"{lang}/{split}-00000-of-00001.parquet": _parquet(_rows(mgsm_dir, lang, split))
+           for lang in LANGS for split in ("test", "train")},
+    })
+    return hub
 
 
 def _mgsm_script(*args: str, tmp_path: Path, hub: HubServer | None = None) -> subprocess.CompletedProcess:

@@ -21,6 +21,7 @@ from hubswap.sweep import (
     write_recipe,
 )
 from tests.support import recipes
+from tests.support.cli import run_hubswap
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -227,30 +228,22 @@ def test_summary_says_how_the_choice_was_made():
     assert "WARNING: selected and scored on the same 10 questions (--no-holdout)" in text
 
 
-def test_sweep_of_hub_experts_downloads_each_file_once(tiny_llama, mgsm_dir, tmp_path):
+def test_sweep_of_hub_experts_downloads_each_file_once(hub, tiny_llama, mgsm_dir, tmp_path):
     """Experts on a real HTTP Hub: every weight file is fetched whole exactly once for the sweep."""
     import json
-    import os
     import re
-    import subprocess
-    import sys
     from collections import Counter
 
-    from tests.support.hub_server import HubServer
 
     # A namespace of its own: blobs another test cached under the same repo id would hide requests.
     org = "sweep-once"
     recipe = write_sweep_recipe(tmp_path / "hub.toml", recipes.hub_models(org), mgsm_dir, limit=2)
-    with HubServer() as hub:
-        for role, path in tiny_llama.items():
-            hub.upload_folder(f"{org}/{role}", path, message=f"tiny {role}")
-        run = subprocess.run(
-            [sys.executable, "-m", "hubswap.cli", "sweep", str(recipe), "--bottom", "1..2", "--top", "1",
-             "-o", str(tmp_path / "out")],
-            env={**os.environ, "HF_ENDPOINT": hub.url}, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        )
-        assert run.returncode == 0, run.stderr
-        whole = Counter(p for m, p, rng in hub.requests if m == "GET" and p.endswith(".safetensors") and rng is None)
+    for role, path in tiny_llama.items():
+        hub.upload_folder(f"{org}/{role}", path, message=f"tiny {role}")
+    run = run_hubswap("sweep", recipe, "--bottom", "1..2", "--top", "1", "-o", tmp_path / "out", hub=hub,
+                      cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    whole = Counter(p for m, p, rng in hub.requests if m == "GET" and p.endswith(".safetensors") and rng is None)
     shards = {f"/{org}/{role}/resolve/{p.name}" for role in ("task", "language")
               for p in tiny_llama[role].glob("*.safetensors")}
     # /org/task/resolve/<commit>/model-...: the experts' shards once each, none of the base's.

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.hub_server import HubServer
 from tests.support.recipes import write_recipe
 from tests.support.workflow_runner import WorkflowRunner, condition, evaluate, interpolate, parse_env_file
 
@@ -93,11 +92,11 @@ def install(ctx, with_):
 
 
 @pytest.fixture(scope="module")
-def hub():
-    with HubServer() as server:
-        server.add_user("ci", WRITE, role="write", orgs=("org",))
-        server.add_user("ci", READ, role="read", orgs=("org",))
-        yield server
+def hub(hub):
+    """The test Hub of tests/conftest.py with the CI user's write and read tokens."""
+    hub.add_user("ci", WRITE, role="write", orgs=("org",))
+    hub.add_user("ci", READ, role="read", orgs=("org",))
+    return hub
 
 
 @pytest.fixture(scope="module")
