@@ -1,13 +1,33 @@
-"""Shared fixtures: isolated caches, tiny model families made once per session."""
+"""Shared fixtures (isolated caches, tiny model families made once per session, the test Hub) and
+the test tiers.
+
+Tiers are markers (registered in pyproject.toml, ``--strict-markers``):
+
+- ``engine``: the test needs the ML stack (torch, transformers, vLLM) in its own process or in the
+  CLI it runs. Fixtures that make models with torch or import vLLM (``ENGINE_FIXTURES``) mark
+  their users here; a test that imports the stack itself carries the marker in its module.
+- ``install``: the test builds venvs, wheels or sdists (its module carries the marker).
+- ``hub``: the test talks to the test Hub (given to every user of the ``hub`` fixture).
+- ``slow``: long end-to-end tests.
+
+``make test-fast`` runs ``-m "not engine and not install"``, the logic tier, in seconds. The
+``engine`` marker is enforced, not trusted: see tests/support/engine_guard.py.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from tests.support.engine_guard import LOG_VAR as ENGINE_LOG_VAR
+from tests.support.engine_guard import TEST_VAR as ENGINE_TEST_VAR
+from tests.support.engine_guard import HeavyImportGuard
+from tests.support.engine_guard import loaded as loaded_heavy
 
 REPO = Path(__file__).resolve().parent.parent
 MGSM = (REPO.parent / "shared" / "mgsm").resolve()
@@ -121,3 +141,70 @@ def tiny_world() -> dict[str, Path]:
     from hubswap.tinyworld.family import ensure_family
 
     return ensure_family()
+
+
+# -- tiers (see the module docstring and tests/support/engine_guard.py) ---------------------------
+
+# Fixtures that make models with torch and transformers or import vLLM: their users are `engine`.
+ENGINE_FIXTURES = frozenset({"tiny_llama", "tiny_qwen2", "tiny_llama_vllm", "vllm_cpu", "standins", "tiny_world"})
+# hubswap/tinyworld and its two test modules are being removed: marked here rather than edited.
+ENGINE_MODULES = frozenset({"test_tinyworld_data.py", "test_tinyworld_family.py"})
+
+_GUARD = HeavyImportGuard()
+sys.meta_path.insert(0, _GUARD)
+_CHILD_REFUSALS = _TMP / "engine-refusals.txt"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = set(item.fixturenames)
+        # a module adds its own torch-made fixtures with a module-level ENGINE_FIXTURES
+        engine = ENGINE_FIXTURES | set(getattr(item.module, "ENGINE_FIXTURES", ()))
+        if names & engine or item.path.name in ENGINE_MODULES:
+            item.add_marker(pytest.mark.engine)
+        if "hub" in names:
+            item.add_marker(pytest.mark.hub)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    before = loaded_heavy()
+    report = yield
+    new = loaded_heavy() - before
+    if new and isinstance(collector, pytest.Module) and report.passed:
+        report.outcome = "failed"
+        report.longrepr = (f"{collector.nodeid} imports {', '.join(sorted(new))} when it is imported: import "
+                           "the ML stack inside the tests and fixtures that need it (which carry `engine`)")
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    unmarked = item.get_closest_marker("engine") is None
+    _GUARD.test = item.nodeid if unmarked else None
+    _GUARD.refused.clear()
+    _CHILD_REFUSALS.write_text("")
+    if unmarked:  # read by tests/support/cli.py for the CLI processes the test starts
+        os.environ[ENGINE_TEST_VAR], os.environ[ENGINE_LOG_VAR] = item.nodeid, str(_CHILD_REFUSALS)
+    try:
+        return (yield)
+    finally:
+        _GUARD.test = None
+        os.environ.pop(ENGINE_TEST_VAR, None)
+        os.environ.pop(ENGINE_LOG_VAR, None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if call.when in ("setup", "call"):
+        refused = _GUARD.refused + _CHILD_REFUSALS.read_text().split()
+        if refused:
+            # said plainly even where the code under test caught the refusal (`except Exception`)
+            # and failed, or passed, another way
+            report.outcome = "failed"
+            report.longrepr = (f"{item.nodeid} imported {', '.join(sorted(set(refused)))} without the `engine` "
+                               f"marker (refused by tests/support/engine_guard.py)\n\n{report.longrepr or ''}")
+            _GUARD.refused.clear()
+            _CHILD_REFUSALS.write_text("")
+    return report

@@ -16,6 +16,9 @@ from hubswap.errors import HubswapError, IncompatibleModelsError
 from tests.support.cli import run_hubswap
 from tests.support.recipes import hub_models, write_recipe
 
+# Module fixtures that make models with torch: their users are `engine` (tests/conftest.py).
+ENGINE_FIXTURES = {"regional"}
+
 
 def regions_recipe(path: Path, models) -> Path:
     return write_recipe(path, models, name="tiny-regions", bottom=1, top=1, transition=None, dtype=None)
@@ -168,6 +171,7 @@ def test_analyze_hub_repos_matches_local(hub, regional, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.engine  # torch writes the reference tensors
 def test_decode_reads_every_float_dtype_exactly(tmp_path, dtype):
     import os
 
@@ -190,6 +194,7 @@ def test_decode_reads_every_float_dtype_exactly(tmp_path, dtype):
     assert np.array_equal(got, t.flatten()[10:22].double().numpy())
 
 
+@pytest.mark.engine  # the model is made with torch
 def test_peak_memory_is_bounded_by_the_slice_not_the_model(tmp_path):
     """Peak RSS of an analysis in a fresh process, against the same process analyzing nothing."""
     import subprocess

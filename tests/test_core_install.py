@@ -24,7 +24,7 @@ from tests.support.hub_server import WRITE, seed
 from tests.support.recipes import hub_models, write_recipe
 from tests.support.venvs import HEAVY, REPO, core_venv
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.install]
 
 # Run the CLI, then say on stderr which heavy modules were imported and where hubswap came from.
 _WRAPPER = f"""

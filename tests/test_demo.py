@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.cli import run_hubswap
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.engine]  # the demo makes its experts with torch and runs vLLM
 REPO = Path(__file__).resolve().parent.parent
 # A table row of `format_table`: model, language, n, accuracy [95% CI] in percent, then the rest.
 ROW = re.compile(r"^(\w+)\s+(\w\w)\s+(\d+)\s+(\d+\.\d) \[\s*(\d+\.\d),\s*(\d+\.\d)\]", re.M)

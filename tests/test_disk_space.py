@@ -19,6 +19,9 @@ from hubswap.demo import make_family
 from tests.support.cli import hubswap_argv, hubswap_env, run_hubswap
 from tests.support.recipes import write_recipe
 
+# Module fixtures that make models with torch: their users are `engine` (tests/conftest.py).
+ENGINE_FIXTURES = {"medium"}
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -15,6 +15,9 @@ from hubswap.swap import CHUNK_BYTES
 from tests.support.cli import hubswap_argv, hubswap_env
 from tests.support.recipes import write_recipe
 
+# Module fixtures that make models with torch: their users are `engine` (tests/conftest.py).
+ENGINE_FIXTURES = {"medium"}
+
 REPO = Path(__file__).resolve().parent.parent
 
 

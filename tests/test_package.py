@@ -22,7 +22,7 @@ from hubswap import __version__
 from tests.support.recipes import write_recipe
 from tests.support.venvs import REPO, UV_ENV, make_venv
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.install]
 
 OWN_REPO = re.compile(r"https://(?:github\.com/hubswap/hubswap/blob|raw\.githubusercontent\.com/hubswap/hubswap)/main/(.+)")
 

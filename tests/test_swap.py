@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM
 
 from hubswap.build import BuildOptions, build
 from hubswap.layermap import layer_map
 from hubswap.recipe import Swap
 from tests.support.recipes import write_recipe
+
+pytestmark = pytest.mark.engine  # every test compares with torch's merge
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_all(folder: Path) -> dict[str, torch.Tensor]:
@@ -60,6 +64,7 @@ CASES = [
 
 @pytest.mark.parametrize("arch,swap,non_layer,dtype", CASES)
 def test_every_tensor_follows_the_layer_map(request, tmp_path, arch, swap, non_layer, dtype):
+    import torch
     fam = request.getfixturevalue(f"tiny_{arch}")
     recipe = write_recipe(tmp_path / "r.toml", fam, non_layer=non_layer, dtype=dtype, **swap)
     result = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, max_shard_size="300KB", progress=False))
@@ -93,6 +98,8 @@ def test_every_tensor_follows_the_layer_map(request, tmp_path, arch, swap, non_l
 
 def test_tensors_computed_in_several_slices_are_bit_exact(tiny_llama, tmp_path, monkeypatch):
     """Blends and casts of tensors longer than a slice (the last one partial) equal the whole-tensor math."""
+    import torch
+
     import hubswap.swap
 
     monkeypatch.setattr(hubswap.swap, "SLICE_ELEMENTS", 1000)
@@ -126,6 +133,8 @@ def test_worker_pool_is_bit_exact_with_mixed_expert_dtypes(tiny_llama, tmp_path,
     """The flagship case: a float32 language expert, a bfloat16 task expert. Four threads share
     chunks of each tensor (several chunks per tensor, several slices per chunk, the last ones
     partial) and copy raw ranges into several shards at once; the result equals torch's, bit for bit."""
+    import torch
+
     import hubswap.swap
 
     monkeypatch.setattr(hubswap.swap, "WORKERS", 4)
@@ -206,6 +215,8 @@ def test_first_build_hashes_local_inputs_once_and_says_so(tiny_llama, tmp_path, 
 
 def reference_model(fam: dict[str, Path], swap: Swap, num_layers: int):
     """The merge done the slow, obvious way: load both experts in transformers, assign layers."""
+    import torch
+    from transformers import AutoModelForCausalLM
     task = AutoModelForCausalLM.from_pretrained(fam["task"], dtype=torch.float32)
     lang = AutoModelForCausalLM.from_pretrained(fam["language"], dtype=torch.float32)
     lmap = layer_map(swap, num_layers)
@@ -225,6 +236,8 @@ def reference_model(fam: dict[str, Path], swap: Swap, num_layers: int):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_merged_folder_loads_and_matches_reference_logits(request, tmp_path, arch):
+    import torch
+    from transformers import AutoModelForCausalLM
     fam = request.getfixturevalue(f"tiny_{arch}")
     recipe = write_recipe(tmp_path / "r.toml", fam, bottom=2, top=1, transition=2)
     result = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False))
@@ -252,6 +265,7 @@ def test_rebuild_replaces_the_model_folder(tiny_llama, tmp_path):
 
 def test_bfloat16_conversion_matches_torch_bit_for_bit():
     import numpy as np
+    import torch
 
     from hubswap.swap import _from_float32, _to_float32
 
@@ -275,6 +289,7 @@ def _with_buffers(src: Path, dest: Path, seed: int) -> Path:
     index like any weight: values of its own, so the merged one tells which side it came from."""
     import shutil
 
+    import torch
     from safetensors.torch import save_file
 
     shutil.copytree(src, dest)
@@ -294,6 +309,7 @@ def test_integer_and_bool_tensors_are_taken_whole_never_blended(tiny_llama, tmp_
     """In transition layers (here layer 2: language weight 2/3, layer 3: 1/3, layer 6: 1/2) an
     integer or bool tensor comes whole from the side with the larger weight, from the task expert
     on a tie, in its own dtype, bit for bit; float tensors are blended and cast as the recipe says."""
+    import torch
     fam = {**tiny_llama,
            "task": _with_buffers(tiny_llama["task"], tmp_path / "task", seed=1),
            "language": _with_buffers(tiny_llama["language"], tmp_path / "language", seed=2)}

@@ -11,5 +11,6 @@
 - ``mgsm``: MGSM rows and parquet files, as the test Hub serves the dataset;
 - ``fixed_build``: the card's fixed build, read by the golden test;
 - ``update_goldens``: ``python -m tests.support.update_goldens`` rewrites tests/golden;
-- ``helpers``: small helpers (model folders reduced to their safetensors headers).
+- ``helpers``: small helpers (model folders reduced to their safetensors headers);
+- ``engine_guard`` (and ``guard_site/``): makes the ``engine`` marker true by construction.
 """

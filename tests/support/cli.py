@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.support import engine_guard
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -28,7 +30,9 @@ def hubswap_argv(*args: str | Path) -> list[str]:
 
 def hubswap_env(env: Mapping[str, str | Path | None] | None = None, *, hub: Any = None) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
-    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    # a test without `engine` runs the CLI under the same guard as itself (tests/support/engine_guard.py)
+    guard = [str(engine_guard.SITE)] if os.environ.get(engine_guard.TEST_VAR) else []
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (*guard, str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     if hub is not None:
         out["HF_ENDPOINT"] = hub.url
     for key, value in (env or {}).items():
