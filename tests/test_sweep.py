@@ -20,7 +20,6 @@ from hubswap.sweep import (
     split_halves,
     write_recipe,
 )
-from tests.support import recipes
 from tests.support.cli import run_hubswap
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,18 +116,42 @@ def test_render_svg_is_valid_and_marks_the_choice():
     assert len(rects) == 1 and rects[0].find("{http://www.w3.org/2000/svg}title").text == "chosen: b2-u2-t1"
 
 
-def write_sweep_recipe(path: Path, models, mgsm: Path, *, limit: int = 6) -> Path:
-    """[swap] bottom is replaced by the sweep's choice; tiny random models answer nothing: the
-    prompts and generations are kept short."""
-    return recipes.write_recipe(path, models, name="tiny-sweep", bottom=2, top=1, transition=1,
-                                eval={"dataset": str(mgsm), "languages": ["sw", "en"], "num_fewshot": 0,
-                                      "max_new_tokens": 4, "backend": "transformers", "limit": limit},
-                                gate={"must_beat": []})
+# Written out: the sweep rewrites this text, and its comments must survive (test_sweep_end_to_end).
+SWEEP_RECIPE = """\
+schema_version = 1
+name = "tiny-sweep"
+
+[models.base]
+path = "{root}/base"
+[models.task]
+path = "{root}/task"
+[models.language]
+path = "{root}/language"
+
+[swap]
+bottom = 2      # replaced by the sweep's choice
+top = 1
+transition = 1
+dtype = "float32"
+
+[eval]
+dataset = "{mgsm}"
+languages = ["sw", "en"]
+num_fewshot = 0       # tiny random models answer nothing: keep the prompts and generations short
+max_new_tokens = 4
+backend = "transformers"
+limit = 6
+
+[gate]
+must_beat = []
+"""
 
 
 @pytest.fixture(scope="module")
 def sweep_recipe(tiny_llama, mgsm_dir, tmp_path_factory) -> Path:
-    return write_sweep_recipe(tmp_path_factory.mktemp("sweep") / "recipe.toml", tiny_llama, mgsm_dir)
+    p = tmp_path_factory.mktemp("sweep") / "recipe.toml"
+    p.write_text(SWEEP_RECIPE.format(root=tiny_llama["task"].parent, mgsm=mgsm_dir))
+    return p
 
 
 def test_sweep_end_to_end(sweep_recipe, tiny_llama, tmp_path, capsys, caplog):
@@ -234,10 +257,15 @@ def test_sweep_of_hub_experts_downloads_each_file_once(hub, tiny_llama, mgsm_dir
     import re
     from collections import Counter
 
-
     # A namespace of its own: blobs another test cached under the same repo id would hide requests.
     org = "sweep-once"
-    recipe = write_sweep_recipe(tmp_path / "hub.toml", recipes.hub_models(org), mgsm_dir, limit=2)
+    text = (SWEEP_RECIPE.format(root="unused", mgsm=mgsm_dir)
+            .replace('path = "unused/base"', f'repo = "{org}/base"')
+            .replace('path = "unused/task"', f'repo = "{org}/task"')
+            .replace('path = "unused/language"', f'repo = "{org}/language"')
+            .replace("limit = 6", "limit = 2"))
+    recipe = tmp_path / "hub.toml"
+    recipe.write_text(text)
     for role, path in tiny_llama.items():
         hub.upload_folder(f"{org}/{role}", path, message=f"tiny {role}")
     run = run_hubswap("sweep", recipe, "--bottom", "1..2", "--top", "1", "-o", tmp_path / "out", hub=hub,
