@@ -16,6 +16,7 @@ Tiers are markers (registered in pyproject.toml, ``--strict-markers``):
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 import tempfile
@@ -166,15 +167,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.hub)
 
 
+def _imports_a_test_module(path: Path) -> list[str]:
+    """Test modules import support code from tests/support, never another test module."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return [n for n in names if n.rpartition(".")[2].startswith("test_") and n.partition(".")[0] in ("tests", n)]
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_make_collect_report(collector):
     before = loaded_heavy()
     report = yield
     new = loaded_heavy() - before
-    if new and isinstance(collector, pytest.Module) and report.passed:
-        report.outcome = "failed"
-        report.longrepr = (f"{collector.nodeid} imports {', '.join(sorted(new))} when it is imported: import "
-                           "the ML stack inside the tests and fixtures that need it (which carry `engine`)")
+    if isinstance(collector, pytest.Module) and report.passed:
+        others = _imports_a_test_module(collector.path)
+        if new or others:
+            report.outcome = "failed"
+            report.longrepr = (f"{collector.nodeid} imports {', '.join(sorted(new))} when it is imported: import the "
+                               "ML stack inside the tests and fixtures that need it (which carry `engine`)" if new else
+                               f"{collector.nodeid} imports the test module(s) {', '.join(others)}: move what they "
+                               "share to tests/support/")
     return report
 
 
