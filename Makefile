@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install workflows bench
+.PHONY: demo test test-fast lint install workflows bench
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	VENV=$(VENV) scripts/install.sh
@@ -13,6 +13,9 @@ demo: install  ## tiny experts made on the spot, the whole pipeline offline on t
 test: install workflows  ## lint, then the whole test suite (real vLLM on the CPU, real Hub protocol)
 	$(BIN)/ruff check hubswap tests bench
 	$(BIN)/python -m pytest -q
+
+test-fast: install  ## the logic tier: no torch, vLLM, venvs or wheels (seconds; tests/conftest.py enforces the tiers)
+	$(BIN)/python -m pytest -q -m "not engine and not install"
 
 lint: install
 	$(BIN)/ruff check hubswap tests bench

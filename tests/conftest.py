@@ -1,13 +1,34 @@
-"""Shared fixtures: isolated caches, tiny model families made once per session."""
+"""Shared fixtures (isolated caches, tiny model families made once per session, the test Hub) and
+the test tiers.
+
+Tiers are markers (registered in pyproject.toml, ``--strict-markers``):
+
+- ``engine``: the test needs the ML stack (torch, transformers, vLLM) in its own process or in the
+  CLI it runs. Fixtures that make models with torch or import vLLM (``ENGINE_FIXTURES``) mark
+  their users here; a test that imports the stack itself carries the marker in its module.
+- ``install``: the test builds venvs, wheels or sdists (its module carries the marker).
+- ``hub``: the test talks to the test Hub (given to every user of the ``hub`` fixture).
+- ``slow``: long end-to-end tests.
+
+``make test-fast`` runs ``-m "not engine and not install"``, the logic tier, in seconds. The
+``engine`` marker is enforced, not trusted: see tests/support/engine_guard.py.
+"""
 
 from __future__ import annotations
 
+import ast
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from tests.support.engine_guard import LOG_VAR as ENGINE_LOG_VAR
+from tests.support.engine_guard import TEST_VAR as ENGINE_TEST_VAR
+from tests.support.engine_guard import HeavyImportGuard
+from tests.support.engine_guard import loaded as loaded_heavy
 
 REPO = Path(__file__).resolve().parent.parent
 MGSM = (REPO.parent / "shared" / "mgsm").resolve()
@@ -30,6 +51,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 settings.register_profile("hubswap", max_examples=300, derandomize=True, database=None, deadline=None, print_blob=True)
 settings.register_profile("explore", database=None, deadline=None, max_examples=5000, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "hubswap"))
+
+
+@pytest.fixture(scope="module")
+def hub():
+    """The test Hub (tests/support/hub_server.py) on 127.0.0.1, empty: one server per test module,
+    which a module seeds in a module-scoped fixture of its own (``hub_server.seed`` adds the usual
+    users and a tiny family; a module may override ``hub`` with one that takes this ``hub``). Its
+    repos, request log and faults belong to the module: a test that counts requests clears
+    ``hub.requests`` first, or counts from a mark. Tests that need a server of their own (two Hubs
+    at once, a dead one) construct ``HubServer`` from the support package."""
+    from tests.support.hub_server import HubServer
+
+    with HubServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +123,87 @@ def tiny_llama_vllm(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def standins(tmp_path_factory) -> dict[str, Path]:
     """base/task/language: tiny stand-ins for the repos of recipes/llama-swahili-math.toml, with
-    their real tensor names and metadata traits (see tests/standins.py)."""
-    from tests.standins import make_standins
+    their real tensor names and metadata traits (see tests/support/standins.py)."""
+    from tests.support.standins import make_standins
 
     return make_standins(tmp_path_factory.mktemp("standins"))
+
+
+# -- tiers (see the module docstring and tests/support/engine_guard.py) ---------------------------
+
+# Fixtures that make models with torch and transformers or import vLLM: their users are `engine`.
+ENGINE_FIXTURES = frozenset({"tiny_llama", "tiny_qwen2", "tiny_llama_vllm", "vllm_cpu", "standins"})
+
+_GUARD = HeavyImportGuard()
+sys.meta_path.insert(0, _GUARD)
+_CHILD_REFUSALS = _TMP / "engine-refusals.txt"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = set(item.fixturenames)
+        # a module adds its own torch-made fixtures with a module-level ENGINE_FIXTURES
+        engine = ENGINE_FIXTURES | set(getattr(item.module, "ENGINE_FIXTURES", ()))
+        if names & engine:
+            item.add_marker(pytest.mark.engine)
+        if "hub" in names:
+            item.add_marker(pytest.mark.hub)
+
+
+def _imports_a_test_module(path: Path) -> list[str]:
+    """Test modules import support code from tests/support, never another test module."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return [n for n in names if n.rpartition(".")[2].startswith("test_") and n.partition(".")[0] in ("tests", n)]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    before = loaded_heavy()
+    report = yield
+    new = loaded_heavy() - before
+    if isinstance(collector, pytest.Module) and report.passed:
+        others = _imports_a_test_module(collector.path)
+        if new or others:
+            report.outcome = "failed"
+            report.longrepr = (f"{collector.nodeid} imports {', '.join(sorted(new))} when it is imported: import the "
+                               "ML stack inside the tests and fixtures that need it (which carry `engine`)" if new else
+                               f"{collector.nodeid} imports the test module(s) {', '.join(others)}: move what they "
+                               "share to tests/support/")
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    unmarked = item.get_closest_marker("engine") is None
+    _GUARD.test = item.nodeid if unmarked else None
+    _GUARD.refused.clear()
+    _CHILD_REFUSALS.write_text("")
+    if unmarked:  # read by tests/support/cli.py for the CLI processes the test starts
+        os.environ[ENGINE_TEST_VAR], os.environ[ENGINE_LOG_VAR] = item.nodeid, str(_CHILD_REFUSALS)
+    try:
+        return (yield)
+    finally:
+        _GUARD.test = None
+        os.environ.pop(ENGINE_TEST_VAR, None)
+        os.environ.pop(ENGINE_LOG_VAR, None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if call.when in ("setup", "call"):
+        refused = _GUARD.refused + _CHILD_REFUSALS.read_text().split()
+        if refused:
+            # said plainly even where the code under test caught the refusal (`except Exception`)
+            # and failed, or passed, another way
+            report.outcome = "failed"
+            report.longrepr = (f"{item.nodeid} imported {', '.join(sorted(set(refused)))} without the `engine` "
+                               f"marker (refused by tests/support/engine_guard.py)\n\n{report.longrepr or ''}")
+            _GUARD.refused.clear()
+            _CHILD_REFUSALS.write_text("")
+    return report

@@ -13,25 +13,20 @@ from hubswap import analysis as analyze_mod
 from hubswap.analysis import analyze, module_kind, suggest
 from hubswap.cli import main
 from hubswap.errors import HubswapError, IncompatibleModelsError
+from tests.support.cli import run_hubswap
+from tests.support.recipes import hub_models, write_recipe
 
-RECIPE = """\
-schema_version = 1
-name = "tiny-regions"
-{base}
-[models.task]
-path = "task"
-[models.language]
-path = "language"
-[swap]
-bottom = 1
-top = 1
-"""
+# Module fixtures that make models with torch: their users are `engine` (tests/conftest.py).
+ENGINE_FIXTURES = {"regional"}
+
+
+def regions_recipe(path: Path, models) -> Path:
+    return write_recipe(path, models, name="tiny-regions", bottom=1, top=1, transition=None, dtype=None)
 
 
 def _recipe(root: Path, base: bool = True) -> Path:
-    p = root / "recipe.toml"
-    p.write_text(RECIPE.format(base='[models.base]\npath = "base"\n' if base else ""))
-    return p
+    roles = ("base", "task", "language") if base else ("task", "language")
+    return regions_recipe(root / "recipe.toml", {role: Path(role) for role in roles})
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +128,7 @@ def test_module_kinds():
 
 
 def test_analyze_needs_a_base(regional, tmp_path):
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(base="").replace('"task"', f'"{regional / "task"}"')
-                      .replace('"language"', f'"{regional / "language"}"'))
+    recipe = regions_recipe(tmp_path / "recipe.toml", {"task": regional / "task", "language": regional / "language"})
     with pytest.raises(HubswapError, match=r"no \[models.base\]"):
         analyze(recipe, tmp_path / "out")
 
@@ -160,27 +153,15 @@ def test_analyze_reports_tensors_an_expert_lacks(regional, tmp_path):
         analyze(tmp_path / "recipe.toml", tmp_path / "out")
 
 
-def test_analyze_hub_repos_matches_local(regional, tmp_path):
+def test_analyze_hub_repos_matches_local(hub, regional, tmp_path):
     """The same experts served by a real HTTP Hub: downloaded as the build does, same numbers."""
-    import os
-    import subprocess
-    import sys
 
-    from hub_server import HubServer
 
     local = analyze(regional / "recipe.toml", tmp_path / "local")
-    recipe = tmp_path / "hub.toml"
-    recipe.write_text(RECIPE.format(base='[models.base]\nrepo = "org/base"\n')
-                      .replace('path = "task"', 'repo = "org/task"')
-                      .replace('path = "language"', 'repo = "org/language"'))
-    with HubServer() as hub:
-        for role in ("base", "task", "language"):
-            hub.upload_folder(f"org/{role}", regional / role, message=f"tiny {role}")
-        run = subprocess.run(
-            [sys.executable, "-m", "hubswap.cli", "analyze", str(recipe), "-o", str(tmp_path / "hub")],
-            env={**os.environ, "HF_ENDPOINT": hub.url}, cwd=tmp_path, capture_output=True, text=True,
-            timeout=300,
-        )
+    recipe = regions_recipe(tmp_path / "hub.toml", hub_models())
+    for role in ("base", "task", "language"):
+        hub.upload_folder(f"org/{role}", regional / role, message=f"tiny {role}")
+    run = run_hubswap("analyze", recipe, "-o", tmp_path / "hub", hub=hub, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     data = json.loads((tmp_path / "hub" / "changes.json").read_text())
     assert data["models"]["base"] == "org/base@main"
@@ -190,6 +171,7 @@ def test_analyze_hub_repos_matches_local(regional, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.engine  # torch writes the reference tensors
 def test_decode_reads_every_float_dtype_exactly(tmp_path, dtype):
     import os
 
@@ -212,6 +194,7 @@ def test_decode_reads_every_float_dtype_exactly(tmp_path, dtype):
     assert np.array_equal(got, t.flatten()[10:22].double().numpy())
 
 
+@pytest.mark.engine  # the model is made with torch
 def test_peak_memory_is_bounded_by_the_slice_not_the_model(tmp_path):
     """Peak RSS of an analysis in a fresh process, against the same process analyzing nothing."""
     import subprocess

@@ -5,35 +5,25 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 from hubswap.cli import main
-from tests.helpers import local_recipe
+from tests.support.recipes import write_recipe
 
-EVAL = """
-[eval]
-dataset = "{mgsm}"
-languages = ["sw"]
-prompt = "direct"
-num_fewshot = 0
-max_new_tokens = 8
-compare = ["task", "language", "base"]
-backend = "vllm"
-limit = 3
 
-[eval.vllm]
-max_model_len = 1024
-
-[gate]
-must_beat = ["task"]
-min_accuracy = 0.5
-
-[publish]
-repo = "org/never-pushed"
-"""
+def tables(mgsm: Path) -> dict:
+    """[eval], [gate] and [publish] of the recipe."""
+    return dict(
+        eval={"dataset": str(mgsm), "languages": ["sw"], "prompt": "direct", "num_fewshot": 0, "max_new_tokens": 8,
+              "compare": ["task", "language", "base"], "backend": "vllm", "limit": 3,
+              "vllm": {"max_model_len": 1024}},
+        gate={"must_beat": ["task"], "min_accuracy": 0.5},
+        publish={"repo": "org/never-pushed"},
+    )
 
 
 def test_failing_gate_stops_the_build_after_writing_every_result(tiny_llama_vllm, mgsm_dir, tmp_path, capsys, caplog):
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama_vllm, extra=EVAL.format(mgsm=mgsm_dir))
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama_vllm, **tables(mgsm_dir))
     out = tmp_path / "build"
 
     # --push: a failed gate must stop before publishing (a publish attempt here would be exit 4).

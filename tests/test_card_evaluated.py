@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from hubswap.evaluate.languages import LANGUAGES
-from tests.helpers import local_recipe
+from tests.support.recipes import write_recipe
 
 SW, EN = LANGUAGES["sw"].cot_answer, LANGUAGES["en"].cot_answer
 SHIFTED = " The answer is 7. Jibu ni 3."  # the language expert's own answer: right in sw (q2), wrong in en
@@ -33,26 +33,17 @@ EXPECTED = {"merged": (0.5, 0.5), "task": (0.0, 0.5), "language": (0.5, 0.0), "b
 VOCAB = tuple(dict.fromkeys([SW, EN, SHIFTED, *(v for s in SCRIPTS.values() for v in s.values())]))
 LAYERS = 4  # bottom 1 and top 1 from the language expert, middle 2 from the task expert
 
-EVAL = """
-[eval]
-dataset = "{mgsm}"
-languages = ["sw", "en"]
-prompt = "native-cot"
-num_fewshot = 0
-max_new_tokens = 4
-compare = ["task", "language", "base"]
-backend = "vllm"
-limit = 2
 
-[eval.vllm]
-max_model_len = 1024
 
-[gate]
-must_beat = ["task"]
-
-[publish]
-repo = "org/scripted-merge"
-"""
+def tables(mgsm: Path) -> dict:
+    """[eval], [gate] and [publish] of the recipe."""
+    return dict(
+        eval={"dataset": str(mgsm), "languages": ["sw", "en"], "prompt": "native-cot", "num_fewshot": 0,
+              "max_new_tokens": 4, "compare": ["task", "language", "base"], "backend": "vllm", "limit": 2,
+              "vllm": {"max_model_len": 1024}},
+        gate={"must_beat": ["task"]},
+        publish={"repo": "org/scripted-merge"},
+    )
 
 
 def _scripted_experts(root: Path) -> dict[str, Path]:
@@ -84,7 +75,7 @@ def scripted_build(vllm_cpu, mgsm_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("scripted-build")
     experts = _scripted_experts(root / "experts")
-    recipe = local_recipe(root / "r.toml", experts, bottom=1, top=1, transition=0, extra=EVAL.format(mgsm=mgsm_dir))
+    recipe = write_recipe(root / "r.toml", experts, bottom=1, top=1, transition=0, **tables(mgsm_dir))
     assert main(["build", str(recipe), "-o", str(root / "build")]) == 0
     model = root / "build" / "model"
     return model, json.loads((model / "hubswap" / "eval_results.json").read_text())

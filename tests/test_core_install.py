@@ -1,6 +1,6 @@
 """The core install (`pip install hubswap`): every command that needs no model runs without torch.
 
-A venv made by uv from PyPI with only ``[project] dependencies`` (cached, see tests/venvs.py; torch,
+A venv made by uv from PyPI with only ``[project] dependencies`` (cached, see tests/support/venvs.py; torch,
 transformers, tokenizers, vllm, datasets and evaluate are not even installed in it) runs hubswap
 from this checkout: validate, plan, lock, build --no-eval and push against the test Hub, analyze
 and card, on tiny experts written with numpy and ``safetensors.numpy`` by that same venv. Each
@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hub_server import HubServer
 from safetensors.numpy import load_file
-from test_hub import WRITE, seed
-from venvs import HEAVY, REPO, core_venv
 
-pytestmark = pytest.mark.slow
+from tests.support.hub_server import WRITE, seed
+from tests.support.recipes import hub_models, write_recipe
+from tests.support.venvs import HEAVY, REPO, core_venv
+
+pytestmark = [pytest.mark.slow, pytest.mark.install]
 
 # Run the CLI, then say on stderr which heavy modules were imported and where hubswap came from.
 _WRAPPER = f"""
@@ -38,29 +39,10 @@ finally:
 sys.exit(rc)
 """
 
-RECIPE = """\
-schema_version = 1
-name = "core-merge"
-
-[models.base]
-repo = "org/base"
-
-[models.task]
-repo = "org/task"
-
-[models.language]
-repo = "org/language"
-
-[swap]
-bottom = 1
-top = 1
-transition = 1
-non_layer = "language"
-dtype = "float32"
-
-[publish]
-repo = "org/core-merged"
-"""
+def write_core_recipe(path: Path, models) -> Path:
+    """The recipe every command here runs: ``models`` from the test Hub or local folders."""
+    return write_recipe(path, models, name="core-merge", bottom=1, top=1, transition=1, non_layer="language",
+                        publish={"repo": "org/core-merged"})
 # The language expert's weight per layer for that [swap] on 6 layers: L ~ T T ~ L.
 LANGUAGE_WEIGHT = [1.0, 0.5, 0.0, 0.0, 0.5, 1.0]
 
@@ -88,15 +70,15 @@ def family(core, env, tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("numpy_family")
     make_tokenizer(root / "tokenizer")
-    subprocess.run([str(core), str(REPO / "tests" / "numpy_family.py"), str(root / "experts"),
+    subprocess.run([str(core), str(REPO / "tests" / "support" / "numpy_family.py"), str(root / "experts"),
                     "--tokenizer", str(root / "tokenizer")], env=env, check=True, capture_output=True)
     return {role: root / "experts" / role for role in ("base", "task", "language")}
 
 
 @pytest.fixture(scope="module")
-def hub(family):
-    with HubServer() as server:
-        yield seed(server, family)
+def hub(hub, family):
+    """The test Hub of tests/conftest.py with the usual users and the numpy family."""
+    return seed(hub, family)
 
 
 def hubswap(core: Path, env: dict, *args: str, cwd: Path, **extra: str) -> subprocess.CompletedProcess:
@@ -124,18 +106,14 @@ def test_the_core_venv_holds_no_torch(core, env):
 
 def test_version_validate_plan_without_torch(core, env, family, tmp_path):
     assert ok(hubswap(core, env, "--version", cwd=tmp_path)).startswith("hubswap ")
-    recipe = tmp_path / "local.toml"
-    text = RECIPE
-    for role, path in family.items():
-        text = text.replace(f'repo = "org/{role}"', f'path = "{path}"')
-    recipe.write_text(text)
+    recipe = write_core_recipe(tmp_path / "local.toml", family)
     assert ": ok (core-merge" in ok(hubswap(core, env, "validate", str(recipe), cwd=tmp_path))
     plan = ok(hubswap(core, env, "plan", str(recipe), cwd=tmp_path))
     assert "6 layers" in plan and "L~TT~L" in plan
 
 
 def test_lock_build_card_push_against_the_test_hub_without_torch(core, env, family, hub, tmp_path):
-    (tmp_path / "merge.toml").write_text(RECIPE)
+    write_core_recipe(tmp_path / "merge.toml", hub_models())
     at_hub = {"HF_ENDPOINT": hub.url}
 
     ok(hubswap(core, env, "lock", "merge.toml", cwd=tmp_path, **at_hub))
@@ -174,7 +152,7 @@ def test_lock_build_card_push_against_the_test_hub_without_torch(core, env, fami
 
 
 def test_analyze_without_torch(core, env, family, hub, tmp_path):
-    (tmp_path / "merge.toml").write_text(RECIPE)
+    write_core_recipe(tmp_path / "merge.toml", hub_models())
     out = ok(hubswap(core, env, "analyze", "merge.toml", "-o", "analysis", cwd=tmp_path, HF_ENDPOINT=hub.url))
     # the experts changed layers 0 and 5 (language) and 1-4 (task): the suggestion says so
     assert "suggested swap: bottom = 1, top = 1" in out
@@ -186,7 +164,7 @@ def test_evaluation_and_demo_name_the_extra_to_install(core, env, family, mgsm_d
                  cwd=tmp_path)
     assert ev.returncode == 7 and 'pip install "hubswap[eval]"' in ev.stderr and "Traceback" not in ev.stderr
     # a build or a sweep that would evaluate says so before downloading or merging anything
-    (tmp_path / "merge.toml").write_text(RECIPE)
+    write_core_recipe(tmp_path / "merge.toml", hub_models())
     for args in (["build", "merge.toml"], ["sweep", "merge.toml", "--bottom", "1", "--top", "1"]):
         p = hubswap(core, env, *args, cwd=tmp_path, HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens
         assert p.returncode == 7, p.stderr

@@ -10,18 +10,15 @@ the file is refused although no byte of it would be used.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
 
-from tests.helpers import local_recipe
+from tests.support.cli import run_hubswap
+from tests.support.recipes import write_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -122,11 +119,6 @@ def _library_refuses(path: Path) -> bool:
     return False
 
 
-def _cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hubswap.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=300)
-
-
 @pytest.fixture
 def family(tiny_llama, tmp_path) -> dict[str, Path]:
     """A copy of the tiny family whose language expert the test may damage."""
@@ -142,9 +134,9 @@ def test_a_corrupt_local_shard_is_refused_at_preflight(family, tmp_path, corrupt
     problem = corrupt(shard)
     assert _library_refuses(shard), "the safetensors library accepts this file: not a corruption"
 
-    recipe = local_recipe(tmp_path / "r.toml", family)
+    recipe = write_recipe(tmp_path / "r.toml", family)
     for args in (["build", str(recipe), "--no-eval", "-o", str(tmp_path / "build")], ["lock", str(recipe)]):
-        r = _cli(*args, cwd=tmp_path)
+        r = run_hubswap(*args, cwd=tmp_path)
         assert r.returncode == 3, r.stderr
         error = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
         assert len(error) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -155,28 +147,24 @@ def test_a_corrupt_local_shard_is_refused_at_preflight(family, tmp_path, corrupt
 
 
 @pytest.mark.parametrize("corrupt", [truncated, offset_past_eof, overlapping], ids=lambda f: f.__name__)
-def test_a_corrupt_hub_shard_is_refused_before_any_weight_is_downloaded(tiny_llama, tmp_path, corrupt):
+def test_a_corrupt_hub_shard_is_refused_before_any_weight_is_downloaded(hub, tiny_llama, tmp_path, corrupt):
     """On the Hub, the header (two ranged reads) is checked against the file size in the LFS record."""
     bad = Path(shutil.copytree(tiny_llama["language"], tmp_path / "language"))
     shard = _unused_shard(bad)
     problem = corrupt(bad / shard)
-    recipe = tmp_path / "merge.toml"
-    recipe.write_text('schema_version = 1\nname = "hub-corrupt"\n\n[models.task]\nrepo = "org/task"\n\n'
-                      '[models.language]\nrepo = "org/language"\n\n[swap]\nbottom = 2\ntop = 1\ntransition = 1\n'
-                      'dtype = "float32"\n')
-    with HubServer() as hub:
-        hub.upload_folder("org/task", tiny_llama["task"])
-        hub.upload_folder("org/language", bad)
-        env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home")}
-        for args in (["lock", str(recipe)], ["build", str(recipe), "--no-eval", "-o", str(tmp_path / "build")]):
-            r = _cli(*args, cwd=tmp_path, env=env)
-            assert r.returncode == 3, r.stderr
-            error = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
-            assert len(error) == 1 and "Traceback" not in r.stderr, r.stderr
-            assert re.match(rf"error: language model org/language@main \([0-9a-f]{{12}}\): {shard}: corrupt safetensors ",
-                            error[0]), error[0]
-            assert problem in error[0], error[0]
-        whole = [p for m, p, rng in hub.requests if m == "GET" and p.endswith(".safetensors") and rng is None]
-        assert not whole, f"weights downloaded: {whole}"
+    recipe = write_recipe(tmp_path / "merge.toml", {"task": "org/task", "language": "org/language"}, name="hub-corrupt")
+    hub.upload_folder("org/task", tiny_llama["task"])
+    hub.upload_folder("org/language", bad)
+    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home")}
+    for args in (["lock", str(recipe)], ["build", str(recipe), "--no-eval", "-o", str(tmp_path / "build")]):
+        r = run_hubswap(*args, cwd=tmp_path, env=env)
+        assert r.returncode == 3, r.stderr
+        error = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+        assert len(error) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert re.match(rf"error: language model org/language@main \([0-9a-f]{{12}}\): {shard}: corrupt safetensors ",
+                        error[0]), error[0]
+        assert problem in error[0], error[0]
+    whole = [p for m, p, rng in hub.requests if m == "GET" and p.endswith(".safetensors") and rng is None]
+    assert not whole, f"weights downloaded: {whole}"
     assert not (tmp_path / "merge.lock.json").exists()
     assert not (tmp_path / "build" / "model").exists()

@@ -6,15 +6,14 @@ one. A separate process, as a user runs it, on the real vLLM CPU engine and the 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.support.cli import run_hubswap
+
+pytestmark = [pytest.mark.slow, pytest.mark.engine]  # the demo makes its experts with torch and runs vLLM
 REPO = Path(__file__).resolve().parent.parent
 # A table row of `format_table`: model, language, n, accuracy [95% CI] in percent, then the rest.
 ROW = re.compile(r"^(\w+)\s+(\w\w)\s+(\d+)\s+(\d+\.\d) \[\s*(\d+\.\d),\s*(\d+\.\d)\]", re.M)
@@ -31,11 +30,9 @@ def readme_demo_paths() -> list[str]:
 
 def test_demo_runs_offline_and_writes_what_the_readme_says(mgsm_dir, tmp_path):
     # vLLM's engine in the demo's own process and one OpenMP thread: 3x faster on small machines.
-    env = {**os.environ, "HUBSWAP_MGSM": str(mgsm_dir), "HF_HUB_OFFLINE": "1",
-           "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    run = subprocess.run([sys.executable, "-m", "hubswap.cli", "demo", "--output", "demo", "--limit", "1"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    env = {"HUBSWAP_MGSM": str(mgsm_dir), "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+           "OMP_NUM_THREADS": "1"}
+    run = run_hubswap("demo", "--output", "demo", "--limit", "1", cwd=tmp_path, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
 

@@ -10,15 +10,17 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
 
 from hubswap.demo import make_family
-from tests.helpers import local_recipe
+from tests.support.cli import hubswap_argv, hubswap_env, run_hubswap
+from tests.support.recipes import write_recipe
+
+# Module fixtures that make models with torch: their users are `engine` (tests/conftest.py).
+ENGINE_FIXTURES = {"medium"}
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,11 +46,6 @@ def small_fs(tmp_path):
         subprocess.run(["umount", "-l", str(d)], check=False)
 
 
-def _cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hubswap.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=300)
-
-
 def _errors(stderr: str) -> list[str]:
     lines = [line.rsplit("\r", 1)[-1] for line in stderr.splitlines()]
     return [line for line in lines if line.startswith(("error:", "hint:", "Traceback"))]
@@ -69,8 +66,8 @@ def _fill(folder: Path) -> Path:
 
 def test_a_model_that_does_not_fit_is_refused_before_anything_is_written(tiny_llama, small_fs, tmp_path):
     disk = small_fs("512k")
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
-    r = _cli("build", str(recipe), "--no-eval", "-o", str(disk / "build"))
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama)
+    r = run_hubswap("build", str(recipe), "--no-eval", "-o", str(disk / "build"))
     assert r.returncode == 8, r.stderr
     error = _errors(r.stderr)
     assert len(error) == 2, r.stderr
@@ -88,10 +85,9 @@ def medium(tmp_path_factory) -> dict[str, Path]:
 
 def test_the_disk_filling_up_during_the_merge_is_one_line_and_leaves_nothing(medium, small_fs, tmp_path):
     disk = small_fs("160m")  # room for the 89 MB bf16 model, which a filler takes away mid-merge
-    recipe = local_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
+    recipe = write_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
     out = disk / "build"
-    proc = subprocess.Popen([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "--no-eval", "-o", str(out)],
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(hubswap_argv("build", recipe, "--no-eval", "-o", out), env=hubswap_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not any(s.stat().st_size for s in out.glob(".model.partial-*/model-*.safetensors")):
@@ -107,21 +103,21 @@ def test_the_disk_filling_up_during_the_merge_is_one_line_and_leaves_nothing(med
     assert sorted(os.listdir(out)) == [".hubswap.lock"]  # no model, no staging folder
 
     filler.unlink()
-    again = _cli("build", str(recipe), "--no-eval", "-o", str(out))
+    again = run_hubswap("build", str(recipe), "--no-eval", "-o", str(out))
     assert again.returncode == 0, again.stderr
     assert (out / "model" / "model.safetensors.index.json").is_file()
 
 
 def test_a_full_disk_while_writing_the_card_keeps_the_old_card(tiny_llama, small_fs, tmp_path):
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama)
     built = tmp_path / "build"
-    assert _cli("build", str(recipe), "--no-eval", "-o", str(built)).returncode == 0
+    assert run_hubswap("build", str(recipe), "--no-eval", "-o", str(built)).returncode == 0
     disk = small_fs("8m")
     model = Path(shutil.copytree(built / "model", disk / "model"))
     card = (model / "README.md").read_bytes()
     (model / "README.md").write_text("an older card\n")  # the new card is bigger: it needs new blocks
     _fill(disk)
-    r = _cli("card", str(model))
+    r = run_hubswap("card", str(model))
     assert r.returncode == 8, r.stderr
     error = _errors(r.stderr)
     assert re.fullmatch(rf"error: no space left on device in {re.escape(str(model))}(/hubswap)? while writing (README.md|\S+\.svg)",
@@ -131,18 +127,14 @@ def test_a_full_disk_while_writing_the_card_keeps_the_old_card(tiny_llama, small
     assert card  # the card that did not fit was a real one
 
 
-def test_downloads_that_do_not_fit_the_hub_cache_are_refused_before_fetching(tiny_llama, small_fs, tmp_path):
+def test_downloads_that_do_not_fit_the_hub_cache_are_refused_before_fetching(hub, tiny_llama, small_fs, tmp_path):
     cache = small_fs("512k")
-    recipe = tmp_path / "merge.toml"
-    recipe.write_text('schema_version = 1\nname = "hub-disk"\n\n[models.task]\nrepo = "org/task"\n\n'
-                      '[models.language]\nrepo = "org/language"\n\n[swap]\nbottom = 2\ntop = 1\ntransition = 1\n'
-                      'dtype = "float32"\n')
-    with HubServer() as hub:
-        hub.upload_folder("org/task", tiny_llama["task"])
-        hub.upload_folder("org/language", tiny_llama["language"])
-        r = _cli("build", str(recipe), "--no-eval", "-o", str(tmp_path / "build"), cwd=tmp_path,
-                 env={"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache / "hub")})
-        whole = [p for m, p, rng in hub.requests if m == "GET" and p.endswith(".safetensors") and rng is None]
+    recipe = write_recipe(tmp_path / "merge.toml", {"task": "org/task", "language": "org/language"}, name="hub-disk")
+    hub.upload_folder("org/task", tiny_llama["task"])
+    hub.upload_folder("org/language", tiny_llama["language"])
+    r = run_hubswap("build", str(recipe), "--no-eval", "-o", str(tmp_path / "build"), cwd=tmp_path,
+             env={"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache / "hub")})
+    whole = [p for m, p, rng in hub.requests if m == "GET" and p.endswith(".safetensors") and rng is None]
     assert r.returncode == 8, r.stderr
     error = _errors(r.stderr)
     assert error[0].startswith("error: downloading ") and "of org/task@main (" in error[0], r.stderr

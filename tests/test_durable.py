@@ -4,16 +4,15 @@ publishes it, and the rename itself after. Seen from outside, in the system call
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import local_recipe
+from tests.support.cli import hubswap_argv, hubswap_env
+from tests.support.recipes import write_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,12 +21,12 @@ def test_every_output_is_fsynced_before_the_rename_that_publishes_it(tiny_llama,
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace is not installed (apt-get install strace)")
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama)
     out, log = tmp_path / "build", tmp_path / "strace.log"
     cmd = [strace, "-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", str(log),
-           sys.executable, "-m", "hubswap.cli", "build", str(recipe), "--no-eval", "-o", str(out)]
+           *hubswap_argv("build", recipe, "--no-eval", "-o", out)]
     cmd[-4:-4] = ["--max-shard-size", "200KB"]  # several shards
-    r = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, env=hubswap_env(), capture_output=True, text=True, timeout=300)
     if r.returncode and "ptrace" in r.stderr:
         pytest.skip(f"strace cannot trace here: {r.stderr.strip()[:200]}")
     assert r.returncode == 0, r.stderr

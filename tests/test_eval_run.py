@@ -163,22 +163,19 @@ def test_eval_command_user_errors(tmp_path, mgsm_dir, capsys):
     assert "has no sw/ split" in err and "hint:" in err
 
 
-def test_eval_model_from_the_hub(tiny_llama_vllm, tmp_path):
-    from hub_server import HubServer
-
+def test_eval_model_from_the_hub(hub, tiny_llama_vllm, tmp_path):
     from hubswap.errors import HubError
     from hubswap.evaluate.command import resolve_model
 
-    with HubServer() as hub:
-        hub.upload_folder("org/task", tiny_llama_vllm["task"], message="tiny task")
-        folder = resolve_model("org/task", endpoint=hub.url)
-        src = tiny_llama_vllm["task"]
-        weights = sorted(p.name for p in src.glob("*.safetensors"))
-        assert sorted(p.name for p in folder.glob("*.safetensors")) == weights
-        assert all((folder / n).read_bytes() == (src / n).read_bytes() for n in weights + ["config.json"])
-        assert (folder / "tokenizer.json").exists()
-        with pytest.raises(HubError):
-            resolve_model("org/missing", endpoint=hub.url)
+    hub.upload_folder("org/task", tiny_llama_vllm["task"], message="tiny task")
+    folder = resolve_model("org/task", endpoint=hub.url)
+    src = tiny_llama_vllm["task"]
+    weights = sorted(p.name for p in src.glob("*.safetensors"))
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == weights
+    assert all((folder / n).read_bytes() == (src / n).read_bytes() for n in weights + ["config.json"])
+    assert (folder / "tokenizer.json").exists()
+    with pytest.raises(HubError):
+        resolve_model("org/missing", endpoint=hub.url)
 
 
 def test_prompt_longer_than_the_engine_is_a_user_error(tiny_llama_vllm, mgsm_dir, tmp_path, capsys):

@@ -118,6 +118,7 @@ def test_signs_and_decimals_are_values(text, answer, correct, lm_eval):
     assert (got.answer, got.correct, got.strict_match) == (answer, correct, lm_eval)
 
 
+@pytest.mark.engine  # `evaluate` imports transformers
 def test_the_evaluate_metric_is_score_response():
     import evaluate
 

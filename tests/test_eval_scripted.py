@@ -16,6 +16,9 @@ import pytest
 from hubswap.cli import main
 from hubswap.evaluate.languages import LANGUAGES
 
+# Module fixtures that make models with torch: their users are `engine` (tests/conftest.py).
+ENGINE_FIXTURES = {"scripted_eval"}
+
 # lang: (scripted answer, robust answer, robust verdict, strict-match, flexible-extract) for gold 18
 SCRIPT = {
     "sw": (" Jibu ni -18.", "-18", False, True, True),       # lm-eval drops the "-" as punctuation

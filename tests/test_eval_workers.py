@@ -100,12 +100,12 @@ def test_a_sweep_session_loads_each_configuration_into_one_engine(tiny_llama_vll
     from hubswap.evaluate.prompts import Prompt
     from hubswap.evaluate.worker import WorkerSession
     from hubswap.pipeline import BuildOptions, build
-    from tests.helpers import local_recipe
+    from tests.support.recipes import write_recipe
 
     models = {}
     for name, swap in (("a", dict(bottom=2, top=1, transition=1)), ("b", dict(bottom=1, top=2, transition=0)),
                        ("c", dict(bottom=0, top=0, transition=0))):
-        recipe = local_recipe(tmp_path / f"{name}.toml", tiny_llama_vllm, name=name, **swap)
+        recipe = write_recipe(tmp_path / f"{name}.toml", tiny_llama_vllm, name=name, **swap)
         models[name] = build(recipe, BuildOptions(output=tmp_path / name, evaluate=False, progress=False)).model_dir
     prompts = [Prompt("sw", i, 0, (), text=f"Swali {i}: {i} na {3 * i} ni ngapi? Jibu:") for i in range(6)]
     args = dict(backend="vllm", options={}, seed=0, batch_size=16, max_new_tokens=12, progress=False, token_ids=True)

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
-import transformers
 from safetensors import safe_open
 
 from hubswap.pipeline import BuildOptions, build
 from hubswap.recipe import Swap
-from tests.helpers import local_recipe
+from tests.support.recipes import write_recipe
+
+pytestmark = pytest.mark.engine  # transformers' config classes, torch references, the vLLM engine
+
+if TYPE_CHECKING:
+    import torch
 
 LAYERS = 6
 # Language weights 1, 2/3, 1/3, 0, 1/2, 1 (L~~T~L): inexact blends in float32. Multimodal models
@@ -39,7 +44,7 @@ NO_TORCHVISION = ("vLLM's multimodal model code imports torchvision, which has n
 class Family:
     name: str
     make: str  # transformers config class
-    kwargs: dict
+    kwargs: dict | Callable[[], dict]  # a callable: configs that need transformers' classes to write
     stack: str = "model.layers"  # where the saved checkpoint keeps the language model's layers
     memory_stack: str = "model.layers"  # where the loaded model keeps them
     vision: tuple[str, ...] = ()  # saved names of the vision side
@@ -49,10 +54,15 @@ class Family:
     extra: dict = field(default_factory=dict)
 
     def config(self):
-        return getattr(transformers, self.make)(**self.kwargs)
+        import transformers
+
+        kwargs = self.kwargs() if callable(self.kwargs) else self.kwargs
+        return getattr(transformers, self.make)(**kwargs)
 
 
 def _llava():
+    import transformers
+
     vision = transformers.CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_attention_heads=2,
                                            num_hidden_layers=LAYERS, image_size=32, patch_size=8, projection_dim=64)
     # As deep as the language model: the stack is told apart by the token embeddings beside it.
@@ -61,6 +71,8 @@ def _llava():
 
 
 def _gemma3():
+    import transformers
+
     vision = transformers.SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_attention_heads=2,
                                              num_hidden_layers=3, image_size=32, patch_size=8)
     return dict(text_config=transformers.Gemma3TextConfig(**TEXT, head_dim=32).to_dict(), vision_config=vision.to_dict(),
@@ -84,15 +96,15 @@ FAMILIES = [
     Family("olmo2", "Olmo2Config", TEXT),
     # As many experts per layer as layers: the experts' numbering must not pass for a second stack.
     Family("mixtral", "MixtralConfig", dict(TEXT, intermediate_size=64, num_local_experts=LAYERS, num_experts_per_tok=2)),
-    Family("llava", "LlavaConfig", _llava(), stack="language_model.model.layers",
+    Family("llava", "LlavaConfig", _llava, stack="language_model.model.layers",
            memory_stack="model.language_model.layers", vision=("vision_tower.", "multi_modal_projector."),
            memory_vision=("model.vision_tower.", "model.multi_modal_projector."),
            auto="AutoModelForImageTextToText", vllm_skip=NO_TORCHVISION),
-    Family("gemma3", "Gemma3Config", _gemma3(), stack="language_model.model.layers",
+    Family("gemma3", "Gemma3Config", _gemma3, stack="language_model.model.layers",
            memory_stack="model.language_model.layers", vision=("vision_tower.", "multi_modal_projector."),
            memory_vision=("model.vision_tower.", "model.multi_modal_projector."),
            auto="AutoModelForImageTextToText", vllm_skip=NO_TORCHVISION),
-    Family("qwen2_vl", "Qwen2VLConfig", _qwen2_vl(), stack="model.layers", memory_stack="model.language_model.layers",
+    Family("qwen2_vl", "Qwen2VLConfig", _qwen2_vl, stack="model.layers", memory_stack="model.language_model.layers",
            vision=("visual.",), memory_vision=("model.visual.",), auto="AutoModelForImageTextToText",
            vllm_skip=NO_TORCHVISION),
 ]
@@ -138,10 +150,9 @@ def built(tmp_path_factory):
             fam = BY_NAME[name]
             root = tmp_path_factory.mktemp(f"family-{name}")
             experts = make_family(root / "experts", config=fam.config(), seed=11, with_base=False)
-            vision = f'vision = "{SWAP.vision}"\n' if fam.vision else ""
-            recipe = local_recipe(root / "r.toml", experts, bottom=SWAP.bottom, top=SWAP.top, transition=0,
-                                  non_layer=SWAP.non_layer, name=f"tiny-{name}",
-                                  extra=f"transition_bottom = {SWAP.tb}\ntransition_top = {SWAP.tu}\n{vision}")
+            swap = {"transition_bottom": SWAP.tb, "transition_top": SWAP.tu, "vision": SWAP.vision if fam.vision else None}
+            recipe = write_recipe(root / "r.toml", experts, bottom=SWAP.bottom, top=SWAP.top, transition=0,
+                                  non_layer=SWAP.non_layer, name=f"tiny-{name}", swap=swap)
             result = build(recipe, BuildOptions(output=root / "build", evaluate=False, progress=False,
                                                 max_shard_size="400KB"))
             cache[name] = {"experts": experts, "model": result.model_dir, "recipe": recipe}
@@ -152,6 +163,8 @@ def built(tmp_path_factory):
 
 @pytest.mark.parametrize("family", [f.name for f in FAMILIES])
 def test_family_merges_bit_for_bit_and_computes_like_an_in_memory_swap(built, family):
+    import torch
+    import transformers
     fam = BY_NAME[family]
     b = built(family)
     model_dir, experts = b["model"], b["experts"]
@@ -268,7 +281,7 @@ def test_analyze_counts_only_the_language_models_layers_of_a_multimodal_model(tm
 
     fam = make_family(tmp_path / "fam", config=BY_NAME["llava"].config(), seed=5, non_layer_change=0.0,
                       task_change=region(range(2, 4), 0.1), language_change=region(range(0, 2), 0.1))
-    result = analyze(local_recipe(tmp_path / "r.toml", fam), tmp_path / "analysis", progress=False)
+    result = analyze(write_recipe(tmp_path / "r.toml", fam), tmp_path / "analysis", progress=False)
     layers = [r for r in result.rows if r.kind == "all"]
     assert [r.layer for r in layers] == list(range(LAYERS))
     assert [r.task > 0 for r in layers] == [False, False, True, True, False, False]

@@ -1,6 +1,6 @@
 """recipes/llama-swahili-math.toml itself, unedited, end to end against stand-ins of its repos.
 
-tests/standins.py makes tiny models with the traits of meta-llama/Llama-3.1-8B,
+tests/support/standins.py makes tiny models with the traits of meta-llama/Llama-3.1-8B,
 nvidia/OpenMath2-Llama3.1-8B and Lugha-Llama/Lugha-Llama-8B-wura; the test Hub serves them under
 those ids, and juletxara/mgsm as the Hub does (a loading script on main, parquet on
 refs/convert/parquet). `hubswap lock`, `plan` and `build` run as a user would, with HF_ENDPOINT
@@ -10,18 +10,16 @@ pointing at the test Hub and only `--limit` given on the command line.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
-from test_mgsm_data import _parquet, _rows
 
 from hubswap.evaluate.data import PARQUET_REVISION
-from tests.standins import REPOS, special_id
+from tests.support.cli import run_hubswap
+from tests.support.mgsm import parquet as _parquet
+from tests.support.mgsm import rows as _rows
+from tests.support.standins import REPOS, special_id
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "llama-swahili-math.toml"
@@ -29,31 +27,27 @@ TOKEN = "hf_test_reader_granted_llama"  # a read token whose user accepted the L
 
 
 @pytest.fixture(scope="module")
-def flagship_hub(standins, mgsm_dir):
-    with HubServer() as hub:
-        hub.add_user("reader", TOKEN, role="read")
-        for role, repo in REPOS.items():
-            # meta-llama's repos are gated: only users who accepted the licence read their files
-            hub.upload_folder(repo, standins[role], message=f"stand-in for {repo}", gated=role == "base")
-        hub.repos[REPOS["base"]].granted.add("reader")
-        hub.commit_files("datasets/juletxara/mgsm", {
-            "README.md": b"---\nlicense: cc-by-sa-4.0\n---\n# MGSM\n",
-            "mgsm.py": b"import datasets  # the original loading script\n",
-        })
-        parquet = {f"{lang}/{split}/0000.parquet": _parquet(_rows(mgsm_dir, lang, split))
-                   for lang in ("sw", "en") for split in ("test", "train")}
-        hub.commit_files("datasets/juletxara/mgsm", parquet, branch=PARQUET_REVISION, message="parquet conversion")
-        yield hub
+def flagship_hub(hub, standins, mgsm_dir):
+    hub.add_user("reader", TOKEN, role="read")
+    for role, repo in REPOS.items():
+        # meta-llama's repos are gated: only users who accepted the licence read their files
+        hub.upload_folder(repo, standins[role], message=f"stand-in for {repo}", gated=role == "base")
+    hub.repos[REPOS["base"]].granted.add("reader")
+    hub.commit_files("datasets/juletxara/mgsm", {
+        "README.md": b"---\nlicense: cc-by-sa-4.0\n---\n# MGSM\n",
+        "mgsm.py": b"import datasets  # the original loading script\n",
+    })
+    parquet = {f"{lang}/{split}/0000.parquet": _parquet(_rows(mgsm_dir, lang, split))
+               for lang in ("sw", "en") for split in ("test", "train")}
+    hub.commit_files("datasets/juletxara/mgsm", parquet, branch=PARQUET_REVISION, message="parquet conversion")
+    return hub
 
 
-def hubswap(*args: str, hub: HubServer, home: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(home / "hf_home"), "HF_HUB_DISABLE_XET": "1",
-           "HUBSWAP_CACHE": str(home / "hubswap-cache"), "VLLM_CACHE_ROOT": str(home / "vllm"),
-           "TMPDIR": str(home), "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    env["HF_TOKEN"] = TOKEN
-    return subprocess.run([sys.executable, "-m", "hubswap.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=900)
+def flagship_env(home: Path) -> dict[str, str]:
+    """Caches under ``home``; the engine in the worker's own process, one OpenMP thread; the reader's token."""
+    return {"HF_HOME": str(home / "hf_home"), "HF_HUB_DISABLE_XET": "1", "HUBSWAP_CACHE": str(home / "hubswap-cache"),
+            "VLLM_CACHE_ROOT": str(home / "vllm"), "TMPDIR": str(home), "OMP_NUM_THREADS": "1",
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_TOKEN": TOKEN}
 
 
 def test_the_flagship_recipe_builds_against_stand_ins_of_its_repos(flagship_hub, tmp_path):
@@ -62,7 +56,7 @@ def test_the_flagship_recipe_builds_against_stand_ins_of_its_repos(flagship_hub,
     recipe = work / "recipes" / RECIPE.name
     shutil.copyfile(RECIPE, recipe)
     assert recipe.read_bytes() == RECIPE.read_bytes()
-    run = lambda *a: hubswap(*a, hub=flagship_hub, home=tmp_path, cwd=work)  # noqa: E731
+    run = lambda *a: run_hubswap(*a, hub=flagship_hub, env=flagship_env(tmp_path), cwd=work, timeout=900)  # noqa: E731
 
     out = run("lock", "recipes/llama-swahili-math.toml")
     assert out.returncode == 0, out.stderr

@@ -26,6 +26,7 @@ def summary(out: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.engine  # the script's steps make and evaluate models with torch
 def test_tiny_smoke_runs_every_step_and_leaves_only_its_logs(tmp_path, mgsm_dir):
     work = tmp_path / "work"
     p = smoke("--tiny", "--bench", "--work", str(work), "--mgsm", str(mgsm_dir))

@@ -1,4 +1,4 @@
-"""Hub stage against tests/hub_server.py: the real huggingface_hub client over real HTTP.
+"""Hub stage against tests/support/hub_server.py: the real huggingface_hub client over real HTTP.
 
 Resolving and locking, preflight by ranged reads, verified and resumable downloads, and every
 failure a user can meet on the way in (gated, missing revision, dropped connections, 5xx, bytes that
@@ -9,59 +9,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
 
-WRITE, READ = "hf_test_alice_write_token", "hf_test_alice_read_token"
+from tests.support.cli import run_hubswap
+from tests.support.hub_server import WRITE, HubServer, seed
+from tests.support.recipes import hub_models, recipe_toml
 
 
 def recipe_text(task_rev: str = "main", *, publish: str = "org/merged", name: str = "tiny-hub-merge",
                 bottom: int = 2, task_repo: str = "org/task", org: str = "org") -> str:
-    return f"""\
-schema_version = 1
-name = "{name}"
-
-[models.base]
-repo = "{org}/base"
-
-[models.task]
-repo = "{task_repo}"
-revision = "{task_rev}"
-
-[models.language]
-repo = "{org}/language"
-
-[swap]
-bottom = {bottom}
-top = 1
-transition = 1
-dtype = "float32"
-
-[publish]
-repo = "{publish}"
-private = true
-"""
-
-
-def seed(server: HubServer, family: dict[str, Path]) -> HubServer:
-    """The users every Hub test knows, and a tiny family as org/base, org/task, org/language."""
-    server.add_user("alice", WRITE, role="write", orgs=("org",))
-    server.add_user("alice", READ, role="read", orgs=("org",))
-    server.add_user("bob", "hf_test_bob_token", role="write")
-    for role, path in family.items():
-        server.upload_folder(f"org/{role}", path, message=f"tiny {role}")
-    return server
+    return recipe_toml(hub_models(org, task=task_repo, revision=task_rev), name=name, bottom=bottom,
+                       publish={"repo": publish, "private": True})
 
 
 @pytest.fixture(scope="module")
-def hub(tiny_llama):
-    with HubServer() as server:
-        yield seed(server, tiny_llama)
+def hub(hub, tiny_llama):
+    """The test Hub of tests/conftest.py with the usual users and a tiny family."""
+    return seed(hub, tiny_llama)
 
 
 @pytest.fixture
@@ -319,18 +285,13 @@ def test_network_failure_after_retries(tmp_path):
     assert "for model info of org/base after 3 attempts (ConnectError" in str(e.value)
 
 
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hubswap.cli", *args], env={**os.environ, **env},
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
 def test_cli_lock_and_offline_mode(hub_env, tmp_path):
     recipe = write_recipe(tmp_path, recipe_text())
-    ok = run_cli("lock", str(recipe), env={"HF_ENDPOINT": hub_env.url}, cwd=tmp_path)
+    ok = run_hubswap("lock", recipe, hub=hub_env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "merge.lock.json" in ok.stdout and hub_env.head("org/task").sha[:12] in ok.stdout
 
-    off = run_cli("lock", str(recipe), env={"HF_ENDPOINT": hub_env.url, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    off = run_hubswap("lock", recipe, hub=hub_env, env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
     assert off.returncode == 4
     assert off.stderr.splitlines()[0].startswith("error: offline mode is on (HF_HUB_OFFLINE=1)")
     assert off.stderr.splitlines()[1].startswith("hint: unset HF_HUB_OFFLINE")
@@ -388,7 +349,7 @@ def test_a_run_stopped_halfway_resumes_where_it_stopped(hub_env, tiny_llama):
 
 def test_cli_plan_reads_the_layer_count_of_a_hub_model(hub_env, tmp_path):
     recipe = write_recipe(tmp_path, recipe_text())
-    r = run_cli("plan", str(recipe), env={"HF_ENDPOINT": hub_env.url}, cwd=tmp_path)
+    r = run_hubswap("plan", recipe, hub=hub_env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "tiny-hub-merge: 8 layers" in r.stdout and "LL~TTT~L" in r.stdout
     assert hub_env.count("GET", "*.safetensors") == 0

@@ -5,37 +5,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
-from test_hub import READ, WRITE, recipe_text, seed
 
+from tests.support.cli import run_hubswap
+from tests.support.hub_server import READ, WRITE, seed
+from tests.support.recipes import hub_models, write_recipe
 
-def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
-    return subprocess.run([sys.executable, "-m", "hubswap.cli", *args], env={**full, **env}, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
+NAME, PUBLISH = "tiny-hub-merge", {"repo": "org/merged", "private": True}
 
 @pytest.fixture(scope="module")
-def published(tiny_llama, tmp_path_factory):
+def published(hub, tiny_llama, tmp_path_factory):
     """A real build of a Hub recipe pushed with `hubswap build --push`: (hub, build dir, work dir)."""
     work = tmp_path_factory.mktemp("publish")
-    with HubServer() as hub:
-        seed(hub, tiny_llama)
-        (work / "merge.toml").write_text(recipe_text())
-        lock = run_cli("lock", "merge.toml", cwd=work, HF_ENDPOINT=hub.url)
-        assert lock.returncode == 0, lock.stderr
-        build = run_cli("build", "merge.toml", "--no-eval", "--push", "-o", "build", cwd=work,
-                        HF_ENDPOINT=hub.url, HF_TOKEN=WRITE)
-        assert build.returncode == 0, build.stderr
-        assert "published " in build.stdout
-        yield hub, work / "build", work
+    seed(hub, tiny_llama)
+    write_recipe(work / "merge.toml", hub_models(revision="main"), name=NAME, publish=PUBLISH)
+    lock = run_hubswap("lock", "merge.toml", cwd=work, hub=hub)
+    assert lock.returncode == 0, lock.stderr
+    build = run_hubswap("build", "merge.toml", "--no-eval", "--push", "-o", "build", cwd=work, hub=hub,
+                        env={"HF_TOKEN": WRITE})
+    assert build.returncode == 0, build.stderr
+    assert "published " in build.stdout
+    return hub, work / "build", work
 
 
 def sha256_file(p: Path) -> str:
@@ -77,7 +70,7 @@ def test_build_push_then_download_and_load(published):
 def test_second_push_of_the_same_build_is_a_no_op(published):
     hub, build, work = published
     before = dict(hub.repos["org/merged"].refs)
-    again = run_cli("push", "build", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN=WRITE)
+    again = run_hubswap("push", "build", cwd=work, hub=hub, env={"HF_TOKEN": WRITE})
     assert again.returncode == 0, again.stderr
     assert "already up to date" in again.stdout and "nothing pushed" in again.stdout
     assert hub.repos["org/merged"].refs == before
@@ -86,17 +79,17 @@ def test_second_push_of_the_same_build_is_a_no_op(published):
 
 def test_push_without_a_token_or_with_a_read_only_token(published):
     hub, build, work = published
-    none = run_cli("push", "build", cwd=work, HF_ENDPOINT=hub.url)
+    none = run_hubswap("push", "build", cwd=work, hub=hub)
     assert none.returncode == 4
     assert none.stderr.splitlines() == [
         "error: no Hugging Face token found: publishing needs a token with write access",
         "hint: set HF_TOKEN to a write token (https://huggingface.co/settings/tokens) or run `hf auth login`",
     ]
-    ro = run_cli("push", "build", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN=READ)
+    ro = run_hubswap("push", "build", cwd=work, hub=hub, env={"HF_TOKEN": READ})
     assert ro.returncode == 4
     assert ro.stderr.splitlines()[0] == "error: your token is read-only: it cannot publish to org/merged"
     assert READ not in ro.stderr + ro.stdout
-    bad = run_cli("push", "build", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN="hf_not_a_valid_token")
+    bad = run_hubswap("push", "build", cwd=work, hub=hub, env={"HF_TOKEN": "hf_not_a_valid_token"})
     assert bad.returncode == 4
     assert bad.stderr.splitlines()[0] == "error: the Hugging Face token was rejected (invalid or expired)"
     assert "hf_not_a_valid_token" not in bad.stderr + bad.stdout
@@ -126,7 +119,8 @@ def test_push_over_another_recipes_build_is_refused_unless_forced(published, tmp
     hub, build, _ = published
 
     def other_recipe(model: Path) -> None:
-        (model / "hubswap" / "recipe.toml").write_text(recipe_text(bottom=3, name="another-merge"))
+        write_recipe(model / "hubswap" / "recipe.toml", hub_models(revision="main"), bottom=3, name="another-merge",
+                     publish=PUBLISH)
 
     other = _variant(build, tmp_path / "other", other_recipe)
     head = hub.head("org/merged").sha
@@ -190,8 +184,8 @@ def test_same_build_with_a_new_card_is_updated_in_one_commit(published, tmp_path
 def test_a_locked_build_runs_offline_from_the_cache(published):
     hub, build, work = published
     before = len(hub.requests)
-    off = run_cli("build", "merge.toml", "--no-eval", "-o", "offline", cwd=work,
-                  HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="1")
+    off = run_hubswap("build", "merge.toml", "--no-eval", "-o", "offline", cwd=work, hub=hub,
+                      env={"HF_HUB_OFFLINE": "1"})
     assert off.returncode == 0, off.stderr
     assert len(hub.requests) == before  # not one request: commits, files and headers came from caches
     for p in (build / "model").glob("*.safetensors"):
@@ -204,9 +198,9 @@ def test_a_build_that_failed_its_gate_is_not_published(published, tmp_path):
 
     hub, build, _ = published
 
-    from test_card import _eval_results
+    from tests.support.fixed_build import eval_results
 
-    results = _eval_results(passed=False)  # the gate's verdict as apply_gate records it
+    results = eval_results(passed=False)  # the gate's verdict as apply_gate records it
     assert not results.gate.passed and results.gate.reasons
 
     def failed(model: Path) -> None:
@@ -221,8 +215,8 @@ def test_a_build_that_failed_its_gate_is_not_published(published, tmp_path):
 def test_build_refuses_a_lock_that_no_longer_matches(published, tmp_path):
     hub, _, work = published
     shutil.copy(work / "merge.lock.json", tmp_path / "merge.lock.json")
-    (tmp_path / "merge.toml").write_text(recipe_text(task_rev="v2"))
-    r = run_cli("build", "merge.toml", "--no-eval", cwd=tmp_path, HF_ENDPOINT=hub.url)
+    write_recipe(tmp_path / "merge.toml", hub_models(revision="v2"), name=NAME, publish=PUBLISH)
+    r = run_hubswap("build", "merge.toml", "--no-eval", cwd=tmp_path, hub=hub)
     assert r.returncode == 2
     assert r.stderr.splitlines() == [
         "error: merge.lock.json no longer matches merge.toml: models.task is org/task@v2, the lock has org/task@main",
@@ -232,21 +226,21 @@ def test_build_refuses_a_lock_that_no_longer_matches(published, tmp_path):
 
 def test_a_commit_that_lands_while_publishing_is_a_clear_error_and_a_rerun_succeeds(published, tmp_path):
     hub, build, work = published
-    first = run_cli("push", str(build), "--repo", "org/race", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN=WRITE)
+    first = run_hubswap("push", str(build), "--repo", "org/race", cwd=work, hub=hub, env={"HF_TOKEN": WRITE})
     assert first.returncode == 0, first.stderr
     card = _variant(build, tmp_path / "card", lambda m: (m / "README.md").write_text(
         (m / "README.md").read_text() + "\nRe-evaluated.\n"))
     # Someone else commits after hubswap read the repo and before its commit: the Hub answers 412.
     hub.before("POST", "/api/models/org/race/preupload/*",
                lambda: hub.commit_files("org/race", {"notes.md": b"pushed by a colleague meanwhile"}))
-    race = run_cli("push", str(card), "--repo", "org/race", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN=WRITE)
+    race = run_hubswap("push", str(card), "--repo", "org/race", cwd=work, hub=hub, env={"HF_TOKEN": WRITE})
     assert race.returncode == 5, race.stderr
     assert race.stderr.splitlines()[-2:] == [
         "error: org/race changed while publishing (someone else pushed to it)",
         "hint: run the push again: it re-checks what the repo holds",
     ]
     assert hub.head("org/race").title == "update"  # the colleague's commit, nothing of ours on top
-    rerun = run_cli("push", str(card), "--repo", "org/race", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN=WRITE)
+    rerun = run_hubswap("push", str(card), "--repo", "org/race", cwd=work, hub=hub, env={"HF_TOKEN": WRITE})
     assert rerun.returncode == 0, rerun.stderr
     assert hub.read("org/race", "README.md").endswith(b"Re-evaluated.\n")
     assert hub.read("org/race", "notes.md") == b"pushed by a colleague meanwhile"  # kept
@@ -257,7 +251,7 @@ def test_card_metadata_the_hub_rejects_is_caught_before_any_upload(published):
     hub.yaml_errors = ['"base_model" with value "../experts/base" is not a valid model id']
     before = len(hub.requests)
     try:
-        r = run_cli("push", str(build), "--repo", "org/badcard", cwd=work, HF_ENDPOINT=hub.url, HF_TOKEN=WRITE)
+        r = run_hubswap("push", str(build), "--repo", "org/badcard", cwd=work, hub=hub, env={"HF_TOKEN": WRITE})
     finally:
         hub.yaml_errors = []
     assert r.returncode == 5, r.stderr

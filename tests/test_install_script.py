@@ -13,7 +13,8 @@ import re
 import subprocess
 
 import pytest
-from venvs import REPO, find_python
+
+from tests.support.venvs import REPO, find_python
 
 
 def dry_run(python: str, wheels, venv) -> subprocess.CompletedProcess:

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from hubswap.demo import make_family
-from tests.helpers import local_recipe
+from tests.support.cli import hubswap_argv, hubswap_env, run_hubswap
+from tests.support.recipes import write_recipe
+
+# Module fixtures that make models with torch: their users are `engine` (tests/conftest.py).
+ENGINE_FIXTURES = {"medium"}
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,11 +36,11 @@ def medium(tmp_path_factory) -> dict[str, Path]:
 
 
 def _env(**extra: str) -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO), **extra)
+    return hubswap_env(extra)
 
 
 def _build(recipe: Path, out: Path, *more: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out), *more],
+    return subprocess.Popen(hubswap_argv("build", recipe, "-o", out, *more),
                             env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -69,14 +71,13 @@ def _errors(stderr: str) -> list[str]:
 
 
 def test_ctrl_c_during_the_merge_exits_130_and_keeps_the_previous_build(medium, tmp_path):
-    recipe = local_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")  # every tensor is cast: a slow merge
+    recipe = write_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")  # every tensor is cast: a slow merge
     out = tmp_path / "build"
-    first = subprocess.run([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out), "--no-eval"],
-                           env=_env(), capture_output=True, text=True)
+    first = run_hubswap("build", recipe, "-o", out, "--no-eval")
     assert first.returncode == 0, first.stderr
     before = _digests(out / "model")
 
-    local_recipe(tmp_path / "r.toml", medium, dtype="float16", bottom=3)  # another merge into the same folder
+    write_recipe(tmp_path / "r.toml", medium, dtype="float16", bottom=3)  # another merge into the same folder
     proc = _build(recipe, out, "--no-eval")
     _wait_for(proc, lambda: _writing_shards(out), "shard being written")
     proc.send_signal(signal.SIGINT)
@@ -88,14 +89,13 @@ def test_ctrl_c_during_the_merge_exits_130_and_keeps_the_previous_build(medium, 
 
 
 def test_a_second_build_into_the_same_folder_refuses_while_the_first_runs(medium, tmp_path):
-    recipe = local_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
+    recipe = write_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
     out = tmp_path / "build"
     first = _build(recipe, out, "--no-eval")
     _wait_for(first, lambda: _writing_shards(out), "shard being written")
     first.send_signal(signal.SIGSTOP)  # held mid-merge (lock taken, shards half written) while the second runs
     try:
-        second = subprocess.run([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out),
-                                 "--no-eval"], env=_env(), capture_output=True, text=True, timeout=300)
+        second = run_hubswap("build", recipe, "-o", out, "--no-eval")
     finally:
         first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=300)
@@ -114,29 +114,17 @@ def test_a_second_build_into_the_same_folder_refuses_while_the_first_runs(medium
     assert not list(out.glob(".model.*"))
 
     # Once the first is done the folder is free again.
-    third = subprocess.run([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out), "--no-eval"],
-                           env=_env(), capture_output=True, text=True, timeout=300)
+    third = run_hubswap("build", recipe, "-o", out, "--no-eval")
     assert third.returncode == 0, third.stderr
 
 
-EVAL = """
-[eval]
-dataset = "{mgsm}"
-languages = ["sw"]
-prompt = "direct"
-num_fewshot = 0
-max_new_tokens = 16
-compare = ["task", "language", "base"]
-backend = "vllm"
-limit = 4
-
-[eval.vllm]
-max_model_len = 1024
-"""
+def eval_table(mgsm: Path) -> dict:
+    return {"dataset": str(mgsm), "languages": ["sw"], "prompt": "direct", "num_fewshot": 0, "max_new_tokens": 16,
+            "compare": ["task", "language", "base"], "backend": "vllm", "limit": 4, "vllm": {"max_model_len": 1024}}
 
 
 def test_ctrl_c_during_the_evaluation_keeps_the_model_and_the_cached_results(tiny_llama_vllm, mgsm_dir, tmp_path):
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama_vllm, extra=EVAL.format(mgsm=mgsm_dir))
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama_vllm, eval=eval_table(mgsm_dir))
     out, cache = tmp_path / "build", tmp_path / "cache"
     env = _env(HUBSWAP_CACHE=str(cache), VLLM_ENABLE_V1_MULTIPROCESSING="0", OMP_NUM_THREADS="1",
                TMPDIR=str(tmp_path))
@@ -154,8 +142,7 @@ def test_ctrl_c_during_the_evaluation_keeps_the_model_and_the_cached_results(tin
     assert all((out / "model" / s).is_file() for s in index["weight_map"].values())
     assert not list(out.glob(".model*"))
 
-    rerun = subprocess.run([sys.executable, "-m", "hubswap.cli", "build", str(recipe), "-o", str(out)],
-                           env=env, capture_output=True, text=True, timeout=600)
+    rerun = run_hubswap("build", recipe, "-o", out, env=env, timeout=600)
     assert rerun.returncode in (0, 6), rerun.stderr  # 6: the random tiny model may fail the gate
     results = json.loads((out / "model" / "hubswap" / "eval_results.json").read_text())
     assert results["models"]["task"]["cached"] is True

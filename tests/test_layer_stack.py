@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from tests.helpers import local_recipe
+from tests.support.recipes import write_recipe
 
 
 def _shapes(prefixes: dict[str, int], vocab: int = 512, extra: tuple[str, ...] = ()) -> dict[str, list[int]]:
@@ -16,6 +15,7 @@ def _shapes(prefixes: dict[str, int], vocab: int = 512, extra: tuple[str, ...] =
     return out | {name: [vocab, 8] for name in extra}
 
 
+@pytest.mark.engine  # a text_config without a layer count: transformers' config class knows the default
 def test_the_stack_is_the_one_prefix_numbered_exactly_0_to_L_minus_1():
     from hubswap.layermap import LayerStack, find_layer_stack
 
@@ -74,7 +74,8 @@ def test_no_stack_or_two_stacks_is_an_error_naming_the_prefixes(cfg, shapes, mes
 
 def test_build_refuses_two_candidate_stacks_before_merging(tmp_path, capsys):
     """Through the CLI: exit 3, one error naming both prefixes, no traceback, no build folder."""
-    from safetensors.torch import save_file
+    import numpy as np
+    from safetensors.numpy import save_file
 
     from hubswap.cli import main
 
@@ -83,10 +84,10 @@ def test_build_refuses_two_candidate_stacks_before_merging(tmp_path, capsys):
         folder = tmp_path / role
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps({"model_type": "toy", "num_hidden_layers": 2}))
-        save_file({f"{p}.{i}.w": torch.zeros(4) for p in ("enc.layers", "dec.layers") for i in range(2)},
+        save_file({f"{p}.{i}.w": np.zeros(4, dtype=np.float32) for p in ("enc.layers", "dec.layers") for i in range(2)},
                   str(folder / "model.safetensors"))
         experts[role] = folder
-    recipe = local_recipe(tmp_path / "r.toml", experts, bottom=1, top=0, transition=0)
+    recipe = write_recipe(tmp_path / "r.toml", experts, bottom=1, top=0, transition=0)
     assert main(["build", str(recipe), "--no-eval", "-o", str(tmp_path / "out")]) == 3
     err = capsys.readouterr().err
     assert "2 tensor-name prefixes are followed by exactly the layers 0..1" in err

@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import local_recipe
 
 from hubswap.hashing import file_sha256
+from tests.support.cli import run_hubswap
+from tests.support.recipes import write_recipe
 
-
-def _hubswap(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hubswap.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+OFFLINE = {"HF_HUB_OFFLINE": "1"}  # nothing here may ask a Hub
 
 
 def _flip_last_byte(path: Path, *, keep_mtime: bool) -> None:
@@ -34,8 +30,8 @@ def _flip_last_byte(path: Path, *, keep_mtime: bool) -> None:
 @pytest.fixture
 def locked(tmp_path, tiny_llama):
     family = {role: shutil.copytree(tiny_llama[role], tmp_path / role) for role in ("task", "language")}
-    local_recipe(tmp_path / "merge.toml", family)
-    r = _hubswap("lock", "merge.toml", cwd=tmp_path)
+    write_recipe(tmp_path / "merge.toml", family)
+    r = run_hubswap("lock", "merge.toml", cwd=tmp_path, env=OFFLINE)
     assert r.returncode == 0, r.stderr
     return tmp_path, family
 
@@ -45,7 +41,7 @@ def test_a_local_expert_edited_after_lock_is_refused(locked, keep_mtime):
     work, family = locked
     shard = sorted(family["language"].glob("model-*.safetensors"))[-1]
     _flip_last_byte(shard, keep_mtime=keep_mtime)
-    r = _hubswap("build", "merge.toml", "--no-eval", "-o", "out", cwd=work)
+    r = run_hubswap("build", "merge.toml", "--no-eval", "-o", "out", cwd=work, env=OFFLINE)
     assert r.returncode == 2, r.stderr
     assert "changed since it was locked" in r.stderr and shard.name in r.stderr
     assert not (work / "out" / "model").exists()
@@ -53,7 +49,7 @@ def test_a_local_expert_edited_after_lock_is_refused(locked, keep_mtime):
 
 def test_the_unedited_lock_builds(locked):
     work, _ = locked
-    r = _hubswap("build", "merge.toml", "--no-eval", "-o", "out", cwd=work)
+    r = run_hubswap("build", "merge.toml", "--no-eval", "-o", "out", cwd=work, env=OFFLINE)
     assert r.returncode == 0, r.stderr
     assert (work / "out" / "model" / "config.json").exists()
 

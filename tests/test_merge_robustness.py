@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,11 @@ import pytest
 
 from hubswap.demo import make_family
 from hubswap.swap import CHUNK_BYTES
-from tests.helpers import local_recipe
+from tests.support.cli import hubswap_argv, hubswap_env
+from tests.support.recipes import write_recipe
+
+# Module fixtures that make models with torch: their users are `engine` (tests/conftest.py).
+ENGINE_FIXTURES = {"medium"}
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,15 +29,15 @@ def medium(tmp_path_factory) -> dict[str, Path]:
 
 
 def _build_cmd(recipe: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "hubswap.cli", "build", str(recipe), "--no-eval", "-o", str(out)]
+    return hubswap_argv("build", recipe, "--no-eval", "-o", out)
 
 
 def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO))
+    return hubswap_env()
 
 
 def test_killed_merge_leaves_no_model_folder_and_rerun_succeeds(medium, tmp_path):
-    recipe = local_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")  # every tensor is cast: a slow merge
+    recipe = write_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")  # every tensor is cast: a slow merge
     out = tmp_path / "build"
     proc = subprocess.Popen(_build_cmd(recipe, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     killed_while_writing = False
@@ -69,7 +72,7 @@ def _peak_rss_mib(cmd: list[str]) -> float:
 
 
 def test_peak_memory_is_bounded_by_the_chunk_not_the_model(medium, tmp_path):
-    recipe = local_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
+    recipe = write_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
     model_mib = sum(f.stat().st_size for role in ("task", "language")
                     for f in medium[role].glob("*.safetensors")) / 2**20
     # The same process importing everything a build imports, but merging nothing.

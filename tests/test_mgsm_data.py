@@ -4,7 +4,6 @@ check CI runs on its copy (250 questions, 8 exemplars with their cues)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -12,49 +11,37 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
 
 from hubswap.errors import EvaluationError
 from hubswap.evaluate.data import PARQUET_REVISION, load_language, write_local
+from tests.support.hub_server import HubServer
+from tests.support.mgsm import parquet as _parquet
+from tests.support.mgsm import rows as _rows
 
 REPO = Path(__file__).resolve().parent.parent
 LANGS = ("sw", "en")
 
 
-def _parquet(rows: list[dict]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf)
-    return buf.getvalue()
-
-
-def _rows(mgsm: Path, lang: str, split: str) -> list[dict]:
-    return [json.loads(line) for line in (mgsm / lang / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
-
-
 @pytest.fixture(scope="module")
-def mgsm_hub(mgsm_dir):
+def mgsm_hub(hub, mgsm_dir):
     """``juletxara/mgsm`` as the Hub serves it: a loading script on main and the Hub's parquet
     conversion on refs/convert/parquet; ``converted/mgsm`` as it would be after a move to parquet."""
-    with HubServer() as hub:
-        hub.commit_files("datasets/juletxara/mgsm", {
-            "README.md": b"---\nlicense: cc-by-sa-4.0\n---\n# MGSM\n",
-            "mgsm.py": b"import datasets  # the original loading script\n",
-            **{f"mgsm_{lang}.tsv": b"question\tanswer\n" for lang in LANGS},
-        })
-        parquet = {f"{lang}/{split}/0000.parquet": _parquet(_rows(mgsm_dir, lang, split))
-                   for lang in LANGS for split in ("test", "train")}
-        hub.commit_files("datasets/juletxara/mgsm", parquet, branch=PARQUET_REVISION, message="parquet conversion")
-        configs = "".join(f"- config_name: {lang}\n  data_files:\n  - split: train\n    path: {lang}/train-*.parquet\n"
-                          f"  - split: test\n    path: {lang}/test-*.parquet\n" for lang in LANGS)
-        hub.commit_files("datasets/converted/mgsm", {
-            "README.md": f"---\nconfigs:\n{configs}---\n".encode(),
-            **{f"{lang}/{split}-00000-of-00001.parquet": _parquet(_rows(mgsm_dir, lang, split))
-               for lang in LANGS for split in ("test", "train")},
-        })
-        yield hub
+    hub.commit_files("datasets/juletxara/mgsm", {
+        "README.md": b"---\nlicense: cc-by-sa-4.0\n---\n# MGSM\n",
+        "mgsm.py": b"import datasets  # the original loading script\n",
+        **{f"mgsm_{lang}.tsv": b"question\tanswer\n" for lang in LANGS},
+    })
+    parquet = {f"{lang}/{split}/0000.parquet": _parquet(_rows(mgsm_dir, lang, split))
+               for lang in LANGS for split in ("test", "train")}
+    hub.commit_files("datasets/juletxara/mgsm", parquet, branch=PARQUET_REVISION, message="parquet conversion")
+    configs = "".join(f"- config_name: {lang}\n  data_files:\n  - split: train\n    path: {lang}/train-*.parquet\n"
+                      f"  - split: test\n    path: {lang}/test-*.parquet\n" for lang in LANGS)
+    hub.commit_files("datasets/converted/mgsm", {
+        "README.md": f"---\nconfigs:\n{configs}---\n".encode(),
+        **{f"{lang}/{split}-00000-of-00001.parquet": _parquet(_rows(mgsm_dir, lang, split))
+           for lang in LANGS for split in ("test", "train")},
+    })
+    return hub
 
 
 def _mgsm_script(*args: str, tmp_path: Path, hub: HubServer | None = None) -> subprocess.CompletedProcess:

@@ -17,11 +17,12 @@ from email.parser import Parser
 from pathlib import Path
 
 import pytest
-from venvs import REPO, UV_ENV, make_venv
 
 from hubswap import __version__
+from tests.support.recipes import write_recipe
+from tests.support.venvs import REPO, UV_ENV, make_venv
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.install]
 
 OWN_REPO = re.compile(r"https://(?:github\.com/hubswap/hubswap/blob|raw\.githubusercontent\.com/hubswap/hubswap)/main/(.+)")
 
@@ -112,7 +113,7 @@ def test_wheel_and_sdist_pass_twine_check_and_carry_the_package_data(dist):
     with tarfile.open(sdist) as t:
         members = {m.name.split("/", 1)[1] for m in t.getmembers() if "/" in m.name}
     assert {"hubswap/templates/model_card.md.j2", "LICENSE", "README.md", "tests/conftest.py",
-            "tests/hub_server.py", "tests/numpy_family.py", "scripts/install.sh"} <= members
+            "tests/support/hub_server.py", "tests/support/numpy_family.py", "scripts/install.sh"} <= members
 
 
 def test_the_wheel_in_a_clean_venv_merges_and_renders_its_card(dist, tmp_path):
@@ -135,11 +136,9 @@ def test_the_wheel_in_a_clean_venv_merges_and_renders_its_card(dist, tmp_path):
     assert all(Path(w).is_relative_to(venv) for w in where), where
 
     make_tokenizer(tmp_path / "tokenizer")
-    run("python", str(REPO / "tests" / "numpy_family.py"), "experts", "--tokenizer", str(tmp_path / "tokenizer"))
-    (tmp_path / "r.toml").write_text(
-        'schema_version = 1\nname = "wheel-merge"\n[models.task]\npath = "experts/task"\n'
-        '[models.language]\npath = "experts/language"\n[swap]\nbottom = 1\ntop = 1\ntransition = 1\n'
-        'dtype = "float32"\n')
+    run("python", str(REPO / "tests" / "support" / "numpy_family.py"), "experts", "--tokenizer", str(tmp_path / "tokenizer"))
+    write_recipe(tmp_path / "r.toml", {"task": Path("experts/task"), "language": Path("experts/language")},
+                 name="wheel-merge", bottom=1, top=1)
     run("hubswap", "build", "r.toml", "--no-eval", "-o", "build")
     card = tmp_path / "build" / "model" / "README.md"
     card.unlink()

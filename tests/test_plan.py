@@ -27,7 +27,7 @@ def test_plan_reads_layers_from_the_task_config(tiny_llama, tmp_path, capsys):
     it says 12 layers and the language expert's says 8."""
     import json
 
-    from tests.helpers import local_recipe
+    from tests.support.recipes import write_recipe
 
     family = {}
     for role, layers in (("task", 12), ("language", 8)):
@@ -35,7 +35,7 @@ def test_plan_reads_layers_from_the_task_config(tiny_llama, tmp_path, capsys):
         (tmp_path / role).mkdir()
         (tmp_path / role / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": layers}))
         family[role] = tmp_path / role
-    recipe = local_recipe(tmp_path / "r.toml", family, bottom=2, top=1, transition=2)
+    recipe = write_recipe(tmp_path / "r.toml", family, bottom=2, top=1, transition=2)
     assert main(["plan", str(recipe)]) == 0
     out = capsys.readouterr().out
     assert "tiny-swap: 12 layers" in out

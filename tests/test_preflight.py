@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import pytest
@@ -14,24 +13,8 @@ from hubswap.demo import make_family
 from hubswap.errors import IncompatibleModelsError, RecipeError, UnsafeWeightsError
 from hubswap.pipeline import BuildOptions, build
 from hubswap.preflight import LocalModelFiles, check_compatible
-from tests.helpers import local_recipe
-
-
-def headers_only(src: Path, dst: Path) -> Path:
-    """A copy of a model folder whose safetensors files keep their header and size, but whose
-    weights are a hole of zeros (sparse: nothing of them is on disk).
-
-    The files are well formed (preflight refuses a truncated one), and a check that read a weight
-    would see only zeros, so one that passes or fails on them as on the real model read none.
-    """
-    shutil.copytree(src, dst)
-    for f in dst.glob("*.safetensors"):
-        size = f.stat().st_size
-        with open(f, "r+b") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            fh.truncate(8 + n)
-            fh.truncate(size)
-    return dst
+from tests.support.helpers import headers_only
+from tests.support.recipes import write_recipe
 
 
 def models(**paths: Path) -> dict:
@@ -89,7 +72,7 @@ def test_base_is_checked_too_and_every_mismatch_listed(tiny_llama, odd_models):
 
 def test_build_reports_incompatibility_and_writes_nothing(tiny_llama, odd_models, tmp_path, capsys):
     fam = dict(tiny_llama, language=odd_models["layers"])
-    recipe = local_recipe(tmp_path / "r.toml", fam)
+    recipe = write_recipe(tmp_path / "r.toml", fam)
     assert main(["build", str(recipe), "--no-eval", "-o", str(tmp_path / "out")]) == 3
     err = capsys.readouterr().err
     assert err.startswith("error: models are not compatible") and "hint: layer swapping needs" in err
@@ -104,13 +87,13 @@ def test_pickled_weights_refused(tiny_llama, tmp_path, capsys):
     (pickled / "pytorch_model.bin").write_bytes(b"not loaded, ever")
     with pytest.raises(UnsafeWeightsError, match="only pickled weights"):
         check_compatible(models(task=tiny_llama["task"], language=pickled))
-    recipe = local_recipe(tmp_path / "r.toml", dict(tiny_llama, language=pickled))
+    recipe = write_recipe(tmp_path / "r.toml", dict(tiny_llama, language=pickled))
     assert main(["build", str(recipe), "--no-eval", "-o", str(tmp_path / "out")]) == 3
     assert "hint: hubswap reads safetensors only" in capsys.readouterr().err
 
 
 def test_swap_too_large_for_the_model(tiny_llama, tmp_path, capsys):
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama, bottom=5, top=3, transition=1)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama, bottom=5, top=3, transition=1)
     with pytest.raises(RecipeError) as e:
         build(recipe, BuildOptions(output=tmp_path / "out", evaluate=False, progress=False))
     assert "exceeds the model's 8 layers" in str(e.value) and f"{recipe}:" in str(e.value)

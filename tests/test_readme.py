@@ -188,8 +188,8 @@ def test_the_flagship_recipe_is_shown_as_it_is():
 
 
 def test_the_python_example_uses_real_fields():
-    from hubswap.build import BuildOptions, BuildResult
     from hubswap.evaluate.results import EvalResults, LanguageScores, ModelResult
+    from hubswap.pipeline import BuildOptions, BuildResult
 
     (example,) = blocks(_text(README), "python")
     fields = {"eval_results": BuildResult, "models": EvalResults, "languages": ModelResult,

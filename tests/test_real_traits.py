@@ -1,6 +1,6 @@
 """What the flagship recipe's real repos bring, one trait per test (issue 12).
 
-The stand-ins of tests/standins.py carry every trait at once; each test here also makes the
+The stand-ins of tests/support/standins.py carry every trait at once; each test here also makes the
 trait's counterpart (a real difference) and checks that it is still refused or reported.
 """
 
@@ -16,7 +16,7 @@ from hubswap.errors import IncompatibleModelsError
 from hubswap.layermap import layer_map
 from hubswap.preflight import LocalModelFiles, check_compatible, check_layer_map, resolved_config
 from hubswap.recipe import Swap
-from tests.test_preflight import headers_only
+from tests.support.helpers import headers_only
 
 
 def models(**paths: Path) -> dict:
@@ -159,7 +159,7 @@ def test_each_models_eos_set_is_read_from_its_own_files(standins):
     from transformers import AutoTokenizer
 
     from hubswap.evaluate.backends import eos_set
-    from tests.standins import special_id
+    from tests.support.standins import special_id
 
     task = eos_set(standins["task"], AutoTokenizer.from_pretrained(str(standins["task"])))
     assert task == {"source": "generation_config.json",
@@ -198,7 +198,7 @@ def test_transformers_backend_loads_the_stale_index_model_and_stops_on_its_eos(s
     transformers backend in bf16 and stops on its tokenizer's eos token at once, as recorded."""
     from hubswap.evaluate.backends import TransformersBackend
     from hubswap.evaluate.prompts import Prompt
-    from tests.standins import special_id
+    from tests.support.standins import special_id
 
     with TransformersBackend(standins["language"], dtype="bfloat16") as backend:
         assert backend.engine_args["dtype"] == "bfloat16"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,7 @@ import pytest
 from hubswap.cli import main
 from hubswap.errors import RecipeError
 from hubswap.recipe import load_recipe
+from tests.support.cli import run_hubswap
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,10 +114,7 @@ def test_missing_file(tmp_path, capsys):
 def test_cli_exit_code_is_2_and_nothing_written(tmp_path):
     path = write(tmp_path, GOOD.replace("bottom = 2", "bottom = []"))
     before = sorted(tmp_path.rglob("*"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "hubswap.cli", "build", str(path), "--no-eval", "--output", str(tmp_path / "out")],
-        capture_output=True, text=True,
-    )
+    proc = run_hubswap("build", path, "--no-eval", "--output", tmp_path / "out")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: recipe has 1 problem:\n") and "swap.bottom" in proc.stderr
     assert sorted(tmp_path.rglob("*")) == before

@@ -4,14 +4,15 @@ version (or of none) is refused with one line that names the version, and the ri
 from __future__ import annotations
 
 import json
-
-from test_card import make_build
+from pathlib import Path
 
 from hubswap.cli import main
 from hubswap.errors import LockMismatchError, ModelFilesError
 from hubswap.evaluate.results import EvalResults, read_eval_results
 from hubswap.recipe import load_recipe
 from hubswap.records import BuildRecord, read_build_record
+from tests.support.fixed_build import make_build
+from tests.support.recipes import write_recipe
 
 
 def _edit(path, change) -> None:
@@ -51,9 +52,8 @@ def test_build_record_of_another_version_is_refused(tmp_path, capsys):
 def test_recipe_lock_of_another_version_is_refused(tmp_path, capsys):
     from hubswap.inputs import resolve
 
-    recipe = tmp_path / "r.toml"
-    recipe.write_text('schema_version = 1\nname = "r"\n[models.task]\npath = "t"\n[models.language]\npath = "l"\n'
-                      "[swap]\nbottom = 1\ntop = 1\n")
+    recipe = write_recipe(tmp_path / "r.toml", {"task": Path("t"), "language": Path("l")}, name="r", bottom=1, top=1,
+                          transition=None, dtype=None)
     (tmp_path / "r.lock.json").write_text(json.dumps({"lock_version": 0, "models": {}}))
     try:
         resolve(load_recipe(recipe))

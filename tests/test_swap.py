@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM
 
 from hubswap.layermap import layer_map
 from hubswap.pipeline import BuildOptions, build
 from hubswap.recipe import Swap
-from tests.helpers import local_recipe
+from tests.support.recipes import write_recipe
+
+pytestmark = pytest.mark.engine  # every test compares with torch's merge
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_all(folder: Path) -> dict[str, torch.Tensor]:
@@ -60,8 +64,9 @@ CASES = [
 
 @pytest.mark.parametrize("arch,swap,non_layer,dtype", CASES)
 def test_every_tensor_follows_the_layer_map(request, tmp_path, arch, swap, non_layer, dtype):
+    import torch
     fam = request.getfixturevalue(f"tiny_{arch}")
-    recipe = local_recipe(tmp_path / "r.toml", fam, non_layer=non_layer, dtype=dtype, **swap)
+    recipe = write_recipe(tmp_path / "r.toml", fam, non_layer=non_layer, dtype=dtype, **swap)
     result = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, max_shard_size="300KB", progress=False))
     out_dir = result.model_dir
     assert len(list(out_dir.glob("model-*.safetensors"))) > 1  # sharded output
@@ -93,11 +98,13 @@ def test_every_tensor_follows_the_layer_map(request, tmp_path, arch, swap, non_l
 
 def test_tensors_computed_in_several_slices_are_bit_exact(tiny_llama, tmp_path, monkeypatch):
     """Blends and casts of tensors longer than a slice (the last one partial) equal the whole-tensor math."""
+    import torch
+
     import hubswap.swap
 
     monkeypatch.setattr(hubswap.swap, "SLICE_ELEMENTS", 1000)
     swap = dict(bottom=1, top=2, transition=2)  # language weights 2/3 and 1/3: inexact in float32
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama, non_layer="language", dtype="bfloat16", **swap)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama, non_layer="language", dtype="bfloat16", **swap)
     out_dir = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False)).model_dir
     merged, lang, task = load_all(out_dir), load_all(tiny_llama["language"]), load_all(tiny_llama["task"])
     assert max(t.numel() for t in merged.values()) > 10 * 1000
@@ -126,6 +133,8 @@ def test_worker_pool_is_bit_exact_with_mixed_expert_dtypes(tiny_llama, tmp_path,
     """The flagship case: a float32 language expert, a bfloat16 task expert. Four threads share
     chunks of each tensor (several chunks per tensor, several slices per chunk, the last ones
     partial) and copy raw ranges into several shards at once; the result equals torch's, bit for bit."""
+    import torch
+
     import hubswap.swap
 
     monkeypatch.setattr(hubswap.swap, "WORKERS", 4)
@@ -133,7 +142,7 @@ def test_worker_pool_is_bit_exact_with_mixed_expert_dtypes(tiny_llama, tmp_path,
     monkeypatch.setattr(hubswap.swap, "TASK_ELEMENTS", 2500)
     fam = {**tiny_llama, "task": _in_dtype(tiny_llama["task"], tmp_path / "task-bf16", torch.bfloat16)}
     swap = dict(bottom=1, top=2, transition=2)
-    recipe = local_recipe(tmp_path / "r.toml", fam, non_layer="language", dtype=dtype, **swap)
+    recipe = write_recipe(tmp_path / "r.toml", fam, non_layer="language", dtype=dtype, **swap)
     out_dir = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, max_shard_size="300KB",
                                          progress=False)).model_dir
     assert len(list(out_dir.glob("model-*.safetensors"))) > 2
@@ -168,7 +177,7 @@ def test_a_truncated_input_fails_the_pool_cleanly(tiny_llama, tmp_path, monkeypa
         return real_plan(*args, **kwargs)
 
     monkeypatch.setattr(hubswap.pipeline, "plan_merge", truncate_after_preflight)
-    recipe = local_recipe(tmp_path / "r.toml", {**tiny_llama, "language": lang}, dtype="bfloat16")
+    recipe = write_recipe(tmp_path / "r.toml", {**tiny_llama, "language": lang}, dtype="bfloat16")
     with pytest.raises(OSError, match="truncated|short copy"):
         build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False))
     assert not (tmp_path / "b" / "model").exists()
@@ -183,7 +192,7 @@ def test_first_build_hashes_local_inputs_once_and_says_so(tiny_llama, tmp_path, 
     import re
 
     monkeypatch.setenv("HUBSWAP_CACHE", str(tmp_path / "cache"))
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama)
     opts = BuildOptions(output=tmp_path / "b", evaluate=False, progress=False)
     with caplog.at_level(logging.INFO, logger="hubswap.inputs"):
         lock_path = build(recipe, opts).model_dir / "hubswap" / "lock.json"
@@ -206,6 +215,8 @@ def test_first_build_hashes_local_inputs_once_and_says_so(tiny_llama, tmp_path, 
 
 def reference_model(fam: dict[str, Path], swap: Swap, num_layers: int):
     """The merge done the slow, obvious way: load both experts in transformers, assign layers."""
+    import torch
+    from transformers import AutoModelForCausalLM
     task = AutoModelForCausalLM.from_pretrained(fam["task"], dtype=torch.float32)
     lang = AutoModelForCausalLM.from_pretrained(fam["language"], dtype=torch.float32)
     lmap = layer_map(swap, num_layers)
@@ -225,8 +236,10 @@ def reference_model(fam: dict[str, Path], swap: Swap, num_layers: int):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_merged_folder_loads_and_matches_reference_logits(request, tmp_path, arch):
+    import torch
+    from transformers import AutoModelForCausalLM
     fam = request.getfixturevalue(f"tiny_{arch}")
-    recipe = local_recipe(tmp_path / "r.toml", fam, bottom=2, top=1, transition=2)
+    recipe = write_recipe(tmp_path / "r.toml", fam, bottom=2, top=1, transition=2)
     result = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False))
     merged = AutoModelForCausalLM.from_pretrained(result.model_dir).eval()
     ref = reference_model(fam, Swap(bottom=2, top=1, transition=2, dtype="float32"), 8)
@@ -241,7 +254,7 @@ def test_merged_folder_loads_and_matches_reference_logits(request, tmp_path, arc
 
 
 def test_rebuild_replaces_the_model_folder(tiny_llama, tmp_path):
-    recipe = local_recipe(tmp_path / "r.toml", tiny_llama)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama)
     opts = BuildOptions(output=tmp_path / "b", evaluate=False, progress=False)
     first = build(recipe, opts).model_dir
     (first / "stray.txt").write_text("left from an older build")
@@ -252,6 +265,7 @@ def test_rebuild_replaces_the_model_folder(tiny_llama, tmp_path):
 
 def test_bfloat16_conversion_matches_torch_bit_for_bit():
     import numpy as np
+    import torch
 
     from hubswap.safetensors_format import from_float32, to_float32
 
@@ -275,6 +289,7 @@ def _with_buffers(src: Path, dest: Path, seed: int) -> Path:
     index like any weight: values of its own, so the merged one tells which side it came from."""
     import shutil
 
+    import torch
     from safetensors.torch import save_file
 
     shutil.copytree(src, dest)
@@ -294,12 +309,13 @@ def test_integer_and_bool_tensors_are_taken_whole_never_blended(tiny_llama, tmp_
     """In transition layers (here layer 2: language weight 2/3, layer 3: 1/3, layer 6: 1/2) an
     integer or bool tensor comes whole from the side with the larger weight, from the task expert
     on a tie, in its own dtype, bit for bit; float tensors are blended and cast as the recipe says."""
+    import torch
     fam = {**tiny_llama,
            "task": _with_buffers(tiny_llama["task"], tmp_path / "task", seed=1),
            "language": _with_buffers(tiny_llama["language"], tmp_path / "language", seed=2)}
     swap = dict(bottom=2, top=1, transition_bottom=2, transition_top=1)
-    recipe = local_recipe(tmp_path / "r.toml", fam, dtype="bfloat16", bottom=2, top=1, transition=0,
-                          extra="transition_bottom = 2\ntransition_top = 1\n")
+    recipe = write_recipe(tmp_path / "r.toml", fam, dtype="bfloat16", bottom=2, top=1, transition=0,
+                          swap={"transition_bottom": 2, "transition_top": 1})
     out_dir = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False)).model_dir
     merged, lang, task = load_all(out_dir), load_all(fam["language"]), load_all(fam["task"])
     side = {0: lang, 2: lang, 3: task, 4: task, 6: task}

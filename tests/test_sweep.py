@@ -20,6 +20,7 @@ from hubswap.sweeps import (
     sweep_heatmap,
     write_recipe,
 )
+from tests.support.cli import run_hubswap
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,6 +116,7 @@ def test_render_svg_is_valid_and_marks_the_choice():
     assert len(rects) == 1 and rects[0].find("{http://www.w3.org/2000/svg}title").text == "chosen: b2-u2-t1"
 
 
+# Written out: the sweep rewrites this text, and its comments must survive (test_sweep_end_to_end).
 SWEEP_RECIPE = """\
 schema_version = 1
 name = "tiny-sweep"
@@ -249,16 +251,11 @@ def test_summary_says_how_the_choice_was_made():
     assert "WARNING: selected and scored on the same 10 questions (--no-holdout)" in text
 
 
-def test_sweep_of_hub_experts_downloads_each_file_once(tiny_llama, mgsm_dir, tmp_path):
+def test_sweep_of_hub_experts_downloads_each_file_once(hub, tiny_llama, mgsm_dir, tmp_path):
     """Experts on a real HTTP Hub: every weight file is fetched whole exactly once for the sweep."""
     import json
-    import os
     import re
-    import subprocess
-    import sys
     from collections import Counter
-
-    from hub_server import HubServer
 
     # A namespace of its own: blobs another test cached under the same repo id would hide requests.
     org = "sweep-once"
@@ -269,16 +266,12 @@ def test_sweep_of_hub_experts_downloads_each_file_once(tiny_llama, mgsm_dir, tmp
             .replace("limit = 6", "limit = 2"))
     recipe = tmp_path / "hub.toml"
     recipe.write_text(text)
-    with HubServer() as hub:
-        for role, path in tiny_llama.items():
-            hub.upload_folder(f"{org}/{role}", path, message=f"tiny {role}")
-        run = subprocess.run(
-            [sys.executable, "-m", "hubswap.cli", "sweep", str(recipe), "--bottom", "1..2", "--top", "1",
-             "-o", str(tmp_path / "out")],
-            env={**os.environ, "HF_ENDPOINT": hub.url}, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        )
-        assert run.returncode == 0, run.stderr
-        whole = Counter(p for m, p, rng in hub.requests if m == "GET" and p.endswith(".safetensors") and rng is None)
+    for role, path in tiny_llama.items():
+        hub.upload_folder(f"{org}/{role}", path, message=f"tiny {role}")
+    run = run_hubswap("sweep", recipe, "--bottom", "1..2", "--top", "1", "-o", tmp_path / "out", hub=hub,
+                      cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    whole = Counter(p for m, p, rng in hub.requests if m == "GET" and p.endswith(".safetensors") and rng is None)
     shards = {f"/{org}/{role}/resolve/{p.name}" for role in ("task", "language")
               for p in tiny_llama[role].glob("*.safetensors")}
     # /org/task/resolve/<commit>/model-...: the experts' shards once each, none of the base's.

@@ -1,11 +1,11 @@
 """build-model.yml run end to end: its own `run:` steps, parsed from the YAML and executed in order
-by tests/workflow_runner.py with the environment a runner gives them, against the test Hub.
+by tests/support/workflow_runner.py with the environment a runner gives them, against the test Hub.
 
 Real: every `run:` script of the setup, build and publish jobs (recipe selection, the builds
 folder, `hubswap build`, the job summary, the gate check, `hubswap push`, the cleanup), `if:`
 conditions, job outputs into the matrix, GITHUB_ENV / GITHUB_OUTPUT / GITHUB_STEP_SUMMARY,
 environment secrets, a tiny recipe built and evaluated (transformers backend) and published to the
-HTTP Hub of tests/hub_server.py.
+HTTP Hub of tests/support/hub_server.py.
 Stood in for: actions/checkout (`git clean -ffdx`, as it does), actions/upload-artifact (the
 matched files are copied), and the two install steps (`id: install`: no network here; the stand-in
 points .venv/bin/hubswap at this checkout). Not modelled: which runner takes a job, reviewers,
@@ -22,10 +22,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
-from workflow_runner import WorkflowRunner, condition, evaluate, interpolate, parse_env_file
 
-from tests.helpers import local_recipe
+from tests.support.recipes import write_recipe
+from tests.support.workflow_runner import WorkflowRunner, condition, evaluate, interpolate, parse_env_file
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / ".github" / "workflows" / "build-model.yml"
@@ -33,27 +32,14 @@ WRITE, READ = "hf_test_ci_write_token", "hf_test_ci_read_token"
 RUN_ID = 4242
 
 
-def _eval(mgsm: Path, *, min_accuracy: float, repo: str) -> str:
-    return f"""
-[eval]
-dataset = "{mgsm}"
-languages = ["sw"]
-prompt = "direct"
-num_fewshot = 0
-max_new_tokens = 4
-compare = ["task"]
-backend = "transformers"
-limit = 2
-
-[gate]
-must_beat = ["task"]
-min_accuracy = {min_accuracy}
-
-[publish]
-repo = "{repo}"
-private = true
-"""
-
+def _tables(mgsm: Path, *, min_accuracy: float, repo: str) -> dict:
+    """[eval], [gate] and [publish] of the runner's recipes."""
+    return dict(
+        eval={"dataset": str(mgsm), "languages": ["sw"], "prompt": "direct", "num_fewshot": 0, "max_new_tokens": 4,
+              "compare": ["task"], "backend": "transformers", "limit": 2},
+        gate={"must_beat": ["task"], "min_accuracy": min_accuracy},
+        publish={"repo": repo, "private": True},
+    )
 
 def _git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
@@ -106,11 +92,11 @@ def install(ctx, with_):
 
 
 @pytest.fixture(scope="module")
-def hub():
-    with HubServer() as server:
-        server.add_user("ci", WRITE, role="write", orgs=("org",))
-        server.add_user("ci", READ, role="read", orgs=("org",))
-        yield server
+def hub(hub):
+    """The test Hub of tests/conftest.py with the CI user's write and read tokens."""
+    hub.add_user("ci", WRITE, role="write", orgs=("org",))
+    hub.add_user("ci", READ, role="read", orgs=("org",))
+    return hub
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +107,8 @@ def runner_host(tmp_path_factory, tiny_llama, mgsm_dir):
     (ws / "recipes").mkdir(parents=True)
     shutil.copytree(REPO / ".github", ws / ".github")
     shutil.copy(REPO / ".gitignore", ws / ".gitignore")
-    local_recipe(ws / "recipes" / "tiny.toml", tiny_llama, name="tiny",
-                 extra=_eval(mgsm_dir, min_accuracy=0.0, repo="org/tiny"))
+    write_recipe(ws / "recipes" / "tiny.toml", tiny_llama, name="tiny",
+                 **_tables(mgsm_dir, min_accuracy=0.0, repo="org/tiny"))
     _git(ws, "init", "-q", "-b", "main")
     _git(ws, "config", "user.email", "ci@example.com")
     _git(ws, "config", "user.name", "ci")
@@ -211,8 +197,8 @@ def test_a_failing_gate_publishes_nothing(runner_host, hub, tmp_path, tiny_llama
     root, ws = runner_host
     # A push to main that adds a recipe whose gate cannot pass (random weights answer nothing).
     before = _git(ws, "rev-parse", "HEAD")
-    local_recipe(ws / "recipes" / "strict.toml", tiny_llama, name="strict",
-                 extra=_eval(mgsm_dir, min_accuracy=0.5, repo="org/strict"))
+    write_recipe(ws / "recipes" / "strict.toml", tiny_llama, name="strict",
+                 **_tables(mgsm_dir, min_accuracy=0.5, repo="org/strict"))
     _git(ws, "add", "recipes/strict.toml")
     _git(ws, "commit", "-q", "-m", "strict recipe")
     builds = tmp_path / "builds"

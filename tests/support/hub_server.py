@@ -589,3 +589,18 @@ class _Handler(BaseHTTPRequestHandler):
             sha = self.hub._commit(r, rev, adds, deletes, header.get("summary", ""), header.get("description", ""))
         self._send_json({"success": True, "commitOid": sha, "commitUrl": f"{self.hub.url}/{repo}/commit/{sha}",
                          "pullRequestUrl": None})
+
+
+# -- the users and family most Hub tests start from -------------------------------------------
+
+WRITE, READ = "hf_test_alice_write_token", "hf_test_alice_read_token"
+
+
+def seed(server: HubServer, family: dict[str, Path]) -> HubServer:
+    """The users every Hub test knows, and a tiny family as org/base, org/task, org/language."""
+    server.add_user("alice", WRITE, role="write", orgs=("org",))
+    server.add_user("alice", READ, role="read", orgs=("org",))
+    server.add_user("bob", "hf_test_bob_token", role="write")
+    for role, path in family.items():
+        server.upload_folder(f"org/{role}", path, message=f"tiny {role}")
+    return server

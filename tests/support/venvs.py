@@ -23,7 +23,7 @@ import time
 import tomllib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Never in a core venv, and never imported by the core commands.
 HEAVY = ("torch", "transformers", "tokenizers", "vllm", "datasets", "evaluate", "accelerate")
 # uv must not fetch a Python of its own (no network beyond PyPI here) nor read a user's uv config.

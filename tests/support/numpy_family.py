@@ -6,7 +6,7 @@ shapes and config of ``LlamaForCausalLM`` (what ``hubswap.demo.make_family`` wri
 transformers), in two shards with an index; the tokenizer files are copied from ``--tokenizer``
 (made by ``hubswap.demo.make_tokenizer``, which needs ``tokenizers`` but not torch).
 
-    python tests/numpy_family.py OUT --tokenizer TOKENIZER_DIR
+    python tests/support/numpy_family.py OUT --tokenizer TOKENIZER_DIR
 """
 
 from __future__ import annotations
