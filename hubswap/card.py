@@ -44,7 +44,8 @@ PICTURE_FILE = "hubswap/layer_map.svg"
 # Package data, so an installed wheel renders the same card as a checkout.
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
 
-ROLE_NAMES = {"task": "task expert", "language": "language expert", "base": "base model", "merged": "merged"}
+ROLE_NAMES = {"task": "task expert", "language": "language expert", "base": "base model", "merged": "merged",
+              "soup": "soup (experts averaged)"}
 _HF = "https://huggingface.co"
 # Hub user access tokens; a card must never carry one, whatever ended up in the records.
 _TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")

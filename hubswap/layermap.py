@@ -247,6 +247,14 @@ class LayerMap:
         return out
 
 
+def uniform_map(num_layers: int, stack: LayerStack | None = None, weight: Fraction = Fraction(1, 2)) -> LayerMap:
+    """Every tensor, layers and non-layer alike, blended with the language expert's ``weight``: the
+    "soup" baseline (weight 1/2) that ``[eval] baselines`` builds with the same merge as the swap."""
+    layers = tuple(LayerSource(i, weight, "uniform") for i in range(num_layers))
+    whole = LayerSource(-1, weight, "non-layer")
+    return LayerMap(num_layers, layers, whole, LayerSource(-1, weight, "vision"), stack)
+
+
 def layer_map(swap: Swap, num_layers: int, stack: LayerStack | None = None) -> LayerMap:
     """The source and language-expert weight of each of ``num_layers`` layers and of non-layer tensors.
 

@@ -23,9 +23,9 @@ from hubswap import __version__
 from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error
 from hubswap.errors import HubswapError
 from hubswap.files import atomic_write, cores, fsync_path, fsync_tree, parse_size, write_json
-from hubswap.hashing import cache_root, text_sha256
+from hubswap.hashing import cache_root, json_sha256, text_sha256
 from hubswap.inputs import Inputs, dataset_location, prepare_inputs, published_path
-from hubswap.layermap import LayerMap, layer_map
+from hubswap.layermap import LayerMap, layer_map, uniform_map
 from hubswap.preflight import INDEX, SIDE_FILES, check_layer_map, untrained_token_warnings
 from hubswap.recipe import LoadedRecipe, load_recipe
 from hubswap.records import (
@@ -150,7 +150,9 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
     # 5-6. Evaluate against the experts, then apply the gate.
     results = None
     if opts.evaluate:
-        results, verdict = evaluate_build(inputs, model_dir, build_dir / "eval", dirs, limit=opts.limit)
+        baselines = build_baselines(inputs, dirs, build_dir / "baselines", max_shard, progress=opts.progress)
+        results, verdict = evaluate_build(inputs, model_dir, build_dir / "eval", dirs, limit=opts.limit,
+                                          baselines=baselines)
         write_card(model_dir)
         if not verdict.passed:
             raise verdict.error(f"{build_dir / 'eval'} and {model_dir / EVAL_RESULTS}")
@@ -191,10 +193,33 @@ def make_build_record(loaded: LoadedRecipe, inputs: Inputs, hashes: dict[str, di
     )
 
 
+def build_baselines(inputs: Inputs, dirs: dict[str, Path], folder: Path, max_shard: int, *,
+                    progress: bool = True) -> dict[str, Path]:
+    """The recipe's ``[eval] baselines``, merged by the same streaming merge as the swap into
+    ``folder/<name>`` (beside the model, never published): ``soup`` averages every tensor."""
+    recipe, pre = inputs.loaded.recipe, inputs.preflight
+    out = {}
+    for name in recipe.eval.baselines:  # "soup", the only one so far
+        dest = folder / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        plan = plan_merge(uniform_map(pre.num_layers, pre.stack), pre.tensors, dirs, out_dtype=recipe.swap.dtype,
+                          max_shard_size=max_shard)
+        merge(plan, dest, progress=progress, durable=False)
+        copy_side_files(dirs[recipe.swap.files_from], dest, recipe.swap.dtype)
+        log.info("baseline %s written to %s", name, dest)
+        out[name] = dest
+    return out
+
+
+BASELINE_SOURCES = {"soup": "the uniform average of the task and language experts (every tensor, 1/2 each)"}
+
+
 def evaluate_build(inputs: Inputs, model_dir: Path, eval_dir: Path, dirs: dict[str, Path], *,
-                   limit: int | None) -> tuple[EvalResults, GateVerdict]:
-    """MGSM on the merged model and the models to compare, then the gate; writes eval_results.json.
-    Returns the results and the gate's verdict."""
+                   limit: int | None, baselines: dict[str, Path] | None = None) -> tuple[EvalResults, GateVerdict]:
+    """MGSM on the merged model, the models to compare and the baselines, then the gate; writes
+    eval_results.json. Returns the results and the gate's verdict."""
     from hubswap.evaluate import apply_gate, run_evaluation
 
     loaded = inputs.loaded
@@ -205,6 +230,10 @@ def evaluate_build(inputs: Inputs, model_dir: Path, eval_dir: Path, dirs: dict[s
             raise HubswapError(f"eval.compare names {role!r}, but its weights were not downloaded")
         models[role] = dirs[role]
     keys = {role: inputs.key(role) for role in cfg.compare}
+    for name, folder in (baselines or {}).items():  # a baseline is a function of the experts and the dtype
+        models[name] = folder
+        keys[name] = f"{name}-" + json_sha256([__version__, inputs.key("task"), inputs.key("language"),
+                                               recipe.swap.dtype, recipe.swap.files_from])
     results = run_evaluation(
         models, cfg, eval_dir, dataset=dataset_location(loaded),
         cache_keys=keys, cache_dir=cache_root() / "eval", limit=limit,
@@ -213,7 +242,8 @@ def evaluate_build(inputs: Inputs, model_dir: Path, eval_dir: Path, dirs: dict[s
     # What is published names the data and the models as the recipe does, never by a folder of
     # this machine (the Hub cache, the build folder, the dataset copy).
     roles = recipe.models.roles()
-    sources = {name: ("this model" if (src := roles.get(name)) is None else
+    sources = {name: (BASELINE_SOURCES[name] if name in BASELINE_SOURCES else
+                      "this model" if (src := roles.get(name)) is None else
                       f"{src.repo}@{inputs.models[name].commit}" if src.repo else published_path(src.path))
                for name in results.models}
     results = results.model_copy(update={

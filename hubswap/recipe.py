@@ -143,6 +143,9 @@ class EvalConfig(_Strict):
     compare: list[Literal["task", "language", "base"]] = Field(
         default_factory=lambda: ["task", "language"]
     )
+    baselines: list[Literal["soup"]] = Field(default_factory=list)
+    """Other merges of the same experts, built and evaluated beside the swap: ``soup`` is the
+    uniform average of the task and language experts (every tensor, weight 1/2 each)."""
     backend: Literal["vllm", "transformers"] = "vllm"
     limit: int = Field(default=0, ge=0)
     seed: int = 0
@@ -173,7 +176,7 @@ class EvalConfig(_Strict):
 
 
 class Gate(_Strict):
-    must_beat: list[Literal["task", "language", "base"]] = Field(
+    must_beat: list[Literal["task", "language", "base", "soup"]] = Field(
         default_factory=lambda: ["task", "language"]
     )
     margin: float = 0.0
@@ -207,9 +210,13 @@ class Recipe(_Strict):
         missing = [r for r in set(self.eval.compare) | set(self.gate.must_beat) if r == "base"]
         if missing and self.models.base is None:
             raise ValueError("'base' is compared or gated on but [models.base] is not given")
-        not_compared = [r for r in self.gate.must_beat if r not in self.eval.compare]
+        evaluated = [*self.eval.compare, *self.eval.baselines]
+        not_compared = [r for r in self.gate.must_beat if r not in evaluated]
         if not_compared:
-            raise ValueError(f"gate.must_beat names {not_compared}, which eval.compare does not evaluate")
+            raise ValueError(f"gate.must_beat names {not_compared}, which neither eval.compare nor "
+                             "eval.baselines evaluates")
+        if len(set(self.eval.baselines)) != len(self.eval.baselines):
+            raise ValueError("eval.baselines must not repeat")
         return self
 
 

@@ -45,4 +45,15 @@ def test_plan_reads_layers_from_the_task_config(tiny_llama, tmp_path, capsys):
 
 def test_shipped_demo_recipe_is_the_embedded_one():
     text = (REPO / "recipes" / "tiny-demo.toml").read_text()
-    assert text == DEMO_RECIPE.format(experts="../demo/experts", dataset="../../shared/mgsm")
+    assert text == DEMO_RECIPE.format(experts="../demo/experts", dataset="../demo/mgsm")
+
+
+def test_the_soup_map_blends_every_tensor_half_and_half():
+    from fractions import Fraction
+
+    from hubswap.layermap import uniform_map
+
+    lmap = uniform_map(4, LayerStack("model.layers", 4))
+    assert lmap.picture() == "~~~~"
+    for name in ("model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "lm_head.weight", "model.norm.weight"):
+        assert lmap.for_tensor(name).weight == Fraction(1, 2), name

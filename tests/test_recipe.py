@@ -118,3 +118,15 @@ def test_cli_exit_code_is_2_and_nothing_written(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: recipe has 1 problem:\n") and "swap.bottom" in proc.stderr
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_baseline_in_must_beat_must_be_evaluated(tmp_path):
+    gated = GOOD + '\n[eval]\ncompare = ["task"]\n{baselines}\n[gate]\nmust_beat = ["task", "soup"]\n'
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, gated.format(baselines="")))
+    assert "['soup'], which neither eval.compare nor eval.baselines evaluates" in str(e.value)
+    r = load_recipe(write(tmp_path, gated.format(baselines='baselines = ["soup"]'))).recipe
+    assert r.eval.baselines == ["soup"] and r.gate.must_beat == ["task", "soup"]
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, gated.format(baselines='baselines = ["ties"]')))
+    assert [p.key for p in e.value.problems] == ["eval.baselines[0]"]
