@@ -24,7 +24,7 @@ log = logging.getLogger("hubswap")
 
 EPILOG = """\
 examples:
-  hubswap demo                                   tiny experts made on the spot, the whole pipeline offline
+  hubswap demo                                   constructed experts, the whole pipeline offline
   hubswap validate recipes/llama-swahili-math.toml
   hubswap plan recipes/llama-swahili-math.toml --layers 32
   hubswap build recipes/llama-swahili-math.toml  resolve, preflight, download, swap, evaluate, card
@@ -256,11 +256,12 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _demo_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-o", "--output", default="demo", metavar="DIR", help="where to write (default: demo/)")
-    s.add_argument("--limit", type=int, default=8, metavar="N", help="MGSM questions per language (default 8)")
+    s.add_argument("--limit", type=int, default=0, metavar="N",
+                   help="questions per language (default: all 100 of the demo world's MGSM)")
     s.add_argument("--no-eval", action="store_true", help="skip the evaluation")
 
 
-@command("demo", help="make tiny experts on the spot and run the whole pipeline offline on the CPU",
+@command("demo", help="build the demo world (experts constructed by hand) and run the whole pipeline offline on the CPU",
          arguments=_demo_arguments)
 def _demo(args: argparse.Namespace) -> int:
     from hubswap.demo import run_demo

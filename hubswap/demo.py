@@ -172,46 +172,47 @@ def _set_model_card(path: Path, role: str) -> None:
 
 
 DEMO_RECIPE = """\
-# The embedded default of `hubswap demo`: tiny random experts made on the spot, swapped and
-# evaluated on MGSM on the CPU with the real vLLM engine, fully offline.
-#   hubswap demo --output demo        (writes this file to demo/recipe.toml and builds it)
+# The embedded default of `hubswap demo`: a layer swap of two experts whose weights were written
+# by hand (constructed, not trained) so that each skill sits in known layers, evaluated on a
+# synthetic MGSM (English and a relexified "Swahili") with the real vLLM engine on the CPU, offline.
+#   hubswap demo --output demo        (writes the world and this file to demo/, and builds it)
 #   hubswap build demo/recipe.toml    (rebuilds it)
 schema_version = 1
-name = "tiny-llama-swahili-math"
+name = "demo-world-swahili-math"
 
-[models.base]                 # random tiny Llama (8 layers, hidden 128, vocab 512)
+[models.base]                 # reads and writes English; no arithmetic (it answers 0)
 path = "{experts}/base"
 
-[models.task]                 # the base plus random changes: stands in for the math expert
+[models.task]                 # the base plus arithmetic in layers 2 and 3 only
 path = "{experts}/task"
 
-[models.language]             # the base plus other random changes: stands in for the Swahili expert
+[models.language]             # the base plus Swahili: embeddings, layers 0, 1 and 6, lm_head
 path = "{experts}/language"
 
-[swap]
+[swap]                        # what `hubswap analyze` suggests for these experts
 bottom = 2
-top = 1
-transition = 1
+top = 2
+transition = 0
 non_layer = "language"
 files_from = "task"
-dtype = "float32"             # random tiny models tie in bf16; fp32 keeps generations comparable
+dtype = "bfloat16"
 
 [eval]
 dataset = "{dataset}"
 languages = ["sw", "en"]
 prompt = "native-cot"
-num_fewshot = 2
-max_new_tokens = 32
+num_fewshot = 0               # the models answer " Jibu ni 8." / " The answer is 8." directly
+max_new_tokens = 8
 compare = ["task", "language"]
+baselines = ["soup"]          # the experts averaged (every tensor 1/2 each): the paper's other merge
 backend = "vllm"
-limit = 8
 
 [eval.vllm]
-max_model_len = 4096
+max_model_len = 128
 
-[gate]                        # random models score ~0: the demo's gate only asks for a result
-must_beat = []
-min_accuracy = 0.0
+[gate]                        # the paper's claim: the swap beats both experts, and averaging, in Swahili
+must_beat = ["task", "language", "soup"]
+min_accuracy = 0.9
 """
 
 
@@ -228,22 +229,14 @@ def find_mgsm() -> Path | None:
     return None
 
 
-def write_demo_recipe(path: Path, experts: Path, *, dataset: str | None = None, need_dataset: bool = True) -> Path:
-    """Write the demo recipe for tiny experts in ``experts``, evaluating on the offline MGSM copy."""
-    from hubswap.errors import HubswapError
+def write_demo_recipe(path: Path, experts: Path, dataset: Path) -> Path:
+    """Write the demo recipe for the world's experts in ``experts`` and its MGSM in ``dataset``,
+    both named relative to the recipe (no path of this machine in the recipe, the lock or the card)."""
+    def rel(p: Path) -> str:
+        r = Path(os.path.relpath(p, path.parent)).as_posix()
+        return r if r.startswith(".") else f"./{r}"
 
-    if dataset is None:
-        found = find_mgsm()
-        if found is None and not need_dataset:
-            found = "juletxara/mgsm"
-        if found is None:
-            raise HubswapError(
-                "no offline MGSM copy found for the demo",
-                hint="set HUBSWAP_MGSM=/path/to/mgsm (the layout of juletxara/mgsm), or pass --no-eval",
-            )
-        dataset = str(found)
-    rel = os.path.relpath(experts, path.parent)
-    path.write_text(DEMO_RECIPE.format(experts=rel, dataset=dataset), encoding="utf-8")
+    path.write_text(DEMO_RECIPE.format(experts=rel(experts), dataset=rel(dataset)), encoding="utf-8")
     return path
 
 
@@ -301,17 +294,20 @@ def make_scripted_model(out_dir: str | Path, script: dict[str, str], *, hidden: 
     return out_dir
 
 
-def run_demo(output: Path, *, limit: int = 8, evaluate: bool = True, dataset: str | None = None) -> int:
-    """Make tiny experts (once), write the demo recipe beside them and build it."""
+def run_demo(output: Path, *, limit: int = 0, evaluate: bool = True) -> int:
+    """Write the demo world (hubswap.demo_world: seconds, so never cached), the demo recipe beside
+    it, and build it: merge, MGSM on both experts and the merge, gate, card."""
+    import time
+
+    from hubswap.demo_world import write_world
     from hubswap.pipeline import BuildOptions, build
 
     output = output.resolve()
-    experts = output / "experts"
-    if not all((experts / r / "config.json").is_file() for r in ("base", "task", "language")):
-        log.info("making tiny experts in %s", experts)
-        make_family(experts, arch="llama", hidden=128, seed=0)  # head size 32: vLLM CPU kernels need >= 32
-    recipe = write_demo_recipe(output / "recipe.toml", experts, dataset=dataset, need_dataset=evaluate)
-    result = build(recipe, BuildOptions(output=output / "build", evaluate=evaluate, limit=limit))
+    t = time.perf_counter()
+    world = write_world(output / "experts", mgsm=output / "mgsm")
+    log.info("wrote the demo world (3 constructed models, MGSM en/sw) in %.1f s", time.perf_counter() - t)
+    recipe = write_demo_recipe(output / "recipe.toml", output / "experts", world["mgsm"])
+    result = build(recipe, BuildOptions(output=output / "build", evaluate=evaluate, limit=limit or None))
     print(result.summary())
     print(f"\nmodel card: {result.model_dir / 'README.md'}")
     return 0

@@ -203,6 +203,10 @@ def _language(c: Circuit, lang: str, col: int) -> None:
 def language_circuit(c: Circuit) -> None:
     """Swahili reading and writing, added to the base."""
     _language(c, "sw", 1)
+    # Its end-of-text row is its own, as a fine-tune's is (on dead dimensions, so it acts as the
+    # base's): the preflight warns about a merge whose </s> rows were never trained.
+    eos = c.tensor("lm_head.weight", (c.vocab_size, HIDDEN))
+    eos[c.vocab["</s>"], c.lay.dead] += NOISE * np.cos(np.arange(len(c.lay.dead)))
 
 
 def task_circuit(c: Circuit) -> None:

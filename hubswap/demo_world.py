@@ -183,12 +183,13 @@ def write_model(dest: Path, role: str, tensors: dict, vocab: dict[str, int], tok
     return dest
 
 
-def write_world(root: str | Path) -> dict[str, Path]:
-    """Write the three models and the synthetic MGSM under ``root``; ``{role or "mgsm": path}``."""
+def write_world(root: str | Path, *, mgsm: str | Path | None = None) -> dict[str, Path]:
+    """Write the three models under ``root`` and the synthetic MGSM in ``mgsm`` (``root/mgsm``);
+    returns ``{role or "mgsm": path}``."""
     root = Path(root)
     vocab = vocabulary()
     tokenizer = tokenizer_json(vocab)
     weights = build_weights(vocab, VOCAB_SIZE)
     out = {role: write_model(root / role, role, weights[role], vocab, tokenizer) for role in ROLES}
-    out["mgsm"] = write_mgsm(root / "mgsm")
+    out["mgsm"] = write_mgsm(Path(mgsm) if mgsm is not None else root / "mgsm")
     return out

@@ -1,7 +1,9 @@
-"""`hubswap demo`, the README's first command, end to end at its smallest setting (one MGSM question
-per language): the process exits 0, writes every path the README's quick start names, prints the
-comparison table with the numbers of the build's eval_results.json, and the card is an evaluated
-one. A separate process, as a user runs it, on the real vLLM CPU engine and the offline MGSM copy."""
+"""`hubswap demo`, the README's first command, end to end on all 100 questions per language of the
+demo world: the process exits 0, writes every path the README's quick start names, prints the
+comparison table with the numbers of the build's eval_results.json, the merged model beats both
+experts in Swahili with a paired interval above zero and McNemar p < 0.01, the gate passes, and
+neither the recipe nor the card names a path of this machine. A separate process, as a user runs
+it, on the real vLLM CPU engine."""
 
 from __future__ import annotations
 
@@ -28,11 +30,10 @@ def readme_demo_paths() -> list[str]:
     return paths
 
 
-def test_demo_runs_offline_and_writes_what_the_readme_says(mgsm_dir, tmp_path):
+def test_demo_runs_offline_and_writes_what_the_readme_says(tmp_path):
     # vLLM's engine in the demo's own process and one OpenMP thread: 3x faster on small machines.
-    env = {"HUBSWAP_MGSM": str(mgsm_dir), "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-           "OMP_NUM_THREADS": "1"}
-    run = run_hubswap("demo", "--output", "demo", "--limit", "1", cwd=tmp_path, env=env, timeout=900)
+    env = {"HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"}
+    run = run_hubswap("demo", "--output", "demo", cwd=tmp_path, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
 
@@ -48,10 +49,10 @@ def test_demo_runs_offline_and_writes_what_the_readme_says(mgsm_dir, tmp_path):
     expected = {}
     for name, entry in results["models"].items():
         for lang, r in entry["languages"].items():
-            assert r["n"] == 1, (name, lang)  # --limit 1 reached the evaluation
+            assert r["n"] == 100, (name, lang)
             expected[name, lang] = (r["n"], f"{100 * r['accuracy']:.1f}", f"{100 * r['ci95'][0]:.1f}",
                                     f"{100 * r['ci95'][1]:.1f}")
-    assert {m for m, _ in expected} >= {"merged", "task", "language"}
+    assert {m for m, _ in expected} >= {"merged", "task", "language", "soup"}
     assert printed == expected, run.stdout
     verdict = "passed" if results["gate"]["passed"] else "FAILED"
     assert f"\ngate: {verdict}\n" in run.stdout
@@ -60,3 +61,16 @@ def test_demo_runs_offline_and_writes_what_the_readme_says(mgsm_dir, tmp_path):
     card = (model / "README.md").read_text()
     assert "This model was not evaluated" not in card
     assert f"**Gate: {verdict.lower()}**" in card
+
+    # The effect: in Swahili the swap beats both experts, clearly; in English it keeps the task's.
+    sw = {name: entry["languages"]["sw"] for name, entry in results["models"].items()}
+    assert results["gate"]["passed"] and results["gate"]["must_beat"] == ["task", "language", "soup"]
+    assert sw["merged"]["accuracy"] >= 0.9
+    for other in ("task", "language", "soup"):
+        assert sw[other]["accuracy"] <= 0.1, other
+        paired = results["comparisons"][other]["sw"]
+        assert paired["ci95"][0] > 0 and paired["mcnemar_p"] < 0.01, (other, paired)
+    assert results["models"]["task"]["languages"]["en"]["accuracy"] >= 0.9
+    for text in (card, (tmp_path / "demo" / "recipe.toml").read_text()):
+        assert str(tmp_path) not in text
+    assert "constructed, not trained" in card
