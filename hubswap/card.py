@@ -102,6 +102,13 @@ def evaluation_summary(model_dir: str | Path) -> str:
     return f"## {name}\n\n{text[start:end].strip()}\n"
 
 
+def _all_questions(ev) -> int:
+    """How many test questions "all" was: the merged model's count in the target language (a local
+    dataset, such as the demo world's, may hold fewer than MGSM's 250)."""
+    mine = ev.scores(ev.reference_model, ev.settings.target_language)
+    return mine.n if mine is not None else TEST_QUESTIONS
+
+
 def write_card(model_dir: str | Path) -> Path:
     """Write README.md and the layer-map picture into the model folder; returns the README's path.
 
@@ -432,7 +439,7 @@ def _evaluation(ev: EvalResults) -> dict:
         "eval_dtype": st.dtype,
         "seed": st.seed,
         "limit": st.limit,
-        "questions": f"the first {st.limit} of {TEST_QUESTIONS}" if st.limit else f"all {TEST_QUESTIONS}",
+        "questions": f"the first {st.limit} of {TEST_QUESTIONS}" if st.limit else f"all {_all_questions(ev)}",
         "vllm": json.dumps(st.vllm, sort_keys=True) if st.vllm else None,
         "device": device,
         "platform": hw.platform,
