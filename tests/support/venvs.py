@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 # Never in a core venv, and never imported by the core commands.
-HEAVY = ("torch", "transformers", "tokenizers", "vllm", "datasets", "evaluate", "accelerate")
+HEAVY = ("torch", "transformers", "tokenizers", "vllm", "datasets", "evaluate", "accelerate", "lingua")
 # uv must not fetch a Python of its own (no network beyond PyPI here) nor read a user's uv config.
 UV_ENV = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_CONFIG": "1"}
 
