@@ -107,3 +107,15 @@ def test_the_answers_language_gates_only_when_asked():
 def test_answers_without_words_fail_a_language_gate():
     verdict = apply_gate(_results({"sw": 0.5}, share=None), Gate(must_beat=[], min_target_language_share=0.5))
     assert verdict.reasons == ["merged wrote no sw answer with words, so its answers' language cannot be judged"]
+
+
+def test_the_recipe_key_is_a_share_between_0_and_1(tmp_path):
+    from hubswap.errors import RecipeError
+    from hubswap.recipe import parse_recipe
+    from tests.support.fixed_build import RECIPE
+
+    loaded = parse_recipe(RECIPE + "\n[gate]\nmin_target_language_share = 0.9\n", tmp_path / "r.toml")
+    assert loaded.recipe.gate.min_target_language_share == 0.9
+    assert parse_recipe(RECIPE, tmp_path / "r.toml").recipe.gate.min_target_language_share is None
+    with pytest.raises(RecipeError, match="min_target_language_share"):
+        parse_recipe(RECIPE + "\n[gate]\nmin_target_language_share = 1.5\n", tmp_path / "r.toml")
