@@ -394,7 +394,8 @@ def _evaluation(ev: EvalResults) -> dict:
                  for lang in st.languages],
     }
     detail = [[ROLE_NAMES.get(model, model), lang, _pct(res.strict_match), _pct(res.flexible_extract),
-               _pct(res.truncation_rate), _pct(res.no_answer_rate)]
+               _pct(res.truncation_rate), _pct(res.no_answer_rate),
+               "–" if res.target_language_share is None else _pct(res.target_language_share)]
               for model in [ref, *others] for lang in st.languages if (res := ev.scores(model, lang))]
     # The merged model is this folder; where it sat on the build machine is noise.
     sources = [f"{ROLE_NAMES.get(m, m)}: `{ev.models[m].source}`"
@@ -409,6 +410,8 @@ def _evaluation(ev: EvalResults) -> dict:
             rule.append(f"beat the {' and the '.join(must_beat)} by at least {_pts(gate.margin).lstrip('+')} points")
         if gate.min_accuracy or not must_beat:
             rule.append(f"reach an accuracy of at least {_pct(gate.min_accuracy)}%")
+        if gate.min_target_language_share is not None:
+            rule.append(f"write at least {_pct(gate.min_target_language_share)}% of its answers in that language")
         # A failed gate lists what failed; a passed one what it checked.
         lines = (gate.checks or gate.reasons) if gate.passed else gate.reasons
         verdict = {"passed": gate.passed, "rule": " and ".join(rule), "lines": list(lines)}

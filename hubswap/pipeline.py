@@ -33,6 +33,7 @@ from hubswap.records import (
     EVAL_RESULTS,
     LOCK_VERSION,
     RECIPE_COPY,
+    RECORDS_DIR,
     BuildRecord,
     FileEntry,
     LayerMapRecord,
@@ -252,6 +253,13 @@ def evaluate_build(inputs: Inputs, model_dir: Path, eval_dir: Path, dirs: dict[s
         "models": {name: m.model_copy(update={"source": sources[name]}) for name, m in results.models.items()},
     })
     results.write(model_dir / EVAL_RESULTS)
+    # lm-eval's own files: in the build's eval folder, and published beside eval_results.json.
+    from hubswap.evaluate.lm_eval_files import FOLDER, write_lm_eval_files
+
+    published_copy = model_dir / RECORDS_DIR / FOLDER
+    shutil.rmtree(published_copy, ignore_errors=True)
+    for folder in write_lm_eval_files(results, eval_dir, eval_dir / FOLDER):
+        shutil.copytree(folder, published_copy / folder.name)
     return results, verdict
 
 

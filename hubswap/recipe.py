@@ -181,6 +181,8 @@ class Gate(_Strict):
     )
     margin: float = 0.0
     min_accuracy: float = Field(default=0.0, ge=0.0, le=1.0)
+    min_target_language_share: float | None = Field(default=None, ge=0.0, le=1.0)
+    """The least share of the merged model's target-language answers written in that language."""
 
 
 class Publish(_Strict):

@@ -46,7 +46,10 @@ def test_failing_gate_stops_the_build_after_writing_every_result(tiny_llama_vllm
     card = (model / "README.md").read_text()
     assert "Gate: failed" in card or "gate failed" in card.lower()
     # No path of this machine in what is published: the recipe's folder names only.
-    for published in ("hubswap/lock.json", "hubswap/eval_results.json"):
+    lm_eval = sorted(p.relative_to(model).as_posix() for p in (model / "hubswap" / "lm-eval").rglob("*.json*"))
+    # lm-eval's results and samples files of every model, published beside eval_results.json
+    assert sorted(f.split("/")[2] for f in lm_eval) == sorted(m for m in results["models"] for _ in range(2)), lm_eval
+    for published in ("hubswap/lock.json", "hubswap/eval_results.json", *lm_eval):
         text = (model / published).read_text()
         assert str(tmp_path) not in text and str(mgsm_dir) not in text and str(tiny_llama_vllm["task"]) not in text, published
     assert results["settings"]["dataset"] == mgsm_dir.name

@@ -125,13 +125,15 @@ def test_card_table_and_model_index_equal_eval_results(scripted_build):
             assert cell.startswith(f"{_signed(c['diff'])} [{_signed(c['ci95'][0])}, {_signed(c['ci95'][1])}], p "), \
                 (lang, name, cell)
 
-    # The lm-eval-compatible table: strict-match, flexible-extract, truncated, no answer, in %.
+    # The lm-eval-compatible table: strict-match, flexible-extract, truncated, no answer, in %, and
+    # the share of answers in the question's language ("–" when no answer had words).
     names = {"merged": "merged", "task": "task expert", "language": "language expert", "base": "base model"}
     for name, label in names.items():
         for lang in ("sw", "en"):
             s = models[name]["languages"][lang]
+            share = "–" if s["target_language_share"] is None else _pct(s["target_language_share"])
             row = f"| {label} | {lang} | {_pct(s['strict_match'])} | {_pct(s['flexible_extract'])} | " \
-                  f"{_pct(s['truncation_rate'])} | {_pct(s['no_answer_rate'])} |"
+                  f"{_pct(s['truncation_rate'])} | {_pct(s['no_answer_rate'])} | {share} |"
             assert row in card.text, row
 
     # model-index: the merged model's scores per language, as the Hub indexes them.

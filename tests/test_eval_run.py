@@ -35,7 +35,7 @@ def first_run(tiny_llama_vllm, mgsm_dir, tmp_path_factory):
 def test_results_layout(first_run, mgsm_dir):
     root, models, _, typed = first_run
     results = typed.to_json()  # what eval_results.json holds
-    assert results["results_version"] == 1 and "verdicts" not in results
+    assert results["results_version"] == 2 and "verdicts" not in results
     s = results["settings"]
     assert s["languages"] == LANGS and s["target_language"] == "sw" and s["backend"] == "vllm"
     assert s["limit"] == LIMIT and s["num_fewshot"] == 2 and s["dataset"] == str(mgsm_dir)

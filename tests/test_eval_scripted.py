@@ -5,6 +5,10 @@ a language with one fixed line: a negative number, a decimal, decimal commas, na
 digits, a minus sign, a dot grouping thousands. The first MGSM question's gold is 18 in every
 language, the second one's 3. The verdicts below are written by hand from the rules in
 ``hubswap/evaluate/scoring.py`` (robust) and lm-eval 0.4.13's filters (strict, flexible).
+
+A second scripted model, compared with it, answers every question in English: the share of answers
+written in the question's language is 1 for the first model everywhere and 0 for the second one
+except in English.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ SCRIPT = {
     "ru": (" Ответ — −18.", "-18", False, False, True),       # U+2212 minus; flexible finds "18."
 }
 
+ENGLISH = " So she makes 18 dollars. The answer is 18."
+
 
 @pytest.fixture(scope="module")
 def scripted_eval(mgsm_dir, tmp_path_factory):
@@ -38,8 +44,10 @@ def scripted_eval(mgsm_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("scripted")
     model = make_scripted_model(root / "model", {LANGUAGES[lang].cot_answer: s[0] for lang, s in SCRIPT.items()})
+    english = make_scripted_model(root / "english", {LANGUAGES[lang].cot_answer: ENGLISH for lang in SCRIPT})
     out = root / "eval"
-    rc = main(["eval", str(model), "--dataset", str(mgsm_dir), "--languages", *SCRIPT, "--prompt", "native-cot",
+    rc = main(["eval", str(model), "--compare", f"english={english}", "--dataset", str(mgsm_dir),
+               "--languages", *SCRIPT, "--prompt", "native-cot",
                "--num-fewshot", "0", "--max-new-tokens", "8", "--limit", "2", "--backend", "vllm",
                "--vllm", "max_model_len=4096", "--output", str(out), "--no-progress"])
     return rc, out
@@ -68,3 +76,15 @@ def test_scores_are_the_records_counted(scripted_eval):
         assert (s["n"], s["correct"], s["accuracy"]) == (2, int(correct), correct / 2), lang
         assert (s["strict_match"], s["flexible_extract"]) == (strict / 2, flexible / 2), lang
         assert s["no_answer_rate"] == 0 and s["truncation_rate"] == 0
+
+
+def test_the_answers_language_is_measured(scripted_eval):
+    _, out = scripted_eval
+    results = json.loads((out / "eval_results.json").read_text(encoding="utf-8"))
+    for lang in SCRIPT:
+        rows = [json.loads(line) for line in (out / f"english.{lang}.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert [r["language"] for r in rows] == ["en", "en"], lang
+        rows = [json.loads(line) for line in (out / f"model.{lang}.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert [r["language"] for r in rows] == [lang, lang], lang
+        assert results["models"]["model"]["languages"][lang]["target_language_share"] == 1.0, lang
+        assert results["models"]["english"]["languages"][lang]["target_language_share"] == (lang == "en"), lang

@@ -23,18 +23,19 @@ SETTINGS = Settings(
     num_fewshot=8, fewshot_seed=1234, max_new_tokens=512, backend="vllm", dtype="bfloat16", batch_size=None,
     limit=100, questions={"sw": 100, "en": 100}, seed=0, greedy=True, vllm=None, vllm_cpu_defaults=None,
     scores=ScoreMethods(accuracy="robust", strict_match="lm-eval", flexible_extract="lm-eval", ci95="Wilson",
-                        comparison_ci95="Newcombe"),
+                        comparison_ci95="Newcombe", target_language_share="lingua"),
 )
 
 
-def _results(merged: dict[str, float], **others: dict[str, float]) -> EvalResults:
-    """Typed results with the given accuracies per model and language, on 100 questions each."""
+def _results(merged: dict[str, float], share: float | None = 1.0, **others: dict[str, float]) -> EvalResults:
+    """Typed results with the given accuracies per model and language, on 100 questions each, and
+    ``share`` of every model's answers written in the question's language."""
     def model(langs: dict[str, float]) -> ModelResult:
         def scores(acc: float) -> LanguageScores:
             k = round(acc * 100)
             return LanguageScores(n=100, correct=k, accuracy=acc, ci95=wilson_interval(k, 100), strict_match=acc,
                                   flexible_extract=acc, truncation_rate=0.0, no_answer_rate=0.0,
-                                  mean_generated_tokens=40.0)
+                                  mean_generated_tokens=40.0, target_language_share=share)
         return ModelResult(source="org/model@" + "0" * 40, cache_key=None, cached=False, cached_languages=[],
                            engine=None, languages={lang: scores(acc) for lang, acc in langs.items()})
 
@@ -89,3 +90,32 @@ def test_a_merged_model_without_a_result_in_the_target_language_fails():
         assert verdict.reasons == [f"{name} was not evaluated in sw"]
         assert verdict.accuracy is None
         assert "gate failed" in str(verdict.error())
+
+
+def test_the_answers_language_gates_only_when_asked():
+    # 0.1 + 0.2 as a bound: a tie with the share passes
+    assert apply_gate(_results({"sw": 0.5}, share=0.3), Gate(must_beat=[], min_target_language_share=0.1 + 0.2)).passed
+    low = apply_gate(_results({"sw": 0.5}, share=0.29), Gate(must_beat=[], min_target_language_share=0.3))
+    assert not low.passed
+    assert low.reasons == ["merged answers in sw: 0.290 < min_target_language_share 0.300"]
+    record = low.record()
+    assert (record.min_target_language_share, record.target_language_share) == (0.3, 0.29)
+    unasked = apply_gate(_results({"sw": 0.5}, share=0.0), Gate(must_beat=[]))
+    assert unasked.passed and not any("language_share" in c for c in unasked.checks)
+
+
+def test_answers_without_words_fail_a_language_gate():
+    verdict = apply_gate(_results({"sw": 0.5}, share=None), Gate(must_beat=[], min_target_language_share=0.5))
+    assert verdict.reasons == ["merged wrote no sw answer with words, so its answers' language cannot be judged"]
+
+
+def test_the_recipe_key_is_a_share_between_0_and_1(tmp_path):
+    from hubswap.errors import RecipeError
+    from hubswap.recipe import parse_recipe
+    from tests.support.fixed_build import RECIPE
+
+    loaded = parse_recipe(RECIPE + "\n[gate]\nmin_target_language_share = 0.9\n", tmp_path / "r.toml")
+    assert loaded.recipe.gate.min_target_language_share == 0.9
+    assert parse_recipe(RECIPE, tmp_path / "r.toml").recipe.gate.min_target_language_share is None
+    with pytest.raises(RecipeError, match="min_target_language_share"):
+        parse_recipe(RECIPE + "\n[gate]\nmin_target_language_share = 1.5\n", tmp_path / "r.toml")

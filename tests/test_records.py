@@ -38,8 +38,22 @@ def test_eval_results_of_an_older_hubswap_are_refused(tmp_path, capsys):
     assert main(["card", str(build)]) == ModelFilesError.exit_code
     err = capsys.readouterr().err.splitlines()
     assert err[0].endswith("eval_results.json: no results_version (written by an older hubswap); "
-                           "this hubswap reads results_version 1"), err
+                           "this hubswap reads results_version 2"), err
     assert err[1].startswith("hint: ")
+
+
+def test_eval_results_of_version_1_without_the_answers_language_are_refused(tmp_path, capsys):
+    # version 2 added target_language_share; a version-1 file says which version it is
+    def as_version_1(d: dict) -> None:
+        d["results_version"] = 1
+        for model in d["models"].values():
+            for scores in model["languages"].values():
+                scores.pop("target_language_share")
+
+    build = make_build(tmp_path / "build")
+    _edit(build / "model" / "hubswap" / "eval_results.json", as_version_1)
+    assert main(["card", str(build)]) == ModelFilesError.exit_code
+    assert "eval_results.json: results_version 1; this hubswap reads results_version 2" in capsys.readouterr().err
 
 
 def test_build_record_of_another_version_is_refused(tmp_path, capsys):

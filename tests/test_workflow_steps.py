@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -169,8 +170,14 @@ def test_dispatch_builds_summarises_uploads_the_card_and_publishes_from_the_runn
     # The artifact: card, records, per-question jsonl; no weights.
     card = artifacts / "card-tiny"
     got = sorted(p.relative_to(card).as_posix() for p in card.rglob("*") if p.is_file())
-    assert got == ["eval/merged.sw.jsonl", "eval/task.sw.jsonl", "model/README.md", "model/hubswap/eval_results.json",
-                   "model/hubswap/layer_map.svg", "model/hubswap/lock.json", "model/hubswap/recipe.toml"], got
+    lm_eval = [f for f in got if "/lm-eval/" in f]
+    assert [f for f in got if f not in lm_eval] == [
+        "eval/merged.sw.jsonl", "eval/task.sw.jsonl", "model/README.md", "model/hubswap/eval_results.json",
+        "model/hubswap/layer_map.svg", "model/hubswap/lock.json", "model/hubswap/recipe.toml"], got
+    # lm-eval's own files per model, in the eval folder and published beside eval_results.json
+    assert sorted(re.sub(r"_[0-9T:.-]+\.json", "_DATE.json", f) for f in lm_eval) == sorted(
+        f"{where}/lm-eval/{model}/{name}" for where in ("eval", "model/hubswap") for model in ("merged", "task")
+        for name in ("results_DATE.json", "samples_mgsm_direct_sw_DATE.jsonl")), lm_eval
     results = json.loads((card / "model/hubswap/eval_results.json").read_text())
     assert results["gate"]["passed"] is True
 
@@ -186,7 +193,8 @@ def test_dispatch_builds_summarises_uploads_the_card_and_publishes_from_the_runn
     lock = json.loads((card / "model/hubswap/lock.json").read_text())
     remote = set(hub.head("org/tiny").files) - {".gitattributes"}
     assert remote == {*lock["output"]["files"], "README.md", "hubswap/recipe.toml", "hubswap/lock.json",
-                      "hubswap/eval_results.json", "hubswap/layer_map.svg"}
+                      "hubswap/eval_results.json", "hubswap/layer_map.svg",
+                      *(f.removeprefix("model/") for f in lm_eval if f.startswith("model/"))}
     for name, rec in lock["output"]["files"].items():
         assert hub.head("org/tiny").files[name].size == rec["size"], name
     assert hub.read("org/tiny", "README.md") == (card / "model/README.md").read_bytes()

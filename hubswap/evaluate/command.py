@@ -83,8 +83,12 @@ def eval_command(args: argparse.Namespace) -> int:
         results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit,
                                  progress=not args.no_progress)
         results.write(out / "eval_results.json")
+        from hubswap.evaluate.lm_eval_files import FOLDER, write_lm_eval_files
+
+        lm_eval = write_lm_eval_files(results, out, out / FOLDER)
     print(format_table(results))
-    print(f"results: {out / 'eval_results.json'}; per-question records: {out}/<model>.<lang>.jsonl")
+    print(f"results: {out / 'eval_results.json'}; per-question records: {out}/<model>.<lang>.jsonl"
+          + (f"; lm-eval's files: {out / FOLDER}/<model>/" if lm_eval else ""))
     return 0
 
 

@@ -15,6 +15,7 @@ silently garble every prompt.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,6 +39,8 @@ class Question:
     index: int
     question: str
     answer_number: int | float
+    doc: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    """The test row as the dataset holds it (lm-eval's ``doc``, hashed into its ``doc_hash``)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def resolve_hub_revision(repo: str, revision: str) -> tuple[str, bool]:
 def load_language(dataset: str | Path, lang: str, *, revision: str = "main") -> LanguageData:
     """The test questions and the 8 exemplars of one MGSM language."""
     ds, source, rev = load_splits(dataset, lang, revision=revision)
-    test = tuple(Question(i, r["question"], r["answer_number"]) for i, r in enumerate(ds["test"]))
+    test = tuple(Question(i, r["question"], r["answer_number"], dict(r)) for i, r in enumerate(ds["test"]))
     train = tuple(Exemplar(r["question"], r["answer"], r["answer_number"]) for r in ds["train"])
     check_exemplars(lang, train, source)
     log.debug("MGSM %s: %d test questions, %d exemplars from %s", lang, len(test), len(train), source)

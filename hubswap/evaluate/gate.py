@@ -1,7 +1,8 @@
 """The gate (docs/DESIGN.md, "Gate"): may the merged model be published?
 
 The merged model's accuracy in the target language must be at least each ``must_beat`` model's
-plus ``margin``, and at least ``min_accuracy``. ``apply_gate`` only judges; the build writes every
+plus ``margin``, and at least ``min_accuracy``; with ``min_target_language_share``, at least that
+share of its target-language answers must be written in the target language. ``apply_gate`` only judges; the build writes every
 result first and then raises ``verdict.error()`` (exit code 6) when it failed.
 """
 
@@ -25,6 +26,8 @@ class GateVerdict:
     min_accuracy: float = 0.0
     target_language: str | None = None
     accuracy: float | None = None
+    min_target_language_share: float | None = None
+    target_language_share: float | None = None
 
     def record(self) -> GateRecord:
         """The verdict as eval_results.json keeps it."""
@@ -32,6 +35,8 @@ class GateVerdict:
             passed=self.passed, reasons=list(self.reasons), checks=list(self.checks),
             must_beat=list(self.must_beat), margin=self.margin, min_accuracy=self.min_accuracy,
             target_language=self.target_language, accuracy=self.accuracy,
+            min_target_language_share=self.min_target_language_share,
+            target_language_share=self.target_language_share,
         )
 
     def message(self) -> str:
@@ -53,7 +58,7 @@ def apply_gate(results: EvalResults, gate) -> GateVerdict:
     lang = results.settings.target_language
     merged = results.reference_model
     common = dict(must_beat=list(gate.must_beat), margin=gate.margin, min_accuracy=gate.min_accuracy,
-                  target_language=lang)
+                  target_language=lang, min_target_language_share=gate.min_target_language_share)
     mine = results.scores(merged, lang)
     if mine is None:
         reason = f"{merged} was not evaluated in {lang}"
@@ -79,4 +84,17 @@ def apply_gate(results: EvalResults, gate) -> GateVerdict:
     checks.append(msg)
     if not ok:
         reasons.append(msg)
-    return GateVerdict(not reasons, reasons, checks, accuracy=acc, **common)
+    share = mine.target_language_share
+    if gate.min_target_language_share is not None:
+        bound = gate.min_target_language_share
+        if share is None:
+            msg = f"merged wrote no {lang} answer with words, so its answers' language cannot be judged"
+            ok = False
+        else:
+            ok = _at_least(share, bound)
+            msg = (f"merged answers in {lang}: {share:.3f} {'>=' if ok else '<'} "
+                   f"min_target_language_share {bound:.3f}")
+        checks.append(msg)
+        if not ok:
+            reasons.append(msg)
+    return GateVerdict(not reasons, reasons, checks, accuracy=acc, target_language_share=share, **common)

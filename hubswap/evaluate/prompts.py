@@ -51,6 +51,8 @@ class Prompt:
     """The conversation (``chat``); the backend renders it with the model's chat template."""
     exemplars: tuple[int, ...] = field(default=())
     """Indices of the train exemplars used, in prompt order."""
+    doc: dict = field(default_factory=dict, compare=False, repr=False)
+    """The test row as the dataset holds it."""
 
 
 def answer_cue(lang: Language, mode: str) -> str:
@@ -79,7 +81,7 @@ def build_prompts(data: LanguageData, mode: str, *, num_fewshot: int = 8, limit:
             Prompt(
                 lang.code, q.index, q.answer_number, END_MARKERS,
                 messages=({"role": "user", "content": CHAT_INSTRUCTION.format(
-                    line=line, cue=lang.question, question=q.question)},),
+                    line=line, cue=lang.question, question=q.question)},), doc=q.doc,
             )
             for q in docs
         ]
@@ -100,5 +102,5 @@ def build_prompts(data: LanguageData, mode: str, *, num_fewshot: int = 8, limit:
             target = str(ex.answer_number) if mode == "direct" else ex.answer[lang.exemplar_skip:]
             shots.append(f"{ex.question}\n{cue}{delimiter}{target}\n\n")
         text = "".join(shots) + f"{lang.question} {q.question}\n{cue}"
-        out.append(Prompt(lang.code, q.index, q.answer_number, stop_strings(lang), text=text, exemplars=order))
+        out.append(Prompt(lang.code, q.index, q.answer_number, stop_strings(lang), text=text, exemplars=order, doc=q.doc))
     return out

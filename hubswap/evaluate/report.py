@@ -9,6 +9,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:5.1f}"
 
 
+def _share(x: float | None) -> str:
+    """The share of answers written in the question's language; "-" when none had words."""
+    return "-" if x is None else _pct(x)
+
+
 def format_table(results: EvalResults) -> str:
     """Per model and language: accuracy with its interval, lm-eval scores, and the paired diff."""
     s = results.settings
@@ -18,7 +23,7 @@ def format_table(results: EvalResults) -> str:
     lines = [
         f"MGSM ({s.prompt}, {s.num_fewshot}-shot, backend {s.backend}; accuracy % [95% CI])",
         f"{'model':<{w}} {'lang':<4} {'n':>4}  {'accuracy':>20}  {'strict':>6} {'flex':>6}  "
-        f"{'trunc':>5} {'noans':>5}  {ref + ' - model [95% CI]':>28}  {'McNemar p':>9}",
+        f"{'trunc':>5} {'noans':>5} {'inlang':>6}  {ref + ' - model [95% CI]':>28}  {'McNemar p':>9}",
     ]
     for name, model in results.models.items():
         for lang in s.languages:
@@ -34,7 +39,7 @@ def format_table(results: EvalResults) -> str:
             lines.append(
                 f"{tags[name]:<{w}} {lang:<4} {sc.n:>4}  {acc:>20}  {_pct(sc.strict_match):>6} "
                 f"{_pct(sc.flexible_extract):>6}  {_pct(sc.truncation_rate):>5} {_pct(sc.no_answer_rate):>5}"
-                f"  {diff:>28}  {p:>9}"
+                f" {_share(sc.target_language_share):>6}  {diff:>28}  {p:>9}"
             )
     gate = results.gate
     if gate:

@@ -2,7 +2,7 @@
 report and sweep read.
 
     EvalResults
-      results_version   1
+      results_version   2
       settings          how the questions were asked and scored (Settings)
       versions          tool versions of the evaluation
       hardware          where it ran
@@ -27,7 +27,7 @@ from hubswap.evaluate.stats import Paired
 from hubswap.files import write_json
 from hubswap.records import Record, load_record
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # 2: LanguageScores.target_language_share, ScoreMethods.target_language_share
 
 
 class ScoreMethods(Record):
@@ -36,6 +36,7 @@ class ScoreMethods(Record):
     flexible_extract: str
     ci95: str
     comparison_ci95: str
+    target_language_share: str
 
 
 class Settings(Record):
@@ -81,6 +82,9 @@ class LanguageScores(Record):
     truncation_rate: float
     no_answer_rate: float
     mean_generated_tokens: float
+    target_language_share: float | None
+    """Share of the answers with letters that are written in this language (``answer_language``);
+    None when no answer had any."""
 
 
 class ModelResult(Record):
@@ -101,10 +105,12 @@ class GateRecord(Record):
     min_accuracy: float
     target_language: str | None
     accuracy: float | None
+    min_target_language_share: float | None
+    target_language_share: float | None
 
 
 class EvalResults(Record):
-    results_version: Literal[1] = RESULTS_VERSION
+    results_version: Literal[2] = RESULTS_VERSION
     settings: Settings
     versions: dict[str, str | None]
     hardware: Hardware

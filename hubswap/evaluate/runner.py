@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hubswap.errors import EvaluationError
+from hubswap.evaluate.answer_language import answer_languages, target_share
 from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation
 from hubswap.evaluate.data import HUB_DATASET, is_local, load_language
 from hubswap.evaluate.prompts import FEWSHOT_SEED, Prompt, build_prompts
@@ -60,6 +61,10 @@ class Record:
     strict_match: bool
     flexible_extract: bool
     correct: bool
+    language: str | None
+    """The language the generation is written in (``answer_language``), None without letters."""
+    doc: dict
+    """The test row as the dataset holds it (lm-eval's ``doc``)."""
 
 
 def run_evaluation(
@@ -145,10 +150,11 @@ def _score_model(name: str, rows: dict, prompts: dict[str, list[Prompt]], cfg, m
     for lang in cfg.languages:
         scored = metric.compute(predictions=[g.text for _, g in rows[lang]],
                                 references=[str(p.gold) for p in prompts[lang]], lang=lang, mode=cfg.prompt)
-        records = [_record(name, p, g, r, s) for p, (r, g), s
-                   in zip(prompts[lang], rows[lang], scored["scores"], strict=True)]
+        written_in = answer_languages([g.text for _, g in rows[lang]])
+        records = [_record(name, p, g, r, s, w) for p, (r, g), s, w
+                   in zip(prompts[lang], rows[lang], scored["scores"], written_in, strict=True)]
         _write_jsonl(eval_dir / f"{name}.{lang}.jsonl", records)
-        summaries[lang] = _summary(records, scored)
+        summaries[lang] = _summary(records, scored, lang)
         verdicts[lang] = [r.correct for r in records]
     return summaries, verdicts
 
@@ -245,14 +251,14 @@ def _cache_write(cache_dir: Path, key: str, lang: str, settings: dict, rows, eng
 # --- scoring and records ------------------------------------------------------------------
 
 
-def _record(model: str, prompt: Prompt, gen: Generation, rendered: str, s: dict) -> Record:
+def _record(model: str, prompt: Prompt, gen: Generation, rendered: str, s: dict, language: str | None) -> Record:
     """One question's record; ``s`` is its ``ResponseScore`` as the metric returns it."""
     return Record(
         model=model, lang=prompt.lang, index=prompt.index, gold=prompt.gold, prompt=rendered,
         generation=gen.text, finish_reason=gen.finish_reason, prompt_tokens=gen.prompt_tokens,
         generated_tokens=gen.tokens, strict_answer=s["strict_answer"], flexible_answer=s["flexible_answer"],
         answer=s["answer"], strict_match=s["strict_match"], flexible_extract=s["flexible_extract"],
-        correct=s["correct"],
+        correct=s["correct"], language=language, doc=prompt.doc,
     )
 
 
@@ -268,7 +274,7 @@ def _load_metric():
     return evaluate.load(str(METRIC_PATH))
 
 
-def _summary(records: list[Record], scored: dict) -> dict:
+def _summary(records: list[Record], scored: dict, lang: str) -> dict:
     """Per-language summary: the metric's scores, the interval and the generation rates."""
     n = len(records)
     k = scored["correct"]
@@ -283,6 +289,7 @@ def _summary(records: list[Record], scored: dict) -> dict:
         "truncation_rate": sum(r.finish_reason == "length" for r in records) / n if n else 0.0,
         "no_answer_rate": sum(r.answer is None for r in records) / n if n else 0.0,
         "mean_generated_tokens": sum(r.generated_tokens for r in records) / n if n else 0.0,
+        "target_language_share": target_share([r.language for r in records], lang),
     }
 
 
@@ -331,6 +338,8 @@ def _settings(cfg, dataset, data, limit: int, subset: list[int] | None = None) -
             "flexible_extract": "lm-eval 0.4.13 flexible-extract",
             "ci95": "Wilson score interval",
             "comparison_ci95": "Newcombe paired score interval; McNemar exact test",
+            "target_language_share": "share of the answers with letters written in the question's language "
+                                     "(lingua, among MGSM's eleven languages)",
         },
     }
 
@@ -356,6 +365,7 @@ def versions() -> dict:
         "vllm_distribution": vllm_dist,
         "datasets": _version("datasets"),
         "evaluate": _version("evaluate"),
+        "lingua": _version("lingua-language-detector"),
         "python": platform.python_version(),
     }
 

@@ -112,7 +112,7 @@ def _scores(verdicts: list[bool]) -> LanguageScores:
     k = sum(verdicts)
     return LanguageScores(n=N, correct=k, accuracy=k / N, ci95=wilson_interval(k, N), strict_match=(k - 5) / N,
                           flexible_extract=(k - 3) / N, truncation_rate=1 / N, no_answer_rate=3 / N,
-                          mean_generated_tokens=180.5)
+                          mean_generated_tokens=180.5, target_language_share=0.98)
 
 
 def eval_results(passed: bool = True, local_dataset: bool = False) -> EvalResults:
@@ -129,7 +129,8 @@ def eval_results(passed: bool = True, local_dataset: bool = False) -> EvalResult
         vllm_cpu_defaults=None,
         scores=ScoreMethods(accuracy="robust", strict_match="lm-eval 0.4.13 strict-match",
                             flexible_extract="lm-eval 0.4.13 flexible-extract", ci95="Wilson score interval",
-                            comparison_ci95="Newcombe paired score interval; McNemar exact test"),
+                            comparison_ci95="Newcombe paired score interval; McNemar exact test",
+                            target_language_share="lingua among MGSM's eleven languages"),
     )
     verdicts = {m: {lang: _verdicts(m, lang) for lang in ("sw", "en")} for m in CORRECT}
     models = {m: ModelResult(source=SOURCES[m][0], cache_key=None, cached=SOURCES[m][1],

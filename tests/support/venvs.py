@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 # Never in a core venv, and never imported by the core commands.
-HEAVY = ("torch", "transformers", "tokenizers", "vllm", "datasets", "evaluate", "accelerate")
+HEAVY = ("torch", "transformers", "tokenizers", "vllm", "datasets", "evaluate", "accelerate", "lingua")
 # uv must not fetch a Python of its own (no network beyond PyPI here) nor read a user's uv config.
 UV_ENV = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_CONFIG": "1"}
 
@@ -117,3 +117,66 @@ def core_venv(python: str | None = None) -> Path:
             shutil.rmtree(old.parent, ignore_errors=True)
             old.parent.with_suffix(".lock").unlink(missing_ok=True)
     return venv
+
+
+# lm-evaluation-harness itself, for tests/test_lm_eval_files.py. Its wheel holds the MGSM task files.
+LM_EVAL = ("lm-eval==0.4.13", "psutil")
+# accelerate (needed by lm-eval's `hf` model) requires torch: installed without its dependencies, so
+# uv never fetches a CUDA torch; torch and transformers come from the interpreter running the tests.
+LM_EVAL_NO_DEPS = ("accelerate==1.16.0",)
+
+
+class PyPIUnreachable(RuntimeError):
+    pass
+
+
+def _pypi_reachable() -> str | None:
+    """None when PyPI answers; else why not."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/lm-eval/", timeout=15).close()
+    except OSError as e:
+        return str(e)
+    return None
+
+
+def lm_eval_venv() -> Path:
+    """A cached venv with lm-eval 0.4.13 and its own dependencies, seeing this interpreter's
+    site-packages last (a .pth file) for torch and transformers: a CPU torch is not on PyPI, and the
+    tests' tiny models need nothing else. Raises ``PyPIUnreachable`` when it must be made and PyPI
+    cannot be reached."""
+    python = sys.executable
+    shared = sysconfig.get_path("purelib")
+    uv_version = subprocess.run([uv(), "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    key = hashlib.sha256(json.dumps([LM_EVAL, LM_EVAL_NO_DEPS, python_version(python), shared, uv_version])
+                         .encode()).hexdigest()[:16]
+    venv = cache_dir() / f"lm-eval-{key}"
+    marker = venv / "hubswap-lm-eval.json"
+    with _locked(cache_dir() / f"lm-eval-{key}.lock"):
+        if not marker.is_file():
+            try:
+                seconds = make_venv(venv, python, list(LM_EVAL))
+                seconds += make_venv_add(venv, list(LM_EVAL_NO_DEPS), "--no-deps")
+            except subprocess.CalledProcessError as e:
+                shutil.rmtree(venv, ignore_errors=True)
+                if (why := _pypi_reachable()) is not None:
+                    raise PyPIUnreachable(f"PyPI is unreachable ({why})") from e
+                raise
+            site = subprocess.run([str(venv / "bin" / "python"), "-c",
+                                   "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+            (Path(site) / "zz_hubswap_shared.pth").write_text(shared + "\n")
+            marker.write_text(json.dumps({"python": python_version(python), "requirements": LM_EVAL + LM_EVAL_NO_DEPS,
+                                          "shared_site_packages": shared, "install_seconds": round(seconds, 2)},
+                                         indent=2))
+        marker.touch()
+    return venv
+
+
+def make_venv_add(venv: Path, requirements: list[str], *args: str) -> float:
+    """Install ``requirements`` into an existing venv; returns the seconds."""
+    t0 = time.monotonic()
+    subprocess.run([uv(), "pip", "install", "-q", "-p", str(venv / "bin" / "python"), "--compile-bytecode",
+                    *args, *requirements], check=True, env={**os.environ, **UV_ENV})
+    return time.monotonic() - t0
