@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubswap import __version__
-from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error
+from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error, nearest_folder
 from hubswap.errors import HubswapError
 from hubswap.files import atomic_write, cores, fsync_path, fsync_tree, parse_size, write_json
 from hubswap.hashing import cache_root, text_sha256
@@ -42,7 +42,7 @@ from hubswap.records import (
     OutputFile,
     RecipeRef,
 )
-from hubswap.swap import copy_side_files, lay_out, merge, plan_merge
+from hubswap.swap import clonable_bytes, copy_side_files, lay_out, merge, plan_merge
 
 if TYPE_CHECKING:
     from hubswap.evaluate.gate import GateVerdict
@@ -130,11 +130,14 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
     # written when it cannot fit, or while another build writes the same folder.
     model_dir = build_dir / "model"
     plan = plan_merge(lmap, pre.tensors, dirs, out_dtype=recipe.swap.dtype, max_shard_size=max_shard)
-    check_free_space(build_dir, _output_size(plan, dirs[recipe.swap.files_from]), "the merged model")
+    # Laid out for cloning where the experts' files clone into the build's filesystem: the blocks
+    # cloned then take no new disk.
+    plan = lay_out(plan, nearest_folder(build_dir), clone=opts.clone and recipe.swap.clone)
+    need = _output_size(plan, dirs[recipe.swap.files_from]) - clonable_bytes(plan)
+    check_free_space(build_dir, need, "the merged model")
     held.enter_context(disk_full_is_an_error(build_dir, "the build"))
     held.enter_context(build_lock(build_dir))
     with _staging(build_dir) as stage:
-        plan = lay_out(plan, stage, clone=opts.clone and recipe.swap.clone)
         # Inputs are hashed while the merge streams, one file per thread, largest first, as many
         # threads as cores. Outputs are not hashed here: at 1.5 GB/s sha256 would cost more than
         # the whole merge, and publishing hashes them anyway.

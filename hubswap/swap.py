@@ -358,7 +358,7 @@ class _Queue:
                 self.error = e
 
 
-def _work_items(plan: MergePlan, files: _Files) -> tuple[list[_Copy], list[_Chunk]]:
+def _work_items(plan: MergePlan, files: _Files | None = None) -> tuple[list[_Copy], list[_Chunk]]:
     """The copies (adjacent ranges joined; with ``plan.block``, the whole blocks of those aligned
     alike in source and output to clone) and computed chunks of every shard, in output order."""
     copies: list[_Copy] = []
@@ -366,7 +366,7 @@ def _work_items(plan: MergePlan, files: _Files) -> tuple[list[_Copy], list[_Chun
     for k, tensors in enumerate(plan.shards):
         offset = len(plan.header(k))
         for t in tensors:
-            for s in t.sources:
+            for s in t.sources if files is not None else ():
                 files.fd(s.path)  # opened by this thread, so the workers never change the table
             if t.raw_copy:
                 s = t.sources[0]
@@ -390,6 +390,11 @@ def _work_items(plan: MergePlan, files: _Files) -> tuple[list[_Copy], list[_Chun
     copies = [_Copy(c.src, c.src_off + i, c.dst, c.dst_off + i, min(SYNC_BYTES, c.count - i), c.clone)
               for c in copies for i in range(0, c.count, SYNC_BYTES)]
     return copies, chunks
+
+
+def clonable_bytes(plan: MergePlan) -> int:
+    """The bytes that a plan laid out for cloning clones (where the filesystem does not refuse)."""
+    return sum(c.count for c in _work_items(plan)[0] if c.clone)
 
 
 def _clone_pieces(c: _Copy, block: int) -> list[_Copy]:
