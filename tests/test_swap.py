@@ -262,12 +262,15 @@ def reference_model(fam: dict[str, Path], swap: Swap, num_layers: int):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_merged_folder_loads_and_matches_reference_logits(request, tmp_path, arch):
+def test_merged_folder_loads_and_matches_reference_logits(request, tmp_path, where, arch):
     import torch
     from transformers import AutoModelForCausalLM
     fam = request.getfixturevalue(f"tiny_{arch}")
-    recipe = write_recipe(tmp_path / "r.toml", fam, bottom=2, top=1, transition=2)
-    result = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False))
+    if where != tmp_path:
+        fam = onto(where, fam)
+    recipe = write_recipe(where / "r.toml", fam, bottom=2, top=1, transition=2)
+    result = build(recipe, BuildOptions(output=where / "b", evaluate=False, progress=False))
+    check_bytes(result, where, tmp_path, raw=True)
     merged = AutoModelForCausalLM.from_pretrained(result.model_dir).eval()
     ref = reference_model(fam, Swap(bottom=2, top=1, transition=2, dtype="float32"), 8)
     ids = torch.randint(3, 500, (2, 17), generator=torch.Generator().manual_seed(0))
