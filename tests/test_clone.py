@@ -228,3 +228,36 @@ def test_a_disk_with_room_for_the_computed_part_only_takes_a_cloned_build(medium
     assert [line for line in r.stderr.splitlines() if line.startswith("error:")][0].startswith(
         "error: the merged model needs "), r.stderr
     assert not (where / "full").exists()  # refused before anything was written
+
+
+def test_a_sweep_s_scratch_merges_clone(tiny_llama, mgsm_dir, filesystems, caplog):
+    """A sweep on XFS: each configuration's scratch merge shares the experts' blocks, so the
+    sweep's merges take disk for their blended layers only (kept here with --keep, to count them)."""
+    import logging
+
+    from hubswap.cli import main
+
+    where = filesystems("xfs")
+    fam = onto(where, tiny_llama)
+    recipe = write_recipe(where / "r.toml", fam, dtype="float32", eval={
+        "dataset": str(mgsm_dir), "languages": ["sw"], "num_fewshot": 0, "max_new_tokens": 2,
+        "backend": "transformers", "limit": 2}, gate={"must_beat": []})
+    before = settled_used_bytes(where)
+    caplog.set_level(logging.INFO, logger="hubswap.sweep_eval")
+    assert main(["sweep", str(recipe), "--bottom", "1..2", "--top", "1", "--transition", "0..1", "--keep",
+                 "-o", str(where / "sweep"), "--max-shard-size", "100KB"]) == 0
+    new = settled_used_bytes(where) - before
+    scratch = [m for m in (where / "sweep" / "scratch").iterdir() if m.is_dir()]
+    assert len(scratch) == 4
+    written = sum(p.stat().st_size for m in scratch for p in m.glob("*.safetensors"))
+    said = [r.getMessage() for r in caplog.records if " cloned, " in r.getMessage()]
+    assert len(said) == 4, said
+    assert new < 0.5 * written, (new, written)  # blends, the partial blocks, eval records, metadata
+    assert_same_tensors(scratch[0], _build(tiny_llama, where, "reference", clone=False,
+                                           **_swap_of(scratch[0].name)))
+
+
+def _swap_of(name: str) -> dict:
+    """``b1-u1-t0`` -> the [swap] keys of that configuration."""
+    b, u, t = (int(part[1:]) for part in name.split("-"))
+    return {"bottom": b, "top": u, "transition": t, "dtype": "float32"}
