@@ -7,7 +7,7 @@ and only what is computed (blends, dtype casts) takes new disk.
 
 A clone moves whole filesystem blocks: the range must start at a multiple of the block size in
 both files. safetensors data is contiguous after the header, so the alignment is arranged in the
-layout (:func:`clone_layout`): the tensors taken whole from one source file go into output shards
+layout (``hubswap.swap.for_cloning``): the tensors taken whole from one source file go into output shards
 of their own, in that file's order (so their relative offsets are the source's), and each such
 shard's header is padded with spaces (the format allows it) so that its data starts at the same
 offset modulo the block size as its first tensor does in the source. The partial blocks at each
@@ -93,6 +93,18 @@ def header_residue(begin: int, block: int) -> int | None:
     would leave the data not 8-byte aligned (a source header whose length is not a multiple of 8)."""
     r = begin % block
     return r if r % 8 == 0 else None
+
+
+def clone_pieces(src_off: int, dst_off: int, count: int, block: int) -> list[tuple[int, int, bool]]:
+    """A run of ``count`` bytes from ``src_off`` to ``dst_off`` as ``(offset in the run, bytes,
+    cloned)`` pieces: the whole blocks cloned, the partial block at each end copied, when both
+    offsets are alike modulo ``block``; else one piece, copied."""
+    head = -src_off % block
+    whole = (count - head) // block * block if count > head else 0
+    if (src_off - dst_off) % block or not whole:
+        return [(0, count, False)]
+    tail = count - head - whole
+    return [p for p in ((0, head, False), (head, whole, True), (head + whole, tail, False)) if p[1]]
 
 
 def clone_groups(tensors: Iterable) -> list[tuple[list, bool]]:

@@ -8,7 +8,10 @@ spread over all the cores). Peak memory is bounded by a few slices per thread, n
 tensor or the model. Output headers are computed up front from the sources' headers, so every
 output tensor is written exactly once at its final offset.
 
-It is longer than most stages (~520 lines) because the plan, the byte copies, the float32 kernels
+On a filesystem that shares blocks, the plan is laid out so that whole tensors are cloned rather
+than copied (:func:`lay_out`; the filesystem side is hubswap/clone.py).
+
+It is longer than most stages (~540 lines) because the plan, the byte copies, the float32 kernels
 and the work queue that keeps every core busy are one piece that only makes sense together.
 """
 
@@ -25,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubswap.clone import clone_block, clone_groups, header_residue, try_clone
+from hubswap.clone import clone_block, clone_groups, clone_pieces, header_residue, try_clone
 from hubswap.durable import SYNC_BYTES, WriteBack
 from hubswap.files import cores
 from hubswap.layermap import LayerMap
@@ -398,19 +401,8 @@ def clonable_bytes(plan: MergePlan) -> int:
 
 
 def _clone_pieces(c: _Copy, block: int) -> list[_Copy]:
-    """``c`` as a copy of the partial block at each end and a clone of the whole blocks between,
-    when its source and output offsets are alike modulo ``block``; else ``c`` itself."""
-    if (c.src_off - c.dst_off) % block:
-        return [c]
-    head = -c.src_off % block
-    whole = (c.count - head) // block * block if c.count > head else 0
-    if not whole:
-        return [c]
-    pieces = [_Copy(c.src, c.src_off, c.dst, c.dst_off, head)] if head else []
-    pieces.append(_Copy(c.src, c.src_off + head, c.dst, c.dst_off + head, whole, clone=True))
-    if tail := c.count - head - whole:
-        pieces.append(_Copy(c.src, c.src_off + head + whole, c.dst, c.dst_off + head + whole, tail))
-    return pieces
+    return [_Copy(c.src, c.src_off + at, c.dst, c.dst_off + at, n, clone)
+            for at, n, clone in clone_pieces(c.src_off, c.dst_off, c.count, block)]
 
 
 def _run(queue: _Queue, files: _Files, fds: list[int], prefer_copy: bool, progress, lock, tally: dict) -> None:
