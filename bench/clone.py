@@ -35,6 +35,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import experts
@@ -69,9 +70,18 @@ def xfs_image():
 
 
 def used() -> int:
-    os.sync()
-    st = os.statvfs(MOUNT)
-    return (st.f_blocks - st.f_bfree) * st.f_frsize
+    """Bytes in use on the image once settled: synced, and the blocks of files deleted before freed
+    (XFS frees them in the background: wait until two readings 0.2 s apart agree, at most 10 s)."""
+    last = None
+    for _ in range(50):
+        os.sync()
+        st = os.statvfs(MOUNT)
+        now = (st.f_blocks - st.f_bfree) * st.f_frsize
+        if now == last:
+            break
+        last = now
+        time.sleep(0.2)
+    return now
 
 
 def contenders(pair: Path, out: Path) -> list[bench.Contender]:
