@@ -133,7 +133,7 @@ def standins(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def filesystems(tmp_path_factory):
     """``filesystems(kind)``: a fresh folder on a real ``kind`` filesystem (``xfs`` with reflink,
-    ``btrfs``, ``ext4``: 1 GiB sparse images, loop-mounted once per session and unmounted at its
+    ``btrfs``, ``ext4``: 2 GiB sparse images, loop-mounted once per session and unmounted at its
     end, failures included; tests/support/filesystems.py). Skips, saying why, without root or a
     loop device; fails instead where ``HUBSWAP_REQUIRE_MOUNTS=1`` (CI). Its users are ``mounts``."""
     import contextlib
@@ -145,7 +145,7 @@ def filesystems(tmp_path_factory):
     with contextlib.ExitStack() as stack:
         def folder(kind: str) -> Path:
             if kind not in held:
-                held[kind] = stack.enter_context(mounted(kind, root, 1 << 30))
+                held[kind] = stack.enter_context(mounted(kind, root, 2 << 30))
             return Path(tempfile.mkdtemp(dir=held[kind]))
 
         yield folder
