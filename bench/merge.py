@@ -703,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"benchmark took {results['seconds']} s")
     if not args.no_doc:
         doc = args.doc or d["doc"]
-        doc.write_text(text)
+        kept = report.clone_section(doc.read_text()) if doc.exists() else ""  # bench/clone.py's
+        doc.write_text(report.with_section(text, kept) if kept else text)
         log(f"wrote {doc}")
     return 0
 

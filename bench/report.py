@@ -19,6 +19,24 @@ NAIVE_SPEEDUP = 3.0
 HELP_S = 1.0
 CONTENDERS = ("floor", "cp -r", "hubswap", "hubswap 1st", "naive", "mergekit")
 CASE_TITLES = {"bf16": "bf16 experts", "fp32": "float32 language expert"}
+# The cloning case's section (bench/clone.py), kept when bench/merge.py rewrites the page.
+CLONE_BEGIN, CLONE_END = "<!-- bench/clone.py -->", "<!-- /bench/clone.py -->"
+
+
+def with_section(doc: str, section: str) -> str:
+    """``doc`` with its cloning section replaced by ``section`` (or inserted before "## Machine")."""
+    if CLONE_BEGIN in doc and CLONE_END in doc:
+        head, _, rest = doc.partition(CLONE_BEGIN)
+        return head + section.rstrip("\n") + rest.partition(CLONE_END)[2]
+    head, sep, tail = doc.partition("## Machine")
+    return head + section + "\n" + sep + tail if sep else doc + "\n" + section
+
+
+def clone_section(doc: str) -> str:
+    """The cloning section of ``doc`` ("" if none)."""
+    if CLONE_BEGIN not in doc or CLONE_END not in doc:
+        return ""
+    return CLONE_BEGIN + doc.partition(CLONE_BEGIN)[2].partition(CLONE_END)[0] + CLONE_END + "\n"
 
 
 def summarize(runs: list[dict], name: str, shape: str) -> dict | None:

@@ -122,6 +122,8 @@ def _build_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N questions per language")
     s.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                    help="largest output shard, e.g. 5GB (default) or 500MB")
+    s.add_argument("--no-clone", action="store_true",
+                   help="copy every tensor, never share the experts' blocks (as [swap] clone = false)")
 
 
 @command("build", help="resolve, preflight, download, swap, evaluate and card (and publish with --push)",
@@ -138,6 +140,7 @@ def _build(args: argparse.Namespace) -> int:
         force=args.force,
         limit=args.limit,
         max_shard_size=args.max_shard_size,
+        clone=not args.no_clone,
     )
     result = build(args.recipe, opts)
     print(result.summary())

@@ -34,12 +34,17 @@ from hubswap.files import DISK_FULL, human_size
 LOCK_FILE = ".hubswap.lock"
 
 
-def free_space(folder: str | Path) -> int:
-    """Free bytes (for an unprivileged user) on the filesystem that holds, or will hold, ``folder``."""
+def nearest_folder(folder: str | Path) -> Path:
+    """``folder``, or the nearest of its parents that exists: on the filesystem that will hold it."""
     p = Path(folder).absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
-    return shutil.disk_usage(p).free
+    return p
+
+
+def free_space(folder: str | Path) -> int:
+    """Free bytes (for an unprivileged user) on the filesystem that holds, or will hold, ``folder``."""
+    return shutil.disk_usage(nearest_folder(folder)).free
 
 
 def check_free_space(folder: str | Path, need: int, what: str) -> None:

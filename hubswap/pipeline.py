@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubswap import __version__
-from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error
+from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error, nearest_folder
 from hubswap.errors import HubswapError
 from hubswap.files import atomic_write, cores, fsync_path, fsync_tree, parse_size, write_json
 from hubswap.hashing import cache_root, json_sha256, text_sha256
@@ -37,12 +37,13 @@ from hubswap.records import (
     BuildRecord,
     FileEntry,
     LayerMapRecord,
+    MergeBytes,
     ModelEntry,
     Output,
     OutputFile,
     RecipeRef,
 )
-from hubswap.swap import copy_side_files, merge, plan_merge
+from hubswap.swap import clonable_bytes, copy_side_files, lay_out, merge, plan_merge
 
 if TYPE_CHECKING:
     from hubswap.evaluate.gate import GateVerdict
@@ -60,6 +61,7 @@ class BuildOptions:
     limit: int | None = None
     max_shard_size: str | int = "5GB"
     progress: bool = True
+    clone: bool = True  # and the recipe's [swap] clone
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,12 @@ class BuildResult:
     eval_results: EvalResults | None = None
     published: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    merged: MergeBytes | None = None
 
     def summary(self) -> str:
         lines = [f"built {self.model_dir}", f"layers (bottom->top): {self.layer_map.picture()}"]
+        if self.merged is not None:
+            lines.append(f"tensors: {self.merged.summary()}")
         if self.eval_results is None:
             lines.append("not evaluated (--no-eval)")
         else:
@@ -126,7 +131,11 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
     # written when it cannot fit, or while another build writes the same folder.
     model_dir = build_dir / "model"
     plan = plan_merge(lmap, pre.tensors, dirs, out_dtype=recipe.swap.dtype, max_shard_size=max_shard)
-    check_free_space(build_dir, _output_size(plan, dirs[recipe.swap.files_from]), "the merged model")
+    # Laid out for cloning where the experts' files clone into the build's filesystem: the blocks
+    # cloned then take no new disk.
+    plan = lay_out(plan, nearest_folder(build_dir), clone=opts.clone and recipe.swap.clone)
+    need = _output_size(plan, dirs[recipe.swap.files_from]) - clonable_bytes(plan)
+    check_free_space(build_dir, need, "the merged model")
     held.enter_context(disk_full_is_an_error(build_dir, "the build"))
     held.enter_context(build_lock(build_dir))
     with _staging(build_dir) as stage:
@@ -136,13 +145,13 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
         with ThreadPoolExecutor(max_workers=cores(), thread_name_prefix="hubswap-sha256") as pool:
             pool.submit(_preload_card_libraries)  # ~0.3 s of imports, hidden behind the kernel's copies
             pending = inputs.file_records(pool, fetched=list(dirs))
-            merge(plan, stage, progress=opts.progress)
+            made = merge(plan, stage, progress=opts.progress)
             side = copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
             atomic_write(stage / RECIPE_COPY, loaded.text)
             hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
         outputs = {name: OutputFile(size=(stage / name).stat().st_size)
                    for name in sorted([*plan.shard_names(), INDEX, *side])}
-        record = make_build_record(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"])
+        record = make_build_record(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"], merged=made)
         write_json(stage / BUILD_RECORD, record.to_json())
         write_card(stage)
         _replace_dir(stage, model_dir)
@@ -164,14 +173,14 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
         from hubswap.hub.publish import publish
 
         published = publish(model_dir, force=opts.force)
-    return BuildResult(build_dir, model_dir, lmap, results, published, (*pre.warnings, *late))
+    return BuildResult(build_dir, model_dir, lmap, results, published, (*pre.warnings, *late), made)
 
 
 # -- stages -----------------------------------------------------------------------------------
 
 
 def make_build_record(loaded: LoadedRecipe, inputs: Inputs, hashes: dict[str, dict[str, FileEntry]], lmap: LayerMap,
-                      outputs: dict[str, OutputFile], *, names=()) -> BuildRecord:
+                      outputs: dict[str, OutputFile], *, names=(), merged: MergeBytes | None = None) -> BuildRecord:
     """The build record, ``model/hubswap/lock.json`` (not the recipe's lock: ``hubswap.hub.lock``)."""
     from importlib.metadata import version
 
@@ -188,7 +197,8 @@ def make_build_record(loaded: LoadedRecipe, inputs: Inputs, hashes: dict[str, di
         models=models,
         layer_map=LayerMapRecord.model_validate(lmap.to_json(names)),
         output=Output(dtype=loaded.recipe.swap.dtype, num_layers=lmap.num_layers,
-                      shards=sorted(f for f in outputs if f.endswith(".safetensors")), files=outputs),
+                      shards=sorted(f for f in outputs if f.endswith(".safetensors")), files=outputs,
+                      merge=merged),
         # What the merge ran on: core dependencies only (the merge never imports torch or transformers).
         versions={"hubswap": __version__, **{p: version(p) for p in ("numpy", "safetensors", "huggingface_hub")}},
     )

@@ -114,6 +114,9 @@ class Swap(_Strict):
     vision: Literal["language", "task"] | None = None
     files_from: Literal["task", "language"] = "task"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    # Share the experts' blocks for tensors taken whole where the filesystem can (hubswap.clone);
+    # how the bytes get there, never which bytes: not part of what makes two builds the same.
+    clone: bool = True
 
     @property
     def tb(self) -> int:

@@ -115,11 +115,33 @@ class OutputFile(Record):
         return {k: v for k, v in handler(self).items() if not (k == "sha256" and v is None)}
 
 
+class MergeBytes(Record):
+    """How the merge made the tensors' bytes: cloned (blocks shared with an expert's file, on a
+    filesystem that clones: hubswap.clone), copied, blended, cast."""
+
+    cloned: int = Field(ge=0)
+    copied: int = Field(ge=0)
+    blended: int = Field(ge=0)
+    cast: int = Field(ge=0)
+
+    def summary(self) -> str:
+        """``2.3 GB cloned, 4.1 MB copied, 160.4 MB blended, 0 B cast``"""
+        from hubswap.files import human_size
+
+        return ", ".join(f"{human_size(getattr(self, k))} {k}" for k in ("cloned", "copied", "blended", "cast"))
+
+
 class Output(Record):
     dtype: str
     num_layers: int
     shards: list[str]
     files: dict[str, OutputFile]
+    merge: MergeBytes | None = None
+    """Absent from records written before hubswap said how it made the bytes."""
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler):
+        return {k: v for k, v in handler(self).items() if not (k == "merge" and v is None)}
 
 
 class BuildRecord(Record):

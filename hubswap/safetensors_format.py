@@ -142,16 +142,25 @@ def check_header(header: dict, *, data_start: int, file_size: int | None, where:
                   f"(the header describes {data_start + pos} bytes, the file has {file_size})")
 
 
-def encode_header(tensors: Iterable[tuple[str, str, tuple[int, ...], int]]) -> bytes:
+def encode_header(tensors: Iterable[tuple[str, str, tuple[int, ...], int]],
+                  align: tuple[int, int] | None = None) -> bytes:
     """The header bytes (length + JSON) of a file holding ``(name, dtype, shape, nbytes)`` tensors
-    back to back in that order, padded so that the tensor data stays 8-byte aligned."""
+    back to back in that order, padded with spaces so that the tensor data stays 8-byte aligned;
+    with ``align=(residue, block)``, so that the data starts at ``residue`` modulo ``block``
+    (``residue`` a multiple of 8: a merge aligns its clones this way, hubswap.clone)."""
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, dtype, shape, nbytes in tensors:
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+    if align is None:
+        raw += b" " * (-len(raw) % 8)
+    else:
+        residue, block = align
+        if residue % 8 or block % 8:
+            raise ValueError(f"tensor data must stay 8-byte aligned: residue {residue} modulo {block}")
+        raw += b" " * ((residue - 8 - len(raw)) % block)
     return len(raw).to_bytes(8, "little") + raw
 
 

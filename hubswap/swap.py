@@ -8,7 +8,10 @@ spread over all the cores). Peak memory is bounded by a few slices per thread, n
 tensor or the model. Output headers are computed up front from the sources' headers, so every
 output tensor is written exactly once at its final offset.
 
-It is longer than most stages (~520 lines) because the plan, the byte copies, the float32 kernels
+On a filesystem that shares blocks, the plan is laid out so that whole tensors are cloned rather
+than copied (:func:`lay_out`; the filesystem side is hubswap/clone.py).
+
+It is longer than most stages (~540 lines) because the plan, the byte copies, the float32 kernels
 and the work queue that keeps every core busy are one piece that only makes sense together.
 """
 
@@ -25,10 +28,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubswap.clone import clone_block, clone_groups, clone_pieces, header_residue, try_clone
 from hubswap.durable import SYNC_BYTES, WriteBack
 from hubswap.files import cores
 from hubswap.layermap import LayerMap
 from hubswap.preflight import SIDE_FILES, TensorInfo
+from hubswap.records import MergeBytes
 from hubswap.safetensors_format import (
     DTYPE_SIZE,
     FLOAT_DTYPES,
@@ -75,10 +80,22 @@ class OutTensor:
 @dataclass(frozen=True)
 class MergePlan:
     shards: tuple[tuple[OutTensor, ...], ...]
+    max_shard_size: int = 0
+    # Laid out for cloning (hubswap.clone): the filesystem's block size, and where each shard's
+    # data starts modulo it (None: wherever its header ends).
+    block: int | None = None
+    residues: tuple[int | None, ...] = ()
+    order: tuple[str, ...] = ()  # the index's order of the tensors, when not the shards' (the task expert's)
 
     @property
     def total_size(self) -> int:
         return sum(t.nbytes for shard in self.shards for t in shard)
+
+    def header(self, k: int) -> bytes:
+        """Shard ``k``'s header (length + JSON), padded to its residue when it has one."""
+        residue = self.residues[k] if self.residues else None
+        return encode_header(((t.name, t.dtype, t.shape, t.nbytes) for t in self.shards[k]),
+                             align=None if residue is None else (residue, self.block))
 
     def shard_names(self) -> list[str]:
         n = len(self.shards)
@@ -127,19 +144,33 @@ def plan_merge(
             )
         out.append(OutTensor(name, dtype, ref.shape, sources))
 
-    shards: list[list[OutTensor]] = [[]]
+    return MergePlan(_cut(out, max_shard_size) or ((),), max_shard_size)
+
+
+def _cut(tensors: Iterable[OutTensor], max_shard_size: int) -> tuple[tuple[OutTensor, ...], ...]:
+    """Consecutive tensors into shards of at most ``max_shard_size`` bytes (or one tensor)."""
+    shards: list[list[OutTensor]] = []
     size = 0
-    for t in out:
-        if shards[-1] and size + t.nbytes > max_shard_size:
+    for t in tensors:
+        if not shards or (shards[-1] and size + t.nbytes > max_shard_size):
             shards.append([])
             size = 0
         shards[-1].append(t)
         size += t.nbytes
-    return MergePlan(tuple(tuple(s) for s in shards))
+    return tuple(tuple(s) for s in shards)
 
 
-def _header_bytes(tensors: Iterable[OutTensor]) -> bytes:
-    return encode_header((t.name, t.dtype, t.shape, t.nbytes) for t in tensors)
+def for_cloning(plan: MergePlan, block: int) -> MergePlan:
+    """``plan`` laid out so that whole tensors can be cloned in blocks of ``block`` bytes
+    (hubswap.clone): the same tensors, bytes and shard size limit, in other shards."""
+    shards: list[tuple[OutTensor, ...]] = []
+    residues: list[int | None] = []
+    for group, aligned in clone_groups(t for shard in plan.shards for t in shard):
+        for cut in _cut(group, plan.max_shard_size):
+            shards.append(cut)
+            residues.append(header_residue(cut[0].sources[0].info.begin, block) if aligned else None)
+    order = tuple(t.name for shard in plan.shards for t in shard)
+    return MergePlan(tuple(shards) or ((),), plan.max_shard_size, block, tuple(residues) or (None,), order)
 
 
 class _Files:
@@ -181,6 +212,7 @@ class _Copy:
     dst: int  # output shard's index
     dst_off: int
     count: int
+    clone: bool = False  # whole blocks at both ends: cloned where the filesystem allows it
 
 
 @dataclass(frozen=True)
@@ -312,15 +344,16 @@ class _Queue:
     def _take_chunk(self) -> _Chunk | None:
         return self._chunks.popleft() if self._chunks else None
 
-    def done(self, item: _Copy | _Chunk, nbytes: int = 0) -> None:
-        """``item`` is over, ``nbytes`` of it written (0 when it failed)."""
+    def done(self, item: _Copy | _Chunk, nbytes: int = 0, dirty: int | None = None) -> None:
+        """``item`` is over, ``nbytes`` of it written (0 when it failed), ``dirty`` of them through
+        the page cache (all unless said: cloned blocks have nothing to write back)."""
         with self._lock:
             if isinstance(item, _Copy):
                 self._copying.discard(item.dst)
             self._left[item.dst] -= 1
             complete = self._left[item.dst] == 0
         if nbytes and self._on_written is not None:
-            self._on_written(item.dst, nbytes, complete=complete)
+            self._on_written(item.dst, nbytes if dirty is None else dirty, complete=complete)
 
     def fail(self, e: BaseException) -> None:
         with self._lock:
@@ -328,14 +361,15 @@ class _Queue:
                 self.error = e
 
 
-def _work_items(plan: MergePlan, files: _Files) -> tuple[list[_Copy], list[_Chunk]]:
-    """The copies (adjacent ranges joined) and computed chunks of every shard, in output order."""
+def _work_items(plan: MergePlan, files: _Files | None = None) -> tuple[list[_Copy], list[_Chunk]]:
+    """The copies (adjacent ranges joined; with ``plan.block``, the whole blocks of those aligned
+    alike in source and output to clone) and computed chunks of every shard, in output order."""
     copies: list[_Copy] = []
     chunks: list[_Chunk] = []
     for k, tensors in enumerate(plan.shards):
-        offset = len(_header_bytes(tensors))
+        offset = len(plan.header(k))
         for t in tensors:
-            for s in t.sources:
+            for s in t.sources if files is not None else ():
                 files.fd(s.path)  # opened by this thread, so the workers never change the table
             if t.raw_copy:
                 s = t.sources[0]
@@ -352,56 +386,81 @@ def _work_items(plan: MergePlan, files: _Files) -> tuple[list[_Copy], list[_Chun
                 for start in range(0, numel, TASK_ELEMENTS):
                     chunks.append(_Chunk(t, start, min(TASK_ELEMENTS, numel - start), k, offset))
             offset += t.nbytes
-    # Copies of at most SYNC_BYTES each, so the syncer hears of the progress inside a big tensor.
-    copies = [_Copy(c.src, c.src_off + i, c.dst, c.dst_off + i, min(SYNC_BYTES, c.count - i))
+    if plan.block:
+        copies = [piece for c in copies for piece in _clone_pieces(c, plan.block)]
+    # Copies of at most SYNC_BYTES each, so the syncer hears of the progress inside a big tensor
+    # (a multiple of any block size: the pieces of a clone stay aligned).
+    copies = [_Copy(c.src, c.src_off + i, c.dst, c.dst_off + i, min(SYNC_BYTES, c.count - i), c.clone)
               for c in copies for i in range(0, c.count, SYNC_BYTES)]
     return copies, chunks
 
 
-def _run(queue: _Queue, files: _Files, fds: list[int], prefer_copy: bool, progress, progress_lock) -> None:
+def clonable_bytes(plan: MergePlan) -> int:
+    """The bytes that a plan laid out for cloning clones (where the filesystem does not refuse)."""
+    return sum(c.count for c in _work_items(plan)[0] if c.clone)
+
+
+def _clone_pieces(c: _Copy, block: int) -> list[_Copy]:
+    return [_Copy(c.src, c.src_off + at, c.dst, c.dst_off + at, n, clone)
+            for at, n, clone in clone_pieces(c.src_off, c.dst_off, c.count, block)]
+
+
+def _run(queue: _Queue, files: _Files, fds: list[int], prefer_copy: bool, progress, lock, tally: dict) -> None:
     bufs = _Buffers()
+    done = dict.fromkeys(tally, 0)
     try:
         while (item := queue.take(prefer_copy)) is not None:
-            n = 0
+            n, how = 0, "copied"
             try:
                 if isinstance(item, _Copy):
-                    _copy_range(files.fd(item.src), item.src_off, fds[item.dst], item.dst_off, item.count)
+                    src, dst = files.fd(item.src), fds[item.dst]
+                    if item.clone and try_clone(src, item.src_off, dst, item.dst_off, item.count):
+                        how = "cloned"
+                    else:
+                        _copy_range(src, item.src_off, dst, item.dst_off, item.count)
                     n = item.count
                 else:
                     _compute(item, files, fds[item.dst], bufs)
-                    n = item.nbytes
+                    n, how = item.nbytes, "blended" if len(item.tensor.sources) > 1 else "cast"
             finally:
-                queue.done(item, n)
+                queue.done(item, n, 0 if how == "cloned" else n)
+            done[how] += n
             if progress is not None:
-                with progress_lock:
+                with lock:
                     progress.update(n)
     except BaseException as e:  # handed to the main thread, which raises it
         queue.fail(e)
+    finally:
+        with lock:
+            for how, n in done.items():
+                tally[how] += n
 
 
-def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=None, *, durable: bool = True) -> None:
+def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=None, *,
+                  durable: bool = True) -> MergeBytes:
     """Write every shard: headers first, then the tensors by the main thread and one worker per
     other core, each at its final offset (no two threads ever write the same bytes); with
-    ``durable``, the shards' data is on the disk when it returns."""
+    ``durable``, the shards' data is on the disk when it returns. Returns how each byte was made."""
     copies, chunks = _work_items(plan, files)
+    tally = dict.fromkeys(("cloned", "copied", "blended", "cast"), 0)
     fds: list[int] = []
     workers: list[threading.Thread] = []
     queue = syncer = None
     try:
-        for path, tensors in zip(paths, plan.shards, strict=True):
+        for k, (path, tensors) in enumerate(zip(paths, plan.shards, strict=True)):
             fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
-            header = _header_bytes(tensors)
+            header = plan.header(k)
             os.write(fds[-1], header)
             os.ftruncate(fds[-1], len(header) + sum(t.nbytes for t in tensors))
         syncer = WriteBack(fds) if durable else None
         queue = _Queue(copies, chunks, syncer.written if syncer else None)
         lock = threading.Lock()
         n = min(_workers() - 1, len(chunks) + len(copies))
-        workers = [threading.Thread(target=_run, args=(queue, files, fds, False, progress, lock),
+        workers = [threading.Thread(target=_run, args=(queue, files, fds, False, progress, lock, tally),
                                     name=f"hubswap-merge-{i}", daemon=True) for i in range(n)]
         for w in workers:
             w.start()
-        _run(queue, files, fds, True, progress, lock)
+        _run(queue, files, fds, True, progress, lock, tally)
         for w in workers:
             w.join()
         if queue.error is not None:
@@ -409,6 +468,7 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
         if syncer is not None:
             syncer.join()
             syncer = None
+        return MergeBytes(**tally)
     except BaseException as e:  # Ctrl-C while the workers start: they stop after their current item
         if queue is not None:
             queue.fail(e)
@@ -424,26 +484,43 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
             os.close(fd)
 
 
-def merge(plan: MergePlan, out_dir: Path, *, progress: bool = True, durable: bool = True) -> dict[str, str]:
-    """Write the plan's shards and the index into ``out_dir`` (which must exist). Returns weight_map.
+def lay_out(plan: MergePlan, out_dir: Path, *, clone: bool = True) -> MergePlan:
+    """``plan`` laid out for cloning (:func:`for_cloning`) when ``clone`` and the experts' files
+    can be cloned into ``out_dir`` (tried here: hubswap.clone); else ``plan`` itself."""
+    if clone and plan.max_shard_size and plan.block is None and (block := clone_block(_sources(plan), out_dir)):
+        return for_cloning(plan, block)
+    return plan
+
+
+def merge(plan: MergePlan, out_dir: Path, *, progress: bool = True, durable: bool = True) -> MergeBytes:
+    """Write the plan's shards and the index into ``out_dir`` (which must exist); returns how each
+    byte was made. A plan laid out for cloning (:func:`lay_out`) clones its whole tensors' blocks
+    where the filesystem lets it, and copies the rest.
 
     ``durable``: the shards' data is sent to the disk while they are written and is there when
     this returns (a build publishes the folder next); a scratch merge that is read and deleted
     (the sweep's) leaves it to the page cache."""
     from tqdm.auto import tqdm
 
+    order = plan.order or [t.name for shard in plan.shards for t in shard]
     names = plan.shard_names()
     files = _Files()
     bar = tqdm(total=plan.total_size, unit="B", unit_scale=True, desc="merging", disable=not progress)
     try:
-        _write_shards([out_dir / n for n in names], plan, files, bar, durable=durable)
+        made = _write_shards([out_dir / n for n in names], plan, files, bar, durable=durable)
     finally:
         files.close()
         bar.close()
-    weight_map = {t.name: name for name, tensors in zip(names, plan.shards, strict=True) for t in tensors}
-    index = {"metadata": {"total_size": plan.total_size}, "weight_map": weight_map}
+    shard_of = {t.name: name for name, tensors in zip(names, plan.shards, strict=True) for t in tensors}
+    index = {"metadata": {"total_size": plan.total_size}, "weight_map": {n: shard_of[n] for n in order}}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return weight_map
+    log.info("merged %s: %s", out_dir, made.summary())
+    return made
+
+
+def _sources(plan: MergePlan) -> list[Path]:
+    """The files that tensors are taken whole from, each once."""
+    return list(dict.fromkeys(t.sources[0].path for shard in plan.shards for t in shard if t.raw_copy))
 
 
 def copy_side_files(src: Path, out_dir: Path, out_dtype: str) -> list[str]:

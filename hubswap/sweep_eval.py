@@ -114,7 +114,7 @@ class ConfigScorer:
     def score(self, c: Config, questions: list[int], name: str) -> Cost:
         """Merge ``c`` (or take it from scratch, kept by ``--keep``) and evaluate it as ``name`` on
         ``questions``; its verdicts go into ``verdicts[c.name]``."""
-        from hubswap.swap import copy_side_files, merge, plan_merge
+        from hubswap.swap import copy_side_files, lay_out, merge, plan_merge
 
         swap = c.swap(self.base)
         folder = self.scratch / c.name
@@ -126,13 +126,16 @@ class ConfigScorer:
             pre = self.pre
             plan = plan_merge(layer_map(swap, pre.num_layers, pre.stack), pre.tensors, self.dirs,
                               out_dtype=self.base.dtype, max_shard_size=self.shard)
-            merge(plan, folder, progress=self.progress, durable=False)  # scratch: read, then deleted
+            # Scratch: read, then deleted; cloned where it can be, so it takes disk for what is computed only.
+            plan = lay_out(plan, folder, clone=self.base.clone)
+            made = merge(plan, folder, progress=self.progress, durable=False)
+            log.info("%s: %s", c.name, made.summary())
             copy_side_files(self.dirs[self.base.files_from], folder, self.base.dtype)
         t1 = time.perf_counter()
         try:
             # A merge is a pure function of the experts and the [swap]: key its generations by
             # them, so a sweep run again (or widened) generates only the new configurations.
-            key = json_sha256([__version__, self.keys["task"], self.keys["language"], swap.model_dump()])
+            key = json_sha256([__version__, self.keys["task"], self.keys["language"], swap.model_dump(exclude={"clone"})])
             got = self.evaluate({name: folder}, {name: f"swap-{key}"}, questions)
         finally:
             if not self.keep:

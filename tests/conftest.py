@@ -9,6 +9,7 @@ Tiers are markers (registered in pyproject.toml, ``--strict-markers``):
 - ``install``: the test builds venvs, wheels or sdists (its module carries the marker).
 - ``hub``: the test talks to the test Hub (given to every user of the ``hub`` fixture).
 - ``slow``: long end-to-end tests.
+- ``mounts``: the test mounts real filesystems (given to every user of ``filesystems``).
 
 ``make test-fast`` runs ``-m "not engine and not install"``, the logic tier, in seconds. The
 ``engine`` marker is enforced, not trusted: see tests/support/engine_guard.py.
@@ -129,6 +130,27 @@ def standins(tmp_path_factory) -> dict[str, Path]:
     return make_standins(tmp_path_factory.mktemp("standins"))
 
 
+@pytest.fixture(scope="session")
+def filesystems(tmp_path_factory):
+    """``filesystems(kind)``: a fresh folder on a real ``kind`` filesystem (``xfs`` with reflink,
+    ``btrfs``, ``ext4``: 2 GiB sparse images, loop-mounted once per session and unmounted at its
+    end, failures included; tests/support/filesystems.py). Skips, saying why, without root or a
+    loop device; fails instead where ``HUBSWAP_REQUIRE_MOUNTS=1`` (CI). Its users are ``mounts``."""
+    import contextlib
+
+    from tests.support.filesystems import mounted
+
+    root = tmp_path_factory.mktemp("filesystems")
+    held: dict[str, Path] = {}
+    with contextlib.ExitStack() as stack:
+        def folder(kind: str) -> Path:
+            if kind not in held:
+                held[kind] = stack.enter_context(mounted(kind, root, 2 << 30))
+            return Path(tempfile.mkdtemp(dir=held[kind]))
+
+        yield folder
+
+
 # -- tiers (see the module docstring and tests/support/engine_guard.py) ---------------------------
 
 # Fixtures that make models with torch and transformers or import vLLM: their users are `engine`.
@@ -148,6 +170,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.engine)
         if "hub" in names:
             item.add_marker(pytest.mark.hub)
+        if "filesystems" in names:
+            item.add_marker(pytest.mark.mounts)
 
 
 def _imports_a_test_module(path: Path) -> list[str]:

@@ -4,6 +4,7 @@ publishes it, and the rename itself after. Seen from outside, in the system call
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -12,17 +13,25 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import hubswap_argv, hubswap_env
+from tests.support.filesystems import onto
 from tests.support.recipes import write_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_every_output_is_fsynced_before_the_rename_that_publishes_it(tiny_llama, tmp_path):
+@pytest.mark.parametrize("fs", ["here", pytest.param("xfs", marks=pytest.mark.mounts)])
+def test_every_output_is_fsynced_before_the_rename_that_publishes_it(request, tiny_llama, tmp_path, fs):
+    """Also where the merge clones (XFS with reflink): a shard made of cloned blocks is synced as
+    one that was written, in the same order."""
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace is not installed (apt-get install strace)")
-    recipe = write_recipe(tmp_path / "r.toml", tiny_llama)
-    out, log = tmp_path / "build", tmp_path / "strace.log"
+    where = tmp_path
+    if fs != "here":
+        where = request.getfixturevalue("filesystems")(fs)
+        tiny_llama = onto(where, tiny_llama)
+    recipe = write_recipe(where / "r.toml", tiny_llama, dtype="float32")  # tensors taken whole: cloned on XFS
+    out, log = where / "build", tmp_path / "strace.log"
     cmd = [strace, "-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", str(log),
            *hubswap_argv("build", recipe, "--no-eval", "-o", out)]
     cmd[-4:-4] = ["--max-shard-size", "200KB"]  # several shards
@@ -53,3 +62,5 @@ def test_every_output_is_fsynced_before_the_rename_that_publishes_it(tiny_llama,
         assert all(calls[i].split()[0] != main_pid for i in synced)  # by the sync thread
     after = [m.group(1) for c in calls[published + 1:] if (m := re.search(r"fsync\(\d+<([^>]*)>", c))]
     assert str(out) in after  # the build folder, which holds the new name
+    cloned = json.loads((model / "hubswap" / "lock.json").read_text())["output"]["merge"]["cloned"]
+    assert cloned > 0 or fs == "here"

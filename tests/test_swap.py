@@ -13,9 +13,31 @@ from safetensors import safe_open
 from hubswap.layermap import layer_map
 from hubswap.pipeline import BuildOptions, build
 from hubswap.recipe import Swap
+from tests.support.filesystems import onto
 from tests.support.recipes import write_recipe
 
 pytestmark = pytest.mark.engine  # every test compares with torch's merge
+
+
+@pytest.fixture(params=["here", pytest.param("xfs", marks=pytest.mark.mounts),
+                        pytest.param("btrfs", marks=pytest.mark.mounts)])
+def where(request, tmp_path) -> Path:
+    """Where a test's experts and build live: its tmp_path, or a folder on a filesystem that
+    clones (XFS with reflink, btrfs), where tensors taken whole are cloned, not copied."""
+    return tmp_path if request.param == "here" else request.getfixturevalue("filesystems")(request.param)
+
+
+def check_bytes(result, where: Path, tmp_path: Path, *, raw: bool) -> None:
+    """The build record says how the tensors' bytes were made, and they add up to the model; on
+    a filesystem that clones, the tensors taken whole (``raw``: some are) were cloned."""
+    made = result.merged
+    lock = json.loads((result.model_dir / "hubswap" / "lock.json").read_text())
+    assert lock["output"]["merge"] == {"cloned": made.cloned, "copied": made.copied, "blended": made.blended,
+                                       "cast": made.cast}
+    index = json.loads((result.model_dir / "model.safetensors.index.json").read_text())
+    assert sum(lock["output"]["merge"].values()) == index["metadata"]["total_size"]
+    if where != tmp_path and raw:
+        assert made.cloned > 0.5 * (made.cloned + made.copied), made
 
 if TYPE_CHECKING:
     import torch
@@ -63,9 +85,10 @@ CASES = [
 
 
 @pytest.mark.parametrize("arch,swap,non_layer,dtype", CASES)
-def test_every_tensor_follows_the_layer_map(request, tmp_path, arch, swap, non_layer, dtype):
+def test_every_tensor_follows_the_layer_map(request, tmp_path, where, arch, swap, non_layer, dtype):
     import torch
     fam = request.getfixturevalue(f"tiny_{arch}")
+    fam, tmp_path, here = (fam, tmp_path, tmp_path) if where == tmp_path else (onto(where, fam), where, tmp_path)
     recipe = write_recipe(tmp_path / "r.toml", fam, non_layer=non_layer, dtype=dtype, **swap)
     result = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, max_shard_size="300KB", progress=False))
     out_dir = result.model_dir
@@ -78,6 +101,7 @@ def test_every_tensor_follows_the_layer_map(request, tmp_path, arch, swap, non_l
         want = expected_tensor(name, lang, task, rswap, 8, tdtype)
         assert t.dtype == tdtype and t.shape == want.shape, name
         assert torch.equal(t.view(torch.uint8), want.contiguous().view(torch.uint8)), name  # bit for bit
+    check_bytes(result, where, here, raw=dtype == "float32")
 
     cfg = json.loads((out_dir / "config.json").read_text())
     assert cfg["dtype"] == dtype
@@ -129,7 +153,7 @@ def _in_dtype(src: Path, dest: Path, dtype: torch.dtype) -> Path:
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_worker_pool_is_bit_exact_with_mixed_expert_dtypes(tiny_llama, tmp_path, monkeypatch, dtype):
+def test_worker_pool_is_bit_exact_with_mixed_expert_dtypes(tiny_llama, tmp_path, where, monkeypatch, dtype):
     """The flagship case: a float32 language expert, a bfloat16 task expert. Four threads share
     chunks of each tensor (several chunks per tensor, several slices per chunk, the last ones
     partial) and copy raw ranges into several shards at once; the result equals torch's, bit for bit."""
@@ -141,10 +165,12 @@ def test_worker_pool_is_bit_exact_with_mixed_expert_dtypes(tiny_llama, tmp_path,
     monkeypatch.setattr(hubswap.swap, "SLICE_ELEMENTS", 1000)
     monkeypatch.setattr(hubswap.swap, "TASK_ELEMENTS", 2500)
     fam = {**tiny_llama, "task": _in_dtype(tiny_llama["task"], tmp_path / "task-bf16", torch.bfloat16)}
+    if where != tmp_path:
+        fam = onto(where, fam)
     swap = dict(bottom=1, top=2, transition=2)
-    recipe = write_recipe(tmp_path / "r.toml", fam, non_layer="language", dtype=dtype, **swap)
-    out_dir = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, max_shard_size="300KB",
-                                         progress=False)).model_dir
+    recipe = write_recipe(where / "r.toml", fam, non_layer="language", dtype=dtype, **swap)
+    result = build(recipe, BuildOptions(output=where / "b", evaluate=False, max_shard_size="300KB", progress=False))
+    out_dir = result.model_dir
     assert len(list(out_dir.glob("model-*.safetensors"))) > 2
     merged, lang, task = load_all(out_dir), load_all(fam["language"]), load_all(fam["task"])
     assert {t.dtype for t in lang.values()} == {torch.float32} and {t.dtype for t in task.values()} == {torch.bfloat16}
@@ -152,6 +178,7 @@ def test_worker_pool_is_bit_exact_with_mixed_expert_dtypes(tiny_llama, tmp_path,
     for name, t in merged.items():
         want = expected_tensor(name, lang, task, rswap, 8, getattr(torch, dtype))
         assert torch.equal(t.view(torch.uint8), want.contiguous().view(torch.uint8)), name
+    check_bytes(result, where, tmp_path, raw=True)  # the bf16 task expert's middle, the fp32 one's bottom, top
 
 
 def test_a_truncated_input_fails_the_pool_cleanly(tiny_llama, tmp_path, monkeypatch):
@@ -235,12 +262,15 @@ def reference_model(fam: dict[str, Path], swap: Swap, num_layers: int):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_merged_folder_loads_and_matches_reference_logits(request, tmp_path, arch):
+def test_merged_folder_loads_and_matches_reference_logits(request, tmp_path, where, arch):
     import torch
     from transformers import AutoModelForCausalLM
     fam = request.getfixturevalue(f"tiny_{arch}")
-    recipe = write_recipe(tmp_path / "r.toml", fam, bottom=2, top=1, transition=2)
-    result = build(recipe, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False))
+    if where != tmp_path:
+        fam = onto(where, fam)
+    recipe = write_recipe(where / "r.toml", fam, bottom=2, top=1, transition=2)
+    result = build(recipe, BuildOptions(output=where / "b", evaluate=False, progress=False))
+    check_bytes(result, where, tmp_path, raw=True)
     merged = AutoModelForCausalLM.from_pretrained(result.model_dir).eval()
     ref = reference_model(fam, Swap(bottom=2, top=1, transition=2, dtype="float32"), 8)
     ids = torch.randint(3, 500, (2, 17), generator=torch.Generator().manual_seed(0))

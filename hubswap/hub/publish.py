@@ -69,7 +69,7 @@ def build_identity(models: dict[str, ModelEntry], recipe_text: str) -> dict:
     """What makes two builds "the same build": the recipe's models and swap, and the exact inputs."""
     try:
         r = parse_recipe(recipe_text, Path("recipe.toml")).recipe
-        merge = {"name": r.name, "models": r.models.model_dump(mode="json"), "swap": r.swap.model_dump(mode="json")}
+        merge = {"name": r.name, "models": r.models.model_dump(mode="json"), "swap": r.swap.model_dump(mode="json", exclude={"clone"})}
     except HubswapError:  # a recipe of another schema: fall back to its exact text
         merge = {"text": recipe_text}
     inputs = {role: {"repo": m.repo, "commit": m.commit, "files": {n: f.sha256 for n, f in sorted(m.files.items())}}
