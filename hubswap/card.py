@@ -25,7 +25,9 @@ from hubswap.evaluate.languages import language_name
 from hubswap.files import atomic_write, human_size
 from hubswap.recipe import LoadedRecipe, parse_recipe
 from hubswap.records import (
+    CARD_TEMPLATE,
     EVAL_RESULTS,
+    PUBLISHED_LOCK,
     RECIPE_COPY,
     BuildRecord,
     ModelEntry,
@@ -48,6 +50,7 @@ ROLE_NAMES = {"task": "task expert", "language": "language expert", "base": "bas
 _HF = "https://huggingface.co"
 # Hub user access tokens; a card must never carry one, whatever ended up in the records.
 _TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+PAPERS = ("2410.01335", "2210.03057")  # layer swapping; MGSM: the Hub links a model to them by these tags
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -82,11 +85,21 @@ def read_records(model_dir: str | Path) -> BuildRecords:
 
 
 def render_card(model_dir: str | Path) -> str:
-    """The model card (YAML header and Markdown body) of a build, as text."""
+    """The model card (YAML header and Markdown body) of a build, as text.
+
+    The template is the packaged one, or the recipe's (``[publish] card``, kept in the build as
+    ``hubswap/card.md.j2``), which extends it through its blocks (``experts``, ``intended_use``).
+    Templates render in Jinja's sandbox: a downloaded build's template runs no code."""
     from huggingface_hub import ModelCard
+    from jinja2 import FileSystemLoader
+    from jinja2.sandbox import SandboxedEnvironment
 
     rec = read_records(model_dir)
-    card = ModelCard.from_template(card_data(rec), template_path=str(TEMPLATE), **_context(rec))
+    env = SandboxedEnvironment(loader=FileSystemLoader(TEMPLATE.parent))
+    own = rec.model_dir / CARD_TEMPLATE
+    template = env.from_string(own.read_text(encoding="utf-8")) if own.is_file() else env.get_template(TEMPLATE.name)
+    data = card_data(rec)
+    card = ModelCard(template.render(**{**data.to_dict(), "card_data": data.to_yaml(), **_context(rec)}))
     text = str(card).rstrip("\n") + "\n"
     return _TOKEN.sub("hf_***", text)
 
@@ -122,21 +135,25 @@ def card_data(rec: BuildRecords):
     """The card's metadata: what the Hub indexes (model tree, licence, languages, model-index)."""
     from huggingface_hub import ModelCardData
 
-    r = rec.recipe.recipe
     parents = [m.repo for role, m in _models(rec) if role in ("task", "language") and m.repo]
     fields: dict[str, Any] = {}
     if parents:
         # The experts are the merge's parents; the common base is their ancestor, not a parent.
         # Local folders are not Hub ids and appear only in the provenance section.
         fields.update(base_model=parents, base_model_relation="merge")
-    if r.publish and r.publish.license:
-        fields["license"] = r.publish.license
+    lic = _license_of(rec)
+    if lic["id"]:
+        fields["license"] = lic["id"]
+        if lic["id"] == "other":
+            fields.update(license_name=lic["name"], license_link=lic["link"])
+    if datasets := _parent_datasets(rec):
+        fields["datasets"] = datasets
     return ModelCardData(
         model_name=_model_id(rec),
         language=_languages(rec),
         library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["merge", "layer-swapping", "hubswap", "mgsm"],
+        pipeline_tag="image-text-to-text" if _multimodal(rec) else "text-generation",
+        tags=["merge", "layer-swapping", "hubswap", "mgsm", *(f"arxiv:{p}" for p in PAPERS)],
         eval_results=_eval_results(rec) or None,
         **fields,
     )
@@ -153,6 +170,9 @@ def _eval_results(rec: BuildRecords) -> list:
     how = ", ".join(x for x in (f"{st.num_fewshot}-shot", st.prompt) if x)
     subset = f", first {st.limit} questions" if st.limit else ""
     out = []
+    repo = rec.recipe.recipe.publish.repo if rec.recipe.recipe.publish else None
+    source = ({"source_name": "hubswap eval_results.json", "source_url": f"{_HF}/{repo}/blob/main/{EVAL_RESULTS}"}
+              if repo else {})
     merged = ev.models.get(ev.reference_model)
     for lang, res in (merged.languages if merged else {}).items():
         for value, metric_type, name in (
@@ -171,6 +191,7 @@ def _eval_results(rec: BuildRecords) -> list:
                 metric_type=metric_type,
                 metric_name=name.format(f", {how}{subset}"),
                 metric_value=round(float(value), 4),
+                **source,
             ))
     return out
 
@@ -199,10 +220,78 @@ def _context(rec: BuildRecords) -> dict:
         "local_inputs": [m.path for m in models.values() if m.path],
         "versions": _versions(rec),
         "created": rec.build.created,
-        "license": r.publish.license if r.publish else None,
+        "license": _license_of(rec),
+        "built_with": rec.build.license.built_with if rec.build.license else [],
+        "experts": _experts(rec),
+        "auto_class": "AutoModelForImageTextToText" if _multimodal(rec) else "AutoModelForCausalLM",
+        "processor_class": "AutoProcessor" if _multimodal(rec) else "AutoTokenizer",
+        "processor_var": "processor" if _multimodal(rec) else "tokenizer",
+        "pinned": (rec.model_dir / PUBLISHED_LOCK).is_file(),
         "publish_repo": r.publish.repo if r.publish else None,
         "hubswap_version": rec.build.versions.get("hubswap") or rec.build.hubswap_version,
     }
+
+
+def _multimodal(rec: BuildRecords) -> bool:
+    """A merge with a vision side (LLaVA, Gemma 3, Qwen2-VL): it loads with AutoModelForImageTextToText."""
+    return rec.build.layer_map.vision is not None
+
+
+_DECISIONS = {"inherited": "inherited from the parents, whose cards all state it",
+              "recipe": "as the recipe states it", "none": "neither the recipe nor any parent's card states one",
+              "acknowledged": "as the recipe states it, acknowledged over the parents' licences (below)"}
+
+
+def _license_of(rec: BuildRecords) -> dict:
+    """The merge's licence: the build's decision (hubswap.licenses), or for a build made before
+    licences were read, the recipe's."""
+    from hubswap.licenses import terms_of
+
+    lic, pub = rec.build.license, rec.recipe.recipe.publish
+    if lic is None:
+        lid = pub.license if pub else None
+        name = pub.license_name if pub else None
+        link, how, parents = (pub.license_link if pub else None), ("as set by the recipe" if lid else
+                                                                  "the recipe sets none"), []
+        out = {"obligations": [], "files": [], "warnings": []}
+    else:
+        lid, name, link, how = lic.license, lic.license_name, lic.license_link, _DECISIONS[lic.decision]
+        models = dict(_models(rec))
+        parents = [{"role": ROLE_NAMES[role], "model": _link(models[role]),
+                    "license": f"`{_shown(p.license, p.license_name)}`" if p.license else "none stated"}
+                   for role, p in lic.parents.items() if role in models]
+        out = {"obligations": lic.obligations, "files": list(lic.files.items()), "warnings": lic.warnings}
+    terms = terms_of(lid, name)
+    return {"id": lid, "name": name, "link": link or (terms.link if terms else None), "shown": _shown(lid, name),
+            "title": terms.title if terms else None, "how": how, "parents": parents, **out}
+
+
+def _shown(license: str | None, name: str | None) -> str | None:
+    return f"other ({name})" if license == "other" and name else license
+
+
+def _link(m: ModelEntry) -> str:
+    return f"[{m.repo}]({_HF}/{m.repo})" if m.repo else f"local folder `{m.path}`"
+
+
+def _parent_datasets(rec: BuildRecords) -> list[str]:
+    """The datasets the parents' cards name (what the experts were trained on), in order."""
+    lic = rec.build.license
+    parents = lic.parents if lic else {}
+    return list(dict.fromkeys(d for role in ("task", "language", "base") if role in parents
+                              for d in parents[role].datasets))
+
+
+def _experts(rec: BuildRecords) -> list[dict]:
+    """The experts as the default card describes them: name, link, licence and datasets from their cards."""
+    parents = rec.build.license.parents if rec.build.license else {}
+    out = []
+    for role, m in _models(rec):
+        p = parents.get(role)
+        out.append({"role": ROLE_NAMES[role], "name": m.repo or m.path, "link": f"{_HF}/{m.repo}" if m.repo else None,
+                    "license": (p.license_name or p.license) if p and p.license else None,
+                    "datasets": [d for d in (p.datasets if p else []) if _is_hub_id(d)]})
+    return out
 
 
 def _models(rec: BuildRecords) -> list[tuple[str, ModelEntry]]:

@@ -42,14 +42,17 @@ def test_header_parses_back_with_every_field(tmp_path):
     data = card.data
     # every field of the header, and nothing else
     assert set(data.to_dict()) == {"base_model", "base_model_relation", "library_name", "license", "language",
-                                   "pipeline_tag", "tags", "model-index"}, sorted(data.to_dict())
+                                   "pipeline_tag", "tags", "datasets", "model-index"}, sorted(data.to_dict())
     assert data.pipeline_tag == "text-generation"
     assert data.base_model == ["hubswap-test/tiny-math", "hubswap-test/tiny-swahili"]  # not the local base
     assert data.base_model_relation == "merge"
     assert data.library_name == "transformers"
     assert data.license == "apache-2.0"
     assert data.language == ["sw", "en"]
-    assert data.tags == ["merge", "layer-swapping", "hubswap", "mgsm"]
+    # the Hub links the model to the papers of the method and of MGSM by these tags
+    assert data.tags == ["merge", "layer-swapping", "hubswap", "mgsm", "arxiv:2410.01335", "arxiv:2210.03057"]
+    # the parents' training data
+    assert data.datasets == ["hubswap-test/tiny-math-instruct", "hubswap-test/tiny-swahili-corpus"]
     assert data.model_name == "hubswap-test/tiny-swahili-math-layerswap"
     results = {(r.dataset_config, r.metric_name): r for r in data.eval_results}
     assert {c for c, _ in results} == {"sw", "en"}
@@ -57,6 +60,8 @@ def test_header_parses_back_with_every_field(tmp_path):
         assert (r.task_type, r.dataset_type, r.dataset_split) == ("text-generation", "juletxara/mgsm", "test")
         assert r.dataset_revision == "b" * 40
         assert r.metric_name and "8-shot" in r.metric_name and "native-cot" in r.metric_name
+        assert r.source_url == ("https://huggingface.co/hubswap-test/tiny-swahili-math-layerswap/blob/main/"
+                                "hubswap/eval_results.json")
     sw = [r for (c, _), r in results.items() if c == "sw"]
     assert sorted((r.metric_type, r.metric_value) for r in sw) == [
         ("accuracy", 0.364), ("exact_match", 0.344), ("exact_match", 0.352)]
