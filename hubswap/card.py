@@ -27,7 +27,6 @@ from hubswap.recipe import LoadedRecipe, parse_recipe
 from hubswap.records import (
     CARD_TEMPLATE,
     EVAL_RESULTS,
-    PUBLISHED_LOCK,
     RECIPE_COPY,
     BuildRecord,
     ModelEntry,
@@ -91,15 +90,21 @@ def render_card(model_dir: str | Path) -> str:
     ``hubswap/card.md.j2``), which extends it through its blocks (``experts``, ``intended_use``).
     Templates render in Jinja's sandbox: a downloaded build's template runs no code."""
     from huggingface_hub import ModelCard
-    from jinja2 import FileSystemLoader
+    from jinja2 import FileSystemLoader, TemplateError, TemplateSyntaxError
     from jinja2.sandbox import SandboxedEnvironment
 
     rec = read_records(model_dir)
     env = SandboxedEnvironment(loader=FileSystemLoader(TEMPLATE.parent))
     own = rec.model_dir / CARD_TEMPLATE
-    template = env.from_string(own.read_text(encoding="utf-8")) if own.is_file() else env.get_template(TEMPLATE.name)
     data = card_data(rec)
-    card = ModelCard(template.render(**{**data.to_dict(), "card_data": data.to_yaml(), **_context(rec)}))
+    try:
+        template = env.from_string(own.read_text(encoding="utf-8")) if own.is_file() else env.get_template(TEMPLATE.name)
+        card = ModelCard(template.render(**{**data.to_dict(), "card_data": data.to_yaml(), **_context(rec)}))
+    except TemplateError as e:
+        where = f"{own}:{e.lineno}" if isinstance(e, TemplateSyntaxError) else str(own)
+        raise ModelFilesError(f"{where}: the card template does not render: {e}",
+                              hint="fix the recipe's [publish] card template (it extends model_card.md.j2 "
+                              "through its blocks; docs/build.md#the-model-card)") from None
     text = str(card).rstrip("\n") + "\n"
     return _TOKEN.sub("hf_***", text)
 
@@ -226,10 +231,17 @@ def _context(rec: BuildRecords) -> dict:
         "auto_class": "AutoModelForImageTextToText" if _multimodal(rec) else "AutoModelForCausalLM",
         "processor_class": "AutoProcessor" if _multimodal(rec) else "AutoTokenizer",
         "processor_var": "processor" if _multimodal(rec) else "tokenizer",
-        "pinned": (rec.model_dir / PUBLISHED_LOCK).is_file(),
+        "build_command": _build_command(rec),
         "publish_repo": r.publish.repo if r.publish else None,
         "hubswap_version": rec.build.versions.get("hubswap") or rec.build.hubswap_version,
     }
+
+
+def _build_command(rec: BuildRecords) -> str:
+    """The command that rebuilds this model from its records, sharded as it was."""
+    shard = rec.build.output.max_shard_size
+    return "hubswap build hubswap/recipe.toml --no-push" + (
+        f" --max-shard-size {shard}" if shard and shard != 5_000_000_000 else "")
 
 
 def _multimodal(rec: BuildRecords) -> bool:

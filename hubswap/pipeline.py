@@ -101,6 +101,7 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
     recipe = loaded.recipe
     build_dir = (opts.output or Path("builds") / recipe.name).resolve()
     max_shard = _shard_size(opts.max_shard_size)
+    template = loaded.card_template()  # the recipe's card template, when it names one
     if opts.evaluate:
         from hubswap.evaluate.backends import require_libraries
 
@@ -126,7 +127,6 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
         {role: parent_license(m) for role, m in inputs.models.items()},
         {role: published_path(src.path) or src.display() for role, src in recipe.models.roles().items()},
         recipe.publish, model_name=recipe.publish.repo.split("/")[-1] if recipe.publish else recipe.name)
-    template = loaded.card_template()
 
     # 3. Download only what the swap (and the comparison) needs: a no-op for local folders.
     compared = [r for r in recipe.eval.compare if r not in ("task", "language")] if opts.evaluate else []
@@ -155,7 +155,8 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
             hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
         outputs = {name: OutputFile(size=(stage / name).stat().st_size)
                    for name in sorted([*plan.shard_names(), INDEX, *side, *license.files])}
-        record = make_build_record(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"], license=license)
+        record = make_build_record(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"], license=license,
+                                   max_shard_size=max_shard)
         write_json(stage / BUILD_RECORD, record.to_json())
         if (pinned := pinned_lock(loaded, inputs.models)) is not None:
             write_json(stage / PUBLISHED_LOCK, pinned.to_json())
@@ -184,7 +185,8 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
 
 
 def make_build_record(loaded: LoadedRecipe, inputs: Inputs, hashes: dict[str, dict[str, FileEntry]], lmap: LayerMap,
-                      outputs: dict[str, OutputFile], *, names=(), license: LicenseRecord | None = None) -> BuildRecord:
+                      outputs: dict[str, OutputFile], *, names=(), license: LicenseRecord | None = None,
+                      max_shard_size: int | None = None) -> BuildRecord:
     """The build record, ``model/hubswap/lock.json`` (not the recipe's lock: ``hubswap.hub.lock``)."""
     from importlib.metadata import version
 
@@ -201,7 +203,8 @@ def make_build_record(loaded: LoadedRecipe, inputs: Inputs, hashes: dict[str, di
         models=models,
         layer_map=LayerMapRecord.model_validate(lmap.to_json(names)),
         output=Output(dtype=loaded.recipe.swap.dtype, num_layers=lmap.num_layers,
-                      shards=sorted(f for f in outputs if f.endswith(".safetensors")), files=outputs),
+                      shards=sorted(f for f in outputs if f.endswith(".safetensors")), files=outputs,
+                      max_shard_size=max_shard_size),
         # What the merge ran on: core dependencies only (the merge never imports torch or transformers).
         versions={"hubswap": __version__, **{p: version(p) for p in ("numpy", "safetensors", "huggingface_hub")}},
         license=license,

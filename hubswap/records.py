@@ -125,6 +125,11 @@ class Output(Record):
     num_layers: int
     shards: list[str]
     files: dict[str, OutputFile]
+    max_shard_size: int | None = None  # bytes (--max-shard-size), so that a rebuild shards alike
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler):
+        return {k: v for k, v in handler(self).items() if not (k == "max_shard_size" and v is None)}
 
 
 class ParentLicense(Record):

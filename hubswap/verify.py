@@ -117,7 +117,7 @@ def verify(target: str, *, output: Path | None = None, endpoint: str | None = No
 
     with tempfile.TemporaryDirectory(prefix="hubswap-verify-") as tmp:
         work = Path(output) if output is not None else Path(tmp)
-        rebuilt = _rebuild(records, work, progress=progress)
+        rebuilt = _rebuild(records, work, max_shard_size=record.output.max_shard_size or "5GB", progress=progress)
         files = []
         for name in sorted(record.output.files):
             s = siblings.get(name)
@@ -185,7 +185,7 @@ def _input_line(api, role: str, m, endpoint: str | None) -> str:
     return f"  {role:<9} {m.repo} pinned at {m.commit[:12]} ({revision}: {where})"
 
 
-def _rebuild(records: Path, work: Path, *, progress: bool) -> Path:
+def _rebuild(records: Path, work: Path, *, max_shard_size: int | str, progress: bool) -> Path:
     """``hubswap build hubswap/recipe.toml --no-eval`` in ``work``, from a copy of the records;
     returns the rebuilt model folder."""
     from hubswap.pipeline import BuildOptions, build
@@ -197,5 +197,6 @@ def _rebuild(records: Path, work: Path, *, progress: bool) -> Path:
             shutil.copyfile(f, recipe_dir / f.name)
     log.info("rebuilding from %s pinned by %s", RECIPE_COPY, PUBLISHED_LOCK)
     result = build(recipe_dir / Path(RECIPE_COPY).name,
-                   BuildOptions(output=work / "build", evaluate=False, progress=progress))
+                   BuildOptions(output=work / "build", evaluate=False, max_shard_size=max_shard_size,
+                                progress=progress))
     return result.model_dir

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -41,8 +43,8 @@ def published(hub, tmp_path_factory):
     work = root / "work"
     work.mkdir()
     write_recipe(work / "merge.toml", hub_models(), name="tiny-verified", publish={"repo": REPO})
-    r = run_hubswap("build", "merge.toml", "--no-eval", "--push", "-o", "build", cwd=work, hub=hub,
-                    env={"HF_TOKEN": WRITE})
+    r = run_hubswap("build", "merge.toml", "--no-eval", "--push", "-o", "build", "--max-shard-size", "100KB",
+                    cwd=work, hub=hub, env={"HF_TOKEN": WRITE})
     assert r.returncode == 0, r.stderr
     pinned = hub.head("org/task").sha
     # the task expert's main moves on: every tensor of its first shard changed
@@ -68,6 +70,7 @@ def test_verify_rebuilds_the_pinned_weights_after_main_moved(published, tmp_path
     record = json.loads((model / "hubswap" / "lock.json").read_text())
     outputs = sorted(record["output"]["files"])
     assert {"LICENSE", "NOTICE", "USE_POLICY.md", "config.json", "model.safetensors.index.json"} <= set(outputs)
+    assert len(record["output"]["shards"]) > 1  # built with --max-shard-size: the rebuild shards alike
     file_lines = [x for x in lines if x.startswith("ok ")]
     assert [x.split()[1] for x in file_lines] == outputs  # one line per output file
     for x in file_lines:
@@ -89,8 +92,10 @@ def test_the_cards_build_command_is_pinned_too(published, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(snap, repo)
     card = (repo / "README.md").read_text()
-    assert f"hubswap verify {REPO}" in card and "hubswap build hubswap/recipe.toml --no-push" in card
-    r = run_hubswap("build", "hubswap/recipe.toml", "--no-eval", "-o", "rebuilt", cwd=repo, hub=hub,
+    assert f"hubswap verify {REPO}" in card
+    [command] = re.findall(r"`(hubswap build hubswap/recipe\.toml[^`]*)`", card)
+    assert command == "hubswap build hubswap/recipe.toml --no-push --max-shard-size 100000"  # sharded alike
+    r = run_hubswap(*shlex.split(command)[1:], "--no-eval", "-o", "rebuilt", cwd=repo, hub=hub,
                     env={"HF_TOKEN": WRITE})
     assert r.returncode == 0, r.stderr
     assert "using hubswap/recipe.lock.json" in r.stderr
