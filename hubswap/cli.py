@@ -210,7 +210,8 @@ def _verify_arguments(s: argparse.ArgumentParser) -> None:
          "with the published file's. Prints one line per file: ok, DIFFERS, MISSING (listed by the record, "
          "not published) or NOT REBUILT. Exit 0 when every file matches, 10 when one does not or when the "
          "model cannot be rebuilt from the Hub (an input that was a local folder, no recipe.lock.json). "
-         "Gated inputs need HF_TOKEN with access to them.",
+         "Gated inputs need HF_TOKEN with access to them. Example: `hubswap verify "
+         "your-org/llama-3.1-8b-swahili-math-layerswap@v1 -o /tmp/rebuild` (docs/hub.md).",
          arguments=_verify_arguments)
 def _verify(args: argparse.Namespace) -> int:
     from hubswap.errors import VerifyFailedError
