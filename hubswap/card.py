@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubswap.card_figure import layer_map_svg
+from hubswap.card_license import experts, license_section, parent_datasets
 from hubswap.errors import ModelFilesError
 from hubswap.evaluate.data import TEST_QUESTIONS
 from hubswap.evaluate.languages import language_name
@@ -151,7 +152,7 @@ def card_data(rec: BuildRecords):
         fields["license"] = lic["id"]
         if lic["id"] == "other":
             fields.update(license_name=lic["name"], license_link=lic["link"])
-    if datasets := _parent_datasets(rec):
+    if datasets := parent_datasets(rec.build.license):
         fields["datasets"] = datasets
     return ModelCardData(
         model_name=_model_id(rec),
@@ -249,61 +250,14 @@ def _multimodal(rec: BuildRecords) -> bool:
     return rec.build.layer_map.vision is not None
 
 
-_DECISIONS = {"inherited": "inherited from the parents, whose cards all state it",
-              "recipe": "as the recipe states it", "none": "neither the recipe nor any parent's card states one",
-              "acknowledged": "as the recipe states it, acknowledged over the parents' licences (below)"}
-
-
 def _license_of(rec: BuildRecords) -> dict:
-    """The merge's licence: the build's decision (hubswap.licenses), or for a build made before
-    licences were read, the recipe's."""
-    from hubswap.licenses import terms_of
-
-    lic, pub = rec.build.license, rec.recipe.recipe.publish
-    if lic is None:
-        lid = pub.license if pub else None
-        name = pub.license_name if pub else None
-        link, how, parents = (pub.license_link if pub else None), ("as set by the recipe" if lid else
-                                                                  "the recipe sets none"), []
-        out = {"obligations": [], "files": [], "warnings": []}
-    else:
-        lid, name, link, how = lic.license, lic.license_name, lic.license_link, _DECISIONS[lic.decision]
-        models = dict(_models(rec))
-        parents = [{"role": ROLE_NAMES[role], "model": _link(models[role]),
-                    "license": f"`{_shown(p.license, p.license_name)}`" if p.license else "none stated"}
-                   for role, p in lic.parents.items() if role in models]
-        out = {"obligations": lic.obligations, "files": list(lic.files.items()), "warnings": lic.warnings}
-    terms = terms_of(lid, name)
-    return {"id": lid, "name": name, "link": link or (terms.link if terms else None), "shown": _shown(lid, name),
-            "title": terms.title if terms else None, "how": how, "parents": parents, **out}
-
-
-def _shown(license: str | None, name: str | None) -> str | None:
-    return f"other ({name})" if license == "other" and name else license
-
-
-def _link(m: ModelEntry) -> str:
-    return f"[{m.repo}]({_HF}/{m.repo})" if m.repo else f"local folder `{m.path}`"
-
-
-def _parent_datasets(rec: BuildRecords) -> list[str]:
-    """The datasets the parents' cards name (what the experts were trained on), in order."""
-    lic = rec.build.license
-    parents = lic.parents if lic else {}
-    return list(dict.fromkeys(d for role in ("task", "language", "base") if role in parents
-                              for d in parents[role].datasets))
+    section = license_section(rec.build.license, rec.recipe.recipe.publish, dict(_models(rec)))
+    return {**section, "parents": [{**p, "role": ROLE_NAMES[p["role"]]} for p in section["parents"]]}
 
 
 def _experts(rec: BuildRecords) -> list[dict]:
-    """The experts as the default card describes them: name, link, licence and datasets from their cards."""
-    parents = rec.build.license.parents if rec.build.license else {}
-    out = []
-    for role, m in _models(rec):
-        p = parents.get(role)
-        out.append({"role": ROLE_NAMES[role], "name": m.repo or m.path, "link": f"{_HF}/{m.repo}" if m.repo else None,
-                    "license": (p.license_name or p.license) if p and p.license else None,
-                    "datasets": [d for d in (p.datasets if p else []) if _is_hub_id(d)]})
-    return out
+    return [{**e, "role": ROLE_NAMES[e["role"]], "datasets": [d for d in e["datasets"] if _is_hub_id(d)]}
+            for e in experts(rec.build.license, dict(_models(rec)))]
 
 
 def _models(rec: BuildRecords) -> list[tuple[str, ModelEntry]]:
