@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubswap.card_figure import layer_map_svg
+from hubswap.card_license import experts, license_section, parent_datasets
 from hubswap.errors import ModelFilesError
 from hubswap.evaluate.data import TEST_QUESTIONS
 from hubswap.evaluate.languages import language_name
 from hubswap.files import atomic_write, human_size
 from hubswap.recipe import LoadedRecipe, parse_recipe
 from hubswap.records import (
+    CARD_TEMPLATE,
     EVAL_RESULTS,
     RECIPE_COPY,
     BuildRecord,
@@ -49,6 +51,7 @@ ROLE_NAMES = {"task": "task expert", "language": "language expert", "base": "bas
 _HF = "https://huggingface.co"
 # Hub user access tokens; a card must never carry one, whatever ended up in the records.
 _TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+PAPERS = ("2410.01335", "2210.03057")  # layer swapping; MGSM: the Hub links a model to them by these tags
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -83,11 +86,27 @@ def read_records(model_dir: str | Path) -> BuildRecords:
 
 
 def render_card(model_dir: str | Path) -> str:
-    """The model card (YAML header and Markdown body) of a build, as text."""
+    """The model card (YAML header and Markdown body) of a build, as text.
+
+    The template is the packaged one, or the recipe's (``[publish] card``, kept in the build as
+    ``hubswap/card.md.j2``), which extends it through its blocks (``experts``, ``intended_use``).
+    Templates render in Jinja's sandbox: a downloaded build's template runs no code."""
     from huggingface_hub import ModelCard
+    from jinja2 import FileSystemLoader, TemplateError, TemplateSyntaxError
+    from jinja2.sandbox import SandboxedEnvironment
 
     rec = read_records(model_dir)
-    card = ModelCard.from_template(card_data(rec), template_path=str(TEMPLATE), **_context(rec))
+    env = SandboxedEnvironment(loader=FileSystemLoader(TEMPLATE.parent))
+    own = rec.model_dir / CARD_TEMPLATE
+    data = card_data(rec)
+    try:
+        template = env.from_string(own.read_text(encoding="utf-8")) if own.is_file() else env.get_template(TEMPLATE.name)
+        card = ModelCard(template.render(**{**data.to_dict(), "card_data": data.to_yaml(), **_context(rec)}))
+    except TemplateError as e:
+        where = f"{own}:{e.lineno}" if isinstance(e, TemplateSyntaxError) else str(own)
+        raise ModelFilesError(f"{where}: the card template does not render: {e}",
+                              hint="fix the recipe's [publish] card template (it extends model_card.md.j2 "
+                              "through its blocks; docs/build.md#the-model-card)") from None
     text = str(card).rstrip("\n") + "\n"
     return _TOKEN.sub("hf_***", text)
 
@@ -130,21 +149,25 @@ def card_data(rec: BuildRecords):
     """The card's metadata: what the Hub indexes (model tree, licence, languages, model-index)."""
     from huggingface_hub import ModelCardData
 
-    r = rec.recipe.recipe
     parents = [m.repo for role, m in _models(rec) if role in ("task", "language") and m.repo]
     fields: dict[str, Any] = {}
     if parents:
         # The experts are the merge's parents; the common base is their ancestor, not a parent.
         # Local folders are not Hub ids and appear only in the provenance section.
         fields.update(base_model=parents, base_model_relation="merge")
-    if r.publish and r.publish.license:
-        fields["license"] = r.publish.license
+    lic = _license_of(rec)
+    if lic["id"]:
+        fields["license"] = lic["id"]
+        if lic["id"] == "other":
+            fields.update(license_name=lic["name"], license_link=lic["link"])
+    if datasets := parent_datasets(rec.build.license):
+        fields["datasets"] = datasets
     return ModelCardData(
         model_name=_model_id(rec),
         language=_languages(rec),
         library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["merge", "layer-swapping", "hubswap", "mgsm"],
+        pipeline_tag="image-text-to-text" if _multimodal(rec) else "text-generation",
+        tags=["merge", "layer-swapping", "hubswap", "mgsm", *(f"arxiv:{p}" for p in PAPERS)],
         eval_results=_eval_results(rec) or None,
         **fields,
     )
@@ -161,6 +184,9 @@ def _eval_results(rec: BuildRecords) -> list:
     how = ", ".join(x for x in (f"{st.num_fewshot}-shot", st.prompt) if x)
     subset = f", first {st.limit} questions" if st.limit else ""
     out = []
+    repo = rec.recipe.recipe.publish.repo if rec.recipe.recipe.publish else None
+    source = ({"source_name": "hubswap eval_results.json", "source_url": f"{_HF}/{repo}/blob/main/{EVAL_RESULTS}"}
+              if repo else {})
     merged = ev.models.get(ev.reference_model)
     for lang, res in (merged.languages if merged else {}).items():
         for value, metric_type, name in (
@@ -179,6 +205,7 @@ def _eval_results(rec: BuildRecords) -> list:
                 metric_type=metric_type,
                 metric_name=name.format(f", {how}{subset}"),
                 metric_value=round(float(value), 4),
+                **source,
             ))
     return out
 
@@ -207,10 +234,38 @@ def _context(rec: BuildRecords) -> dict:
         "local_inputs": [m.path for m in models.values() if m.path],
         "versions": _versions(rec),
         "created": rec.build.created,
-        "license": r.publish.license if r.publish else None,
+        "license": _license_of(rec),
+        "built_with": rec.build.license.built_with if rec.build.license else [],
+        "experts": _experts(rec),
+        "auto_class": "AutoModelForImageTextToText" if _multimodal(rec) else "AutoModelForCausalLM",
+        "processor_class": "AutoProcessor" if _multimodal(rec) else "AutoTokenizer",
+        "processor_var": "processor" if _multimodal(rec) else "tokenizer",
+        "build_command": _build_command(rec),
         "publish_repo": r.publish.repo if r.publish else None,
         "hubswap_version": rec.build.versions.get("hubswap") or rec.build.hubswap_version,
     }
+
+
+def _build_command(rec: BuildRecords) -> str:
+    """The command that rebuilds this model from its records, sharded as it was."""
+    shard = rec.build.output.max_shard_size
+    return "hubswap build hubswap/recipe.toml --no-push" + (
+        f" --max-shard-size {shard}" if shard and shard != 5_000_000_000 else "")
+
+
+def _multimodal(rec: BuildRecords) -> bool:
+    """A merge with a vision side (LLaVA, Gemma 3, Qwen2-VL): it loads with AutoModelForImageTextToText."""
+    return rec.build.layer_map.vision is not None
+
+
+def _license_of(rec: BuildRecords) -> dict:
+    section = license_section(rec.build.license, rec.recipe.recipe.publish, dict(_models(rec)))
+    return {**section, "parents": [{**p, "role": ROLE_NAMES[p["role"]]} for p in section["parents"]]}
+
+
+def _experts(rec: BuildRecords) -> list[dict]:
+    return [{**e, "role": ROLE_NAMES[e["role"]], "datasets": [d for d in e["datasets"] if _is_hub_id(d)]}
+            for e in experts(rec.build.license, dict(_models(rec)))]
 
 
 def _models(rec: BuildRecords) -> list[tuple[str, ModelEntry]]:

@@ -33,6 +33,7 @@ examples:
   hubswap sweep RECIPE --bottom 3..8 --top 1..4 --transition 0..2   build and rank a grid of swaps
   hubswap lock RECIPE                            pin Hub models to commits and file hashes (RECIPE.lock.json)
   hubswap push builds/x                          publish a build in one commit (HF_TOKEN with write access)
+  hubswap verify org/x                           rebuild a published model from its pinned inputs; compare every file
   hubswap eval MODEL --dataset ../shared/mgsm --languages sw en --limit 20   MGSM on one model
 
 exit codes (hubswap/errors.py):
@@ -190,6 +191,42 @@ def _push(args: argparse.Namespace) -> int:
     from hubswap.hub.publish import publish
 
     print(f"published {publish(args.build, repo=args.repo, force=args.force)}")
+    return 0
+
+
+# -- verify ----------------------------------------------------------------------------------
+
+
+def _verify_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("target", metavar="REPO[@REV]",
+                   help="a model that `hubswap push` published, e.g. org/llama-3.1-8b-swahili-math or org/x@v1")
+    s.add_argument("-o", "--output", metavar="DIR", help="keep the rebuild in DIR (default: a temporary folder, removed)")
+
+
+@command("verify", help="rebuild a published model from the commits it pinned and compare every file's sha256",
+         description="Check that a published hubswap model is what its recipe makes. Downloads the repo's "
+         "hubswap/ folder at REV (default main): the recipe, the build record (lock.json) and the recipe's "
+         "lock (recipe.lock.json), which pins every input to the commit and file hashes the build read. "
+         "Rebuilds the model from exactly those commits, whatever the experts' branches say now "
+         "(`hubswap build hubswap/recipe.toml --no-eval`: weights are downloaded, nothing is evaluated), "
+         "then compares the sha256 of every output file (shards, index, configs, tokenizer, licence files) "
+         "with the published file's. Prints one line per file: ok, DIFFERS, MISSING (listed by the record, "
+         "not published) or NOT REBUILT. Exit 0 when every file matches, 10 when one does not or when the "
+         "model cannot be rebuilt from the Hub (an input that was a local folder, no recipe.lock.json). "
+         "Gated inputs need HF_TOKEN with access to them. Example: `hubswap verify "
+         "your-org/llama-3.1-8b-swahili-math-layerswap@v1 -o /tmp/rebuild` (docs/hub.md).",
+         arguments=_verify_arguments)
+def _verify(args: argparse.Namespace) -> int:
+    from hubswap.errors import VerifyFailedError
+    from hubswap.verify import verify
+
+    result = verify(args.target, output=Path(args.output) if args.output else None)
+    print(result.report())
+    if not result.ok:
+        bad = [f.name for f in result.files if f.status != "ok"]
+        raise VerifyFailedError(f"{result.repo}@{result.commit[:12]}: {', '.join(bad[:5])}"
+                                f"{' ...' if len(bad) > 5 else ''} do(es) not match the rebuild",
+                                hint="the published files are not what its recipe and pinned inputs make")
     return 0
 
 

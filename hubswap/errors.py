@@ -84,6 +84,13 @@ class LockMismatchError(HubswapError):
     exit_code = 2
 
 
+class LicenseConflictError(HubswapError):
+    """The parents' licences differ, or the recipe's contradicts them, and the recipe did not
+    acknowledge it (hubswap.licenses)."""
+
+    exit_code = 2
+
+
 class PublishRefusedError(HubswapError):
     """Publishing would overwrite something by surprise."""
 
@@ -114,13 +121,19 @@ class BuildBusyError(HubswapError):
     exit_code = 9
 
 
+class VerifyFailedError(HubswapError):
+    """`hubswap verify`: the rebuild differs from the published files, or cannot be made from the Hub."""
+
+    exit_code = 10
+
+
 # Every exit code of `hubswap`, the one place they are stated: `hubswap --help` prints this table,
 # and tests/test_readme.py checks that the README's "Errors and exit codes" table says the same and
 # that each class above carries one of these codes (0 and 130 belong to no class).
 EXIT_CODES: dict[int, str] = {
     0: "ok",
     1: "error",
-    2: "bad recipe or lock",
+    2: "bad recipe or lock, or a licence the parents contradict",
     3: "incompatible, unsafe or corrupt models",
     4: "Hub error",
     5: "publish refused",
@@ -128,5 +141,6 @@ EXIT_CODES: dict[int, str] = {
     7: "evaluation error",
     8: "not enough disk space (before writing, or the disk filled up)",
     9: "another build is writing the same build folder",
+    10: "verify: the rebuild differs from the published files, or cannot be made from the Hub",
     130: "interrupted (Ctrl-C)",
 }

@@ -27,6 +27,7 @@ from typing import Protocol
 from hubswap.files import cores, human_size
 from hubswap.hashing import cached_sha256, file_sha256, json_sha256
 from hubswap.hub.resolve import HubModelFiles, resolve_model
+from hubswap.licenses import card_files
 from hubswap.preflight import (
     INDEX,
     SIDE_FILES,
@@ -124,9 +125,9 @@ class Inputs:
         return "local-" + json_sha256({f: m.record(f).sha256 for f in names})
 
     def used_files(self, role: str, *, fetched: bool) -> list[str]:
-        """The files of ``role`` a build reads: configs always, the side files (tokenizer, chat
-        template) of ``files_from``, and every file of the models it merges or evaluates
-        (``fetched``)."""
+        """The files of ``role`` a build reads: configs, card and licence files always, the side
+        files (tokenizer, chat template) of ``files_from``, and every file of the models it merges
+        or evaluates (``fetched``)."""
         m = self.models[role]
         present = set(m.files())
         files_from = self.loaded.recipe.swap.files_from
@@ -134,7 +135,7 @@ class Inputs:
         if role == files_from or (fetched and role not in EXPERTS):
             small = [f for f in SIDE_FILES if f in present] + ([INDEX] if INDEX in present else [])
         weights = sorted({t.file for t in self.preflight.tensors[role].values()}) if fetched else []
-        return sorted(set(small + weights))
+        return sorted(set(small + weights + card_files(present)))
 
     def file_records(self, pool: Executor, fetched: list[str] | tuple[str, ...]) -> dict[str, dict[str, Future]]:
         """Futures of the ``FileEntry`` of every file the build reads, per role.

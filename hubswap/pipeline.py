@@ -24,19 +24,24 @@ from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error,
 from hubswap.errors import HubswapError
 from hubswap.files import atomic_write, cores, fsync_path, fsync_tree, parse_size, write_json
 from hubswap.hashing import cache_root, json_sha256, text_sha256
+from hubswap.hub.lock import pinned_lock
 from hubswap.inputs import Inputs, dataset_location, prepare_inputs, published_path
 from hubswap.layermap import LayerMap, layer_map, uniform_map
+from hubswap.licenses import decide_license, parent_license, write_license_files
 from hubswap.preflight import INDEX, SIDE_FILES, check_layer_map, untrained_token_warnings
 from hubswap.recipe import LoadedRecipe, load_recipe
 from hubswap.records import (
     BUILD_RECORD,
+    CARD_TEMPLATE,
     EVAL_RESULTS,
     LOCK_VERSION,
+    PUBLISHED_LOCK,
     RECIPE_COPY,
     RECORDS_DIR,
     BuildRecord,
     FileEntry,
     LayerMapRecord,
+    LicenseRecord,
     MergeBytes,
     ModelEntry,
     Output,
@@ -102,6 +107,7 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
     recipe = loaded.recipe
     build_dir = (opts.output or Path("builds") / recipe.name).resolve()
     max_shard = _shard_size(opts.max_shard_size)
+    template = loaded.card_template()  # the recipe's card template, when it names one
     if opts.evaluate:
         from hubswap.evaluate.backends import require_libraries
 
@@ -122,6 +128,11 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
              len(pre.tensors["task"]), lmap.picture())
     if recipe.swap.vision and not pre.stack.multimodal:
         log.warning("swap.vision is set, but the task expert is not a multimodal model: it has no vision side")
+    # The licence, from the parents' cards: inherited, the recipe's, or refused before any download.
+    license = decide_license(
+        {role: parent_license(m) for role, m in inputs.models.items()},
+        {role: published_path(src.path) or src.display() for role, src in recipe.models.roles().items()},
+        recipe.publish, model_name=recipe.publish.repo.split("/")[-1] if recipe.publish else recipe.name)
 
     # 3. Download only what the swap (and the comparison) needs: a no-op for local folders.
     compared = [r for r in recipe.eval.compare if r not in ("task", "language")] if opts.evaluate else []
@@ -147,12 +158,18 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
             pending = inputs.file_records(pool, fetched=list(dirs))
             made = merge(plan, stage, progress=opts.progress)
             side = copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
+            license = write_license_files(license, inputs.models, stage)
             atomic_write(stage / RECIPE_COPY, loaded.text)
+            if template is not None:
+                shutil.copyfile(template, stage / CARD_TEMPLATE)
             hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
         outputs = {name: OutputFile(size=(stage / name).stat().st_size)
-                   for name in sorted([*plan.shard_names(), INDEX, *side])}
-        record = make_build_record(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"], merged=made)
+                   for name in sorted([*plan.shard_names(), INDEX, *side, *license.files])}
+        record = make_build_record(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"], merged=made,
+                                   license=license, max_shard_size=max_shard)
         write_json(stage / BUILD_RECORD, record.to_json())
+        if (pinned := pinned_lock(loaded, inputs.models)) is not None:
+            write_json(stage / PUBLISHED_LOCK, pinned.to_json())
         write_card(stage)
         _replace_dir(stage, model_dir)
     log.info("model written to %s", model_dir)
@@ -180,7 +197,8 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
 
 
 def make_build_record(loaded: LoadedRecipe, inputs: Inputs, hashes: dict[str, dict[str, FileEntry]], lmap: LayerMap,
-                      outputs: dict[str, OutputFile], *, names=(), merged: MergeBytes | None = None) -> BuildRecord:
+                      outputs: dict[str, OutputFile], *, names=(), merged: MergeBytes | None = None,
+                      license: LicenseRecord | None = None, max_shard_size: int | None = None) -> BuildRecord:
     """The build record, ``model/hubswap/lock.json`` (not the recipe's lock: ``hubswap.hub.lock``)."""
     from importlib.metadata import version
 
@@ -198,9 +216,10 @@ def make_build_record(loaded: LoadedRecipe, inputs: Inputs, hashes: dict[str, di
         layer_map=LayerMapRecord.model_validate(lmap.to_json(names)),
         output=Output(dtype=loaded.recipe.swap.dtype, num_layers=lmap.num_layers,
                       shards=sorted(f for f in outputs if f.endswith(".safetensors")), files=outputs,
-                      merge=merged),
+                      merge=merged, max_shard_size=max_shard_size),
         # What the merge ran on: core dependencies only (the merge never imports torch or transformers).
         versions={"hubswap": __version__, **{p: version(p) for p in ("numpy", "safetensors", "huggingface_hub")}},
+        license=license,
     )
 
 

@@ -192,6 +192,13 @@ class Publish(_Strict):
     repo: str
     private: bool = True
     license: str | None = None
+    """The Hub's licence id; None: inherited from the parents when they agree (hubswap.licenses)."""
+    license_name: str | None = None  # with license = "other"
+    license_link: str | None = None
+    license_acknowledged: bool = False
+    """The recipe's licence stands although the parents' licences differ or say otherwise."""
+    card: str | None = None
+    """A card template extending the packaged one (relative to the recipe), e.g. model_cards/x.md.j2."""
 
     @field_validator("repo")
     @classmethod
@@ -199,6 +206,23 @@ class Publish(_Strict):
         if not _REPO_ID.match(v) or "/" not in v:
             raise ValueError(f"{v!r} is not a Hub repo id (expected 'org/name')")
         return v
+
+    @field_validator("license")
+    @classmethod
+    def _license_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", v):
+            raise ValueError(f"{v!r} is not a Hub licence id (such as 'apache-2.0', 'llama3.1' or 'other')")
+        return v
+
+    @model_validator(mode="after")
+    def _license_keys(self) -> Publish:
+        if self.license == "other" and not self.license_name:
+            raise ValueError("license = \"other\" needs license_name (and license_link to its text)")
+        if self.license != "other" and (self.license_name or self.license_link):
+            raise ValueError("license_name and license_link go with license = \"other\"")
+        if self.license_acknowledged and not self.license:
+            raise ValueError("license_acknowledged = true acknowledges the recipe's license: state it")
+        return self
 
 
 class Recipe(_Strict):
@@ -245,6 +269,22 @@ class LoadedRecipe:
         assert source.path is not None
         p = Path(source.path).expanduser()
         return p if p.is_absolute() else (self.path.parent / p).resolve()
+
+    def card_template(self) -> Path | None:
+        """The recipe's card template (``[publish] card``, relative to the recipe), or None.
+
+        A build keeps its copy as ``hubswap/card.md.j2`` beside ``hubswap/recipe.toml``, so that
+        copy stands in when the recipe is a build's (a published model downloaded and rebuilt)."""
+        pub = self.recipe.publish
+        if pub is None or pub.card is None:
+            return None
+        p = Path(pub.card).expanduser()
+        p = p if p.is_absolute() else self.path.parent / p
+        if p.is_file():
+            return p
+        if (copy := self.path.parent / "card.md.j2").is_file():
+            return copy
+        raise RecipeError([self.problem("publish.card", f"no such file: {p}")])
 
     def check_layers(self, num_layers: int) -> None:
         """Raise ``RecipeError`` if the swap does not fit a model of ``num_layers`` layers."""

@@ -5,7 +5,10 @@ Two documents pin inputs, and they are not the same:
     <recipe stem>.lock.json     RecipeLock: the recipe's models pinned (``hubswap lock``; hub.lock)
     <build>/model/hubswap/      what a build keeps about itself:
         recipe.toml             the recipe as given
-        lock.json               BuildRecord: the inputs as the build read them, layer map, outputs, versions
+        lock.json               BuildRecord: the inputs as the build read them, layer map, outputs, versions,
+                                the licence decision
+        recipe.lock.json        RecipeLock: the recipe's lock as the build used it (``hubswap build
+                                hubswap/recipe.toml`` and ``hubswap verify`` rebuild from it)
         eval_results.json       EvalResults (hubswap.evaluate.results), once evaluated
 
 Each record carries a version field; a file of another version (or of none) is refused with a
@@ -25,6 +28,8 @@ from hubswap.errors import HubswapError, LockMismatchError, ModelFilesError
 RECORDS_DIR = "hubswap"
 RECIPE_COPY = f"{RECORDS_DIR}/recipe.toml"
 BUILD_RECORD = f"{RECORDS_DIR}/lock.json"
+PUBLISHED_LOCK = f"{RECORDS_DIR}/recipe.lock.json"
+CARD_TEMPLATE = f"{RECORDS_DIR}/card.md.j2"
 EVAL_RESULTS = f"{RECORDS_DIR}/eval_results.json"
 
 LOCK_VERSION = 1  # of both lock documents: RecipeLock and BuildRecord
@@ -138,10 +143,36 @@ class Output(Record):
     files: dict[str, OutputFile]
     merge: MergeBytes | None = None
     """Absent from records written before hubswap said how it made the bytes."""
+    max_shard_size: int | None = None  # bytes (--max-shard-size), so that a rebuild shards alike
 
     @model_serializer(mode="wrap")
     def _without_absent(self, handler):
-        return {k: v for k, v in handler(self).items() if not (k == "merge" and v is None)}
+        return {k: v for k, v in handler(self).items() if not (k in ("merge", "max_shard_size") and v is None)}
+
+
+class ParentLicense(Record):
+    """What a parent's card says about its terms (``huggingface_hub.ModelCard`` metadata)."""
+
+    license: str | None
+    license_name: str | None
+    license_link: str | None
+    datasets: list[str]
+    files: list[str]  # its licence files (LICENSE, USE_POLICY.md, NOTICE, ...)
+
+
+class LicenseRecord(Record):
+    """The merge's licence (hubswap.licenses): the decision, from what, and what it obliges to."""
+
+    license: str | None
+    license_name: str | None
+    license_link: str | None
+    decision: Literal["inherited", "recipe", "acknowledged", "none"]
+    parents: dict[str, ParentLicense]
+    built_with: list[str]  # attributions the licences ask to show prominently
+    notice: list[str]  # lines the licences ask for in a Notice file
+    obligations: list[str]
+    warnings: list[str]
+    files: dict[str, str]  # licence file in the model folder -> where it came from
 
 
 class BuildRecord(Record):
@@ -155,6 +186,11 @@ class BuildRecord(Record):
     layer_map: LayerMapRecord
     output: Output
     versions: dict[str, str | None]
+    license: LicenseRecord | None = None  # builds before licences were read have none
+
+    @model_serializer(mode="wrap")
+    def _without_absent_license(self, handler):
+        return {k: v for k, v in handler(self).items() if not (k == "license" and v is None)}
 
 
 def load_record(path: Path, model: type[R], *, version_key: str, version: int, what: str,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from hubswap.card import PICTURE_FILE, render_card, write_card
 from hubswap.cli import main
 from hubswap.errors import ModelFilesError
@@ -42,14 +44,17 @@ def test_header_parses_back_with_every_field(tmp_path):
     data = card.data
     # every field of the header, and nothing else
     assert set(data.to_dict()) == {"base_model", "base_model_relation", "library_name", "license", "language",
-                                   "pipeline_tag", "tags", "model-index"}, sorted(data.to_dict())
+                                   "pipeline_tag", "tags", "datasets", "model-index"}, sorted(data.to_dict())
     assert data.pipeline_tag == "text-generation"
     assert data.base_model == ["hubswap-test/tiny-math", "hubswap-test/tiny-swahili"]  # not the local base
     assert data.base_model_relation == "merge"
     assert data.library_name == "transformers"
     assert data.license == "apache-2.0"
     assert data.language == ["sw", "en"]
-    assert data.tags == ["merge", "layer-swapping", "hubswap", "mgsm"]
+    # the Hub links the model to the papers of the method and of MGSM by these tags
+    assert data.tags == ["merge", "layer-swapping", "hubswap", "mgsm", "arxiv:2410.01335", "arxiv:2210.03057"]
+    # the parents' training data
+    assert data.datasets == ["hubswap-test/tiny-math-instruct", "hubswap-test/tiny-swahili-corpus"]
     assert data.model_name == "hubswap-test/tiny-swahili-math-layerswap"
     results = {(r.dataset_config, r.metric_name): r for r in data.eval_results}
     assert {c for c, _ in results} == {"sw", "en"}
@@ -57,6 +62,8 @@ def test_header_parses_back_with_every_field(tmp_path):
         assert (r.task_type, r.dataset_type, r.dataset_split) == ("text-generation", "juletxara/mgsm", "test")
         assert r.dataset_revision == "b" * 40
         assert r.metric_name and "8-shot" in r.metric_name and "native-cot" in r.metric_name
+        assert r.source_url == ("https://huggingface.co/hubswap-test/tiny-swahili-math-layerswap/blob/main/"
+                                "hubswap/eval_results.json")
     sw = [r for (c, _), r in results.items() if c == "sw"]
     assert sorted((r.metric_type, r.metric_value) for r in sw) == [
         ("accuracy", 0.364), ("exact_match", 0.344), ("exact_match", 0.352)]
@@ -159,3 +166,85 @@ def test_card_of_a_real_tiny_build(tiny_llama, tmp_path):
     svg = (result.model_dir / PICTURE_FILE).read_text()
     ET.fromstring(svg)
     assert svg.count("<title>layer ") == 8
+
+
+# -- the recipe's card template, and the model's kind -------------------------------------------
+
+OWN_CARD = """{% extends "model_card.md.j2" %}
+{% block experts %}The math expert learnt from **textbooks**; the language expert from **radio**.{% endblock %}
+{% block intended_use %}Only for **counting goats**; it fails on fractions.{% endblock %}
+"""
+
+
+def test_a_recipe_template_extends_the_packaged_one_through_its_blocks(tmp_path):
+    default = render_card(make_build(tmp_path / "default"))
+    build = make_build(tmp_path / "own")
+    (build / "model" / "hubswap" / "card.md.j2").write_text(OWN_CARD)
+    own = render_card(build)
+    experts = own.split("## The experts\n", 1)[1].split("\n## ", 1)[0]
+    assert experts.strip() == "The math expert learnt from **textbooks**; the language expert from **radio**."
+    limits = own.split("## Intended use and limitations\n", 1)[1].split("\n## ", 1)[0]
+    assert limits.strip() == "Only for **counting goats**; it fails on fractions."
+    # everything outside the two blocks is the packaged card's
+    strip = lambda t: re.sub(r"## The experts\n.*?\n## Layer map|## Intended use and limitations\n.*?\n## How to use",  # noqa: E731
+                             "", t, flags=re.S)
+    assert strip(own) == strip(default)
+
+
+def test_a_template_that_does_not_render_is_one_line_and_runs_no_code(tmp_path):
+    build = make_build(tmp_path / "build")
+    own = build / "model" / "hubswap" / "card.md.j2"
+    own.write_text('{% extends "model_card.md.j2" %}{% block experts %}{{ "".__class__.__mro__[1].__subclasses__() }}'
+                   '{% endblock %}')
+    with pytest.raises(ModelFilesError, match="the card template does not render: access to attribute"):
+        render_card(build)
+    own.write_text('{% extends "model_card.md.j2" %}\n{% block experts %}{{ unclosed {% endblock %}')
+    with pytest.raises(ModelFilesError, match=r"card\.md\.j2:2: the card template does not render"):
+        render_card(build)
+
+
+def test_a_multimodal_merge_is_image_text_to_text_with_the_auto_class_that_loads_it(tmp_path):
+    import json
+
+    from huggingface_hub import ModelCard
+
+    build = make_build(tmp_path / "build")
+    lock = build / "model" / "hubswap" / "lock.json"
+    record = json.loads(lock.read_text())
+    record["layer_map"].update(vision="language", modules={"vision": ["vision_tower", "multi_modal_projector"]})
+    lock.write_text(json.dumps(record))
+    text = render_card(build)
+    assert ModelCard(text).data.pipeline_tag == "image-text-to-text"
+    assert "from transformers import AutoModelForImageTextToText, AutoProcessor" in text
+    assert 'model = AutoModelForImageTextToText.from_pretrained("hubswap-test/tiny-swahili-math-layerswap"' in text
+    assert "AutoModelForCausalLM" not in text
+    text_only = render_card(make_build(tmp_path / "text"))
+    assert ModelCard(text_only).data.pipeline_tag == "text-generation"
+    assert "from transformers import AutoModelForCausalLM, AutoTokenizer" in text_only
+
+
+def test_a_build_keeps_the_recipes_card_template_and_rebuilds_with_it(tmp_path):
+    """[publish] card, relative to the recipe: the build keeps a copy as hubswap/card.md.j2, which
+    `hubswap card` renders from and a rebuild from hubswap/recipe.toml finds beside it."""
+    from tests.support.cli import run_hubswap
+    from tests.support.numpy_family import make_family
+
+    (tmp_path / "tok").mkdir()
+    family = make_family(tmp_path / "experts", tmp_path / "tok")
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "goats.md.j2").write_text(OWN_CARD)
+    (tmp_path / "recipes").mkdir()
+    write_recipe(tmp_path / "recipes" / "r.toml", family, publish={"repo": "org/x", "card": "../cards/goats.md.j2"})
+    r = run_hubswap("build", "recipes/r.toml", "--no-eval", "-o", "b", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    model = tmp_path / "b" / "model"
+    assert (model / "hubswap" / "card.md.j2").read_text() == OWN_CARD
+    assert "Only for **counting goats**" in (model / "README.md").read_text()
+    # the copy's ../cards/goats.md.j2 does not exist: hubswap/card.md.j2 beside it stands in
+    assert not (model / "cards" / "goats.md.j2").exists()
+    r = run_hubswap("build", "b/model/hubswap/recipe.toml", "--no-eval", "-o", "again", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Only for **counting goats**" in (tmp_path / "again" / "model" / "README.md").read_text()
+    (tmp_path / "cards" / "goats.md.j2").unlink()
+    r = run_hubswap("build", "recipes/r.toml", "--no-eval", "-o", "c", cwd=tmp_path)
+    assert r.returncode == 2 and "r.toml:" in r.stderr and "publish.card: no such file" in r.stderr

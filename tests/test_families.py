@@ -218,6 +218,10 @@ def test_plan_card_and_transformers_evaluation_of_a_multimodal_merge(built, caps
     card = (b["model"] / "README.md").read_text()
     assert "| vision tower, projector (`multi_modal_projector`, `vision_tower`) | vision | task expert | 0 | 1 |" in card
     assert "the vision tower and projector from the task expert." in card
+    # tagged and loaded as what it is: the snippet's class is the one that loads it (below)
+    assert "\npipeline_tag: image-text-to-text\n" in card
+    assert "from transformers import AutoModelForImageTextToText, AutoProcessor" in card
+    assert "AutoModelForCausalLM" not in card
     assert main(["plan", str(b["recipe"])]) == 0
     out = capsys.readouterr().out
     assert f"tiny-llava: {LAYERS} layers (config.json text_config.num_hidden_layers)" in out

@@ -55,6 +55,7 @@ def test_the_flagship_recipe_builds_against_stand_ins_of_its_repos(flagship_hub,
     (work / "recipes").mkdir(parents=True)
     recipe = work / "recipes" / RECIPE.name
     shutil.copyfile(RECIPE, recipe)
+    shutil.copytree(REPO / "model_cards", work / "model_cards")  # its [publish] card
     assert recipe.read_bytes() == RECIPE.read_bytes()
     run = lambda *a: run_hubswap(*a, hub=flagship_hub, env=flagship_env(tmp_path), cwd=work, timeout=900)  # noqa: E731
 
@@ -96,6 +97,19 @@ def test_the_flagship_recipe_builds_against_stand_ins_of_its_repos(flagship_hub,
     assert out.returncode == 0 and results["gate"]["passed"] is True, err
     card = (model / "README.md").read_text()
     assert "every model in `bfloat16`" in card
+    # The licence: the recipe's llama3.1, which all three parents' cards state; their files and
+    # what the Llama 3.1 licence asks (Built with Llama, the Notice file, a name beginning "Llama").
+    lic = json.loads((model / "hubswap" / "lock.json").read_text())["license"]
+    assert (lic["license"], lic["decision"], lic["warnings"]) == ("llama3.1", "recipe", [])
+    assert {(model / f).is_file() for f in ("LICENSE", "USE_POLICY.md", "NOTICE")} == {True}
+    header, body = card.split("\n---\n", 1)
+    assert "license: llama3.1" in header and "- nvidia/OpenMathInstruct-2" in header
+    assert "pipeline_tag: text-generation" in header and "arxiv:2410.01335" in header
+    assert body.lstrip().startswith("# llama-3.1-8b-swahili-math\n\n**Built with Llama**")
+    # The recipe's card template: its experts and limits in prose, kept in the build.
+    assert (model / "hubswap" / "card.md.j2").read_bytes() == (REPO / "model_cards" / "llama-swahili-math.md.j2").read_bytes()
+    assert "fine-tuned by NVIDIA on [OpenMathInstruct-2]" in body and "continually pretrained on African languages" in body
+    assert "Answers may reason in English even when asked in Swahili" in body
     for published in ("README.md", "hubswap/lock.json", "hubswap/eval_results.json"):
         text = (model / published).read_text()
         assert str(tmp_path) not in text and str(Path.home()) not in text and TOKEN not in text, published

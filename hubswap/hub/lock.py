@@ -67,6 +67,22 @@ def resolve_recipe_lock(loaded: LoadedRecipe, *, endpoint: str | None = None,
     )
 
 
+def pinned_lock(loaded: LoadedRecipe, models: dict) -> RecipeLock | None:
+    """The recipe's lock as a build used it (its Hub models pinned, each needed file's record),
+    published as ``hubswap/recipe.lock.json`` beside the recipe's copy so that ``hubswap build
+    hubswap/recipe.toml`` and ``hubswap verify`` rebuild from the same commits whatever ``main``
+    says later. None when a model is a local folder: nobody else can rebuild from that."""
+    if any(m.commit is None for m in models.values()):
+        return None
+    return RecipeLock(
+        lock_version=LOCK_VERSION,
+        hubswap_version=__version__,
+        recipe=RecipeRef(path=loaded.path.name, name=loaded.recipe.name, sha256=text_sha256(loaded.text)),
+        models={role: ModelEntry(repo=m.repo, revision=m.revision, commit=m.commit, path=None,
+                                 files=dict(sorted(m.records.items()))) for role, m in models.items()},
+    )
+
+
 def write_recipe_lock(recipe_path: str | Path, *, endpoint: str | None = None,
                       token: str | bool | None = None) -> tuple[Path, RecipeLock]:
     """``hubswap lock``: resolve the recipe's models and write ``<recipe stem>.lock.json`` beside it."""

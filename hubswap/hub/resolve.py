@@ -42,13 +42,14 @@ class _Listing:
 
 def select_files(model) -> list[str]:
     """The files of a model (a compat ``ModelFiles``) that a build uses: side files (configs,
-    tokenizer, chat template), the safetensors index and shards. Pickled weights are never
+    tokenizer, chat template), the safetensors index and shards, the card and licence files. Pickled weights are never
     selected; a model with only pickled weights is refused (``preflight.weight_files``)."""
+    from hubswap.licenses import card_files
     from hubswap.preflight import INDEX, SIDE_FILES, weight_files
 
     names = set(model.files())
     weights = weight_files(model)
-    return [f for f in SIDE_FILES if f in names] + ([INDEX] if INDEX in names else []) + weights
+    return [f for f in SIDE_FILES if f in names] + ([INDEX] if INDEX in names else []) + weights + card_files(names)
 
 
 # -- resolving a Hub model to a commit ----------------------------------------------------------

@@ -23,8 +23,18 @@ from hubswap.evaluate.results import (
 from hubswap.evaluate.stats import paired_comparison, wilson_interval
 from hubswap.files import write_json
 from hubswap.layermap import layer_map
+from hubswap.licenses import decide_license
 from hubswap.recipe import Gate, parse_recipe
-from hubswap.records import BuildRecord, FileEntry, LayerMapRecord, ModelEntry, Output, OutputFile, RecipeRef
+from hubswap.records import (
+    BuildRecord,
+    FileEntry,
+    LayerMapRecord,
+    ModelEntry,
+    Output,
+    OutputFile,
+    ParentLicense,
+    RecipeRef,
+)
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
@@ -81,8 +91,20 @@ def _lock(recipe: str) -> BuildRecord:
                          files=_files("config.json", *weights.get(role, ("model.safetensors",))))
         for role, src in loaded.recipe.models.roles().items()
     }
+    # The parents' cards: both experts under apache-2.0 (one with a LICENSE file), the local base with no card.
+    parents = {
+        "task": ParentLicense(license="apache-2.0", license_name=None, license_link=None,
+                              datasets=["hubswap-test/tiny-math-instruct"], files=["LICENSE"]),
+        "language": ParentLicense(license="apache-2.0", license_name=None, license_link=None,
+                                  datasets=["hubswap-test/tiny-swahili-corpus"], files=[]),
+        "base": ParentLicense(license=None, license_name=None, license_link=None, datasets=[], files=[]),
+    }
+    license = decide_license(parents, {r: s.display() for r, s in loaded.recipe.models.roles().items()},
+                             loaded.recipe.publish, model_name="tiny-swahili-math-layerswap")
+    license = license.model_copy(update={"files": {"LICENSE": "task:LICENSE"}})
+    models["task"] = models["task"].model_copy(update={"files": {**models["task"].files, **_files("LICENSE", "README.md")}})
     outputs = {n: OutputFile(size=1000 + 7 * len(n))
-               for n in ("config.json", "model.safetensors", "model.safetensors.index.json")}
+               for n in ("LICENSE", "config.json", "model.safetensors", "model.safetensors.index.json")}
     return BuildRecord(
         lock_version=1, hubswap_version="0.1.0", created="2026-01-02T03:04:05+00:00",
         recipe=RecipeRef(path="recipes/tiny-swahili-math.toml", name=loaded.recipe.name, sha256=sha(recipe)),
@@ -90,6 +112,7 @@ def _lock(recipe: str) -> BuildRecord:
         layer_map=LayerMapRecord.model_validate(layer_map(loaded.recipe.swap, 8).to_json()),
         output=Output(dtype="bfloat16", num_layers=8, shards=["model.safetensors"], files=outputs),
         versions={"hubswap": "0.1.0", "numpy": "2.3.0", "safetensors": "0.6.2", "huggingface_hub": "2.4.0"},
+        license=license,
     )
 
 

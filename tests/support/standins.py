@@ -34,6 +34,30 @@ REPOS = {
     "language": "Lugha-Llama/Lugha-Llama-8B-wura",
 }
 SHARDS = {"base": 4, "task": 2, "language": 7}
+# What the three repos' cards state (their YAML metadata) and the licence files they carry, as
+# `hubswap build` reads them to decide the merge's licence (hubswap.licenses). The agreement's
+# text is shortened to its first lines.
+LLAMA_3_1_AGREEMENT = (
+    "LLAMA 3.1 COMMUNITY LICENSE AGREEMENT\nLlama 3.1 Version Release Date: July 23, 2024\n\n"
+    "“Agreement” means the terms and conditions for use, reproduction, distribution and modification of the\n"
+    "Llama Materials set forth herein. (A stand-in: the agreement's first lines only.)\n"
+)
+USE_POLICY = "# Llama 3.1 Acceptable Use Policy\n\n(A stand-in: the policy's title only.)\n"
+CARDS = {
+    "base": {"license": "llama3.1", "datasets": [], "files": {"LICENSE": LLAMA_3_1_AGREEMENT, "USE_POLICY.md": USE_POLICY}},
+    "task": {"license": "llama3.1", "datasets": ["nvidia/OpenMathInstruct-2"], "files": {"LICENSE": LLAMA_3_1_AGREEMENT}},
+    "language": {"license": "llama3.1", "datasets": ["castorini/wura"], "files": {}},
+}
+
+
+def write_card(folder: Path, title: str, *, license: str | None = None, datasets=(), files=None, **meta) -> None:
+    """A model's README.md with YAML metadata (what huggingface_hub's ModelCard reads), and its
+    licence files (``files``: name -> text)."""
+    header = {k: v for k, v in {"license": license, "datasets": list(datasets) or None, **meta}.items() if v}
+    yaml = "".join(f"{k}: {json.dumps(v)}\n" for k, v in header.items())
+    (folder / "README.md").write_text((f"---\n{yaml}---\n" if yaml else "") + f"# {title}\n")
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
 ORDINARY = 512  # learned BPE tokens; Llama 3 has 128000
 # Llama 3.1's special tokens at their offsets from the end of the ordinary vocabulary.
 SPECIAL = {
@@ -208,6 +232,6 @@ def make_standins(root: Path, seed: int = 0) -> dict[str, Path]:
             (folder / "original" / "consolidated.00.pth").write_bytes(b"\x80\x02not a real pickle")
             (folder / "original" / "params.json").write_text('{"dim": 64, "n_layers": 32}')
             (folder / "original" / "tokenizer.model").write_bytes(b"tiktoken ranks stand-in")
-        (folder / "README.md").write_text(f"# stand-in for {REPOS[role]}\n\nTiny random weights for hubswap's tests.\n")
+        write_card(folder, f"stand-in for {REPOS[role]}: tiny random weights for hubswap's tests", **CARDS[role])
         out[role] = folder
     return out
