@@ -129,8 +129,10 @@ def _build_arguments(s: argparse.ArgumentParser) -> None:
          "model/ holds exactly what is published, eval/ the per-question generations.",
          arguments=_build_arguments)
 def _build(args: argparse.Namespace) -> int:
+    from hubswap.evaluate.command import check_limit
     from hubswap.pipeline import BuildOptions, build
 
+    check_limit(args.limit)
     opts = BuildOptions(
         output=Path(args.output) if args.output else None,
         evaluate=not args.no_eval,
@@ -237,8 +239,10 @@ def _sweep_arguments(s: argparse.ArgumentParser) -> None:
          "sweep.json and sweep.svg, and the winning configuration as a new recipe beside RECIPE.",
          arguments=_sweep_arguments)
 def _sweep(args: argparse.Namespace) -> int:
+    from hubswap.evaluate.command import check_limit
     from hubswap.sweeps import parse_range, sweep
 
+    check_limit(args.limit)
     result = sweep(
         args.recipe,
         bottoms=parse_range(args.bottom, "--bottom"),
@@ -355,6 +359,16 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        # A write the filesystem refused where no stage said so itself (each checks its output
+        # folder first): still one line naming the folder, never a traceback.
+        from hubswap.files import NOT_WRITABLE, not_writable
+
+        if e.errno not in NOT_WRITABLE or os.environ.get("HUBSWAP_DEBUG"):
+            raise
+        err = not_writable(e)
+        print(f"error: {err}\nhint: {err.hint}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

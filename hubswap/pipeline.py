@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from hubswap import __version__
 from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error
 from hubswap.errors import HubswapError
-from hubswap.files import atomic_write, cores, fsync_path, fsync_tree, parse_size, write_json
+from hubswap.files import atomic_write, check_writable, cores, fsync_path, fsync_tree, parse_size, write_json
 from hubswap.hashing import cache_root, text_sha256
 from hubswap.inputs import Inputs, dataset_location, prepare_inputs, published_path
 from hubswap.layermap import LayerMap, layer_map
@@ -96,6 +96,7 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
     recipe = loaded.recipe
     build_dir = (opts.output or Path("builds") / recipe.name).resolve()
     max_shard = _shard_size(opts.max_shard_size)
+    check_writable(build_dir)  # before anything is resolved or downloaded
     if opts.evaluate:
         from hubswap.evaluate.backends import require_libraries
 

@@ -29,6 +29,13 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def check_limit(limit: int | None) -> None:
+    """``--limit`` of eval, build and sweep: a count of questions, 0 (or absent) for all of them."""
+    if limit is not None and limit < 0:
+        raise EvaluationError(f"--limit {limit}: a number of questions must be 0 or more",
+                              hint="--limit N evaluates the first N questions per language; 0 evaluates all")
+
+
 def resolve_model(spec: str, revision: str | None = None, *, endpoint: str | None = None) -> Path:
     """A local model folder as is, or a Hub repo resolved to a commit and downloaded the way a
     build downloads its inputs (safetensors, configs, tokenizer; every file checked against its
@@ -57,6 +64,7 @@ def eval_command(args: argparse.Namespace) -> int:
     from hubswap.evaluate import format_table, run_evaluation
     from hubswap.recipe import EvalConfig
 
+    check_limit(args.limit)
     vllm_options = {k: _parse_value(v) for k, v in _pairs(args.vllm, "--vllm").items()}
     try:
         cfg = EvalConfig(
@@ -71,14 +79,16 @@ def eval_command(args: argparse.Namespace) -> int:
         raise EvaluationError(f"bad evaluation settings: {problems}") from None
     from hubswap.durable import disk_full_is_an_error
     from hubswap.evaluate.backends import require_libraries
+    from hubswap.files import check_writable
 
+    out = Path(args.output)
+    check_writable(out)
     require_libraries(cfg.backend)  # before resolving (downloading) anything
     models = {args.name: resolve_model(args.model, args.revision)}
     for name, spec in _pairs(args.compare, "--compare").items():
         if name in models:
             raise EvaluationError(f"--compare name {name!r} is used twice")
         models[name] = resolve_model(spec)
-    out = Path(args.output)
     with disk_full_is_an_error(out, "the evaluation records"):
         results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit,
                                  progress=not args.no_progress)
