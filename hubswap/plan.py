@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hubswap.errors import ModelFilesError
+from hubswap.errors import HubError, ModelFilesError
 from hubswap.layermap import LayerMap, LayerStackError, is_multimodal, layer_map, text_layer_count
 from hubswap.recipe import LoadedRecipe, load_recipe
 
@@ -16,7 +16,11 @@ def task_config(loaded: LoadedRecipe):
     if not src.is_local:
         from hubswap.hub.resolve import read_remote_config
 
-        return read_remote_config(src)
+        try:
+            return read_remote_config(src)
+        except HubError as e:  # offline, no network, no access: the layer count plans without the Hub
+            e.hint = f"{e.hint + '; or ' if e.hint else ''}pass --layers L to plan without the Hub"
+            raise
     cfg_path = loaded.resolve_path(src) / "config.json"
     hint = "pass --layers L to plan without the model"
     try:

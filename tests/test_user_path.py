@@ -85,3 +85,53 @@ def test_a_negative_limit_is_refused_by_every_command(command, family, tmp_path)
     r = run_hubswap(*args[command], "--limit", "-3", "-o", tmp_path / "out", cwd=tmp_path)
     assert one_line(r, 7) == "error: --limit -3: a number of questions must be 0 or more"
     assert not (tmp_path / "out").exists()
+
+
+# -- item 5: a Hub that cannot be reached fails fast ----------------------------------------------
+
+
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("where", ["refused", "unresolvable"])
+@pytest.mark.parametrize("command", ["plan", "lock", "build", "eval"])
+def test_an_unreachable_hub_is_one_line_within_seconds(command, where, tmp_path):
+    import time
+
+    from tests.support.recipes import hub_models
+
+    endpoint = f"http://127.0.0.1:{_dead_port()}" if where == "refused" else "http://nonexistent.invalid"
+    recipe = write_recipe(tmp_path / "r.toml", hub_models())
+    args = {"plan": ["plan", recipe], "lock": ["lock", recipe], "build": ["build", recipe, "--no-eval"],
+            "eval": ["eval", "org/task", "-o", tmp_path / "e"]}[command]
+    start = time.monotonic()
+    r = run_hubswap(*args, env={"HF_ENDPOINT": endpoint}, cwd=tmp_path)
+    took = time.monotonic() - start
+    error = one_line(r, 4)
+    reason = "connection refused" if where == "refused" else "the name nonexistent.invalid does not resolve"
+    assert error.startswith(f"error: cannot reach {endpoint}: {reason}"), error
+    assert len(r.stderr.splitlines()) == 2, r.stderr  # the error and its hint, printed once; no retries
+    assert took < 10, took  # the interpreter's start included; 73 s with the retries before
+    assert ("pass --layers L to plan without the Hub" in r.stderr) == (command == "plan")
+    assert not (tmp_path / "e").exists()
+
+
+def test_plan_offline_names_layers_as_the_way_without_the_hub(tmp_path):
+    from tests.support.recipes import hub_models
+
+    r = run_hubswap("plan", write_recipe(tmp_path / "r.toml", hub_models()), env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert one_line(r, 4).startswith("error: offline mode is on (HF_HUB_OFFLINE=1): cannot fetch config.json of org/task@main")
+    assert r.stderr.splitlines()[-1].endswith("; or pass --layers L to plan without the Hub")
+    ok = run_hubswap("plan", tmp_path / "r.toml", "--layers", "6", env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert ok.returncode == 0 and "LL~T~L" in ok.stdout, ok.stderr
+
+
+def test_eval_on_the_hub_dataset_without_the_hub_is_one_line(family, tmp_path):
+    r = run_hubswap("eval", family["task"], "-o", tmp_path / "e", env={"HF_ENDPOINT": f"http://127.0.0.1:{_dead_port()}"})
+    assert "connection refused" in one_line(r, 4)
+    assert "--dataset DIR" in r.stderr
