@@ -88,6 +88,17 @@ def _validate(args: argparse.Namespace) -> int:
     for path in args.recipes:
         loaded = load_recipe(path)
         r = loaded.recipe
+        if r.models.task.is_local:  # a local task expert's layer count is one small read away
+            from hubswap.errors import ModelFilesError
+            from hubswap.layermap import LayerStackError, text_layer_count
+            from hubswap.plan import task_config
+
+            try:
+                num_layers = text_layer_count(task_config(loaded))[0]
+            except (ModelFilesError, LayerStackError):
+                num_layers = None  # build and plan say what is wrong with the model
+            if num_layers is not None:
+                loaded.check_layers(num_layers)
         print(f"{path}: ok ({r.name}: task {r.models.task.display()}, language {r.models.language.display()})")
     return 0
 

@@ -145,8 +145,11 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
         record = make_build_record(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"])
         write_json(stage / BUILD_RECORD, record.to_json())
         write_card(stage)
-        _replace_dir(stage, model_dir)
+        replaced = replace_build(stage, model_dir, build_dir / "eval")
     log.info("model written to %s", model_dir)
+    if replaced and not opts.evaluate:
+        log.warning("replaced an evaluated build by an unevaluated one (--no-eval): %s now holds the new "
+                    "model and no evaluation; the previous model's went with it (%s)", build_dir, replaced)
 
     # 5-6. Evaluate against the experts, then apply the gate.
     results = None
@@ -257,8 +260,9 @@ class _staging:
 
     def __enter__(self) -> Path:
         self.build_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.build_dir.glob(".model.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        for pattern in (".model.partial-*", ".model.old-*", ".eval.old-*"):  # a killed build's leftovers
+            for stale in self.build_dir.glob(pattern):
+                shutil.rmtree(stale, ignore_errors=True)
         self.path = self.build_dir / f".model.partial-{os.getpid()}"
         self.path.mkdir()
         return self.path
@@ -275,17 +279,25 @@ def _output_size(plan, side_from: Path) -> int:
     return plan.total_size + side + (1 << 20)
 
 
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Move ``new`` to ``dest``, replacing an older build there (two renames, never a mix).
+def replace_build(new: Path, dest: Path, eval_dir: Path) -> str | None:
+    """Move the complete model ``new`` to ``dest``, replacing the previous build's model there and,
+    with it, that model's evaluation files (``eval_dir``): a build folder never holds one model
+    beside another model's generations. Renames only, never a mix of two models' files; until this
+    runs, the previous build is untouched (a Ctrl-C during the merge leaves it as it was).
 
     Durable: every file and folder of ``new`` reaches the disk before the rename publishes it, and
-    the rename itself (the parent folder) after."""
+    the renames themselves (the parent folder) after. Returns what of an evaluated previous build
+    was removed (for the caller to say), or None when ``dest`` held no evaluated model."""
     fsync_tree(new)
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.rename(dest, old)
+    evaluated = (dest / EVAL_RESULTS).is_file()
+    removed = [str(p) for p in (dest / EVAL_RESULTS, eval_dir) if p.exists()] if evaluated else []
+    old = []
+    for path in (dest, eval_dir):
+        if path.exists():
+            old.append(path.with_name(f".{path.name}.old-{os.getpid()}"))
+            os.rename(path, old[-1])
     os.rename(new, dest)
     fsync_path(dest.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return ", ".join(removed) if evaluated else None

@@ -21,7 +21,11 @@ def task_config(loaded: LoadedRecipe):
         except HubError as e:  # offline, no network, no access: the layer count plans without the Hub
             e.hint = f"{e.hint + '; or ' if e.hint else ''}pass --layers L to plan without the Hub"
             raise
-    cfg_path = loaded.resolve_path(src) / "config.json"
+    folder = loaded.resolve_path(src)
+    if not folder.is_dir():  # a mistyped path: the recipe is what to fix, not the command
+        raise ModelFilesError(f"task model: {folder} is not a directory",
+                              hint="check the recipe's `path` (relative paths are relative to the recipe)")
+    cfg_path = folder / "config.json"
     hint = "pass --layers L to plan without the model"
     try:
         return json.loads(cfg_path.read_text(encoding="utf-8"))

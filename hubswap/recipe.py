@@ -131,6 +131,12 @@ class Swap(_Strict):
                 f"bottom + transition_bottom + transition_top + top = {self.bottom} + {self.tb} + "
                 f"{self.tu} + {self.top} = {used} exceeds the model's {num_layers} layers"
             )
+        if used == num_layers:  # as `hubswap sweep` refuses such a configuration
+            raise ValueError(
+                f"bottom + transition_bottom + transition_top + top = {self.bottom} + {self.tb} + "
+                f"{self.tu} + {self.top} = {used} leaves no middle layer of the model's {num_layers} "
+                "to the task expert: make bottom, top or the transition smaller"
+            )
 
 
 class EvalConfig(_Strict):

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hubswap.errors import EvaluationError
+from hubswap.errors import EvaluationError, ModelFilesError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def resolve_model(spec: str, revision: str | None = None, *, endpoint: str | Non
     p = Path(spec).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():
-            raise EvaluationError(f"{p} has no config.json", hint="give a model folder or a Hub repo id")
+            raise ModelFilesError(f"{p} is not a model folder (no config.json)",
+                                  hint="give a model folder (config.json and *.safetensors) or a Hub repo id")
         return p.resolve()
     if p.is_absolute() or spec.startswith((".", "~")):
         raise EvaluationError(f"model folder {p} does not exist")
@@ -89,6 +90,10 @@ def eval_command(args: argparse.Namespace) -> int:
         if name in models:
             raise EvaluationError(f"--compare name {name!r} is used twice")
         models[name] = resolve_model(spec)
+    from hubswap.preflight import LocalModelFiles, check_config_matches_weights
+
+    for name, path in models.items():  # before any engine starts: seconds, and a traceback, later
+        check_config_matches_weights(LocalModelFiles(name, path, display=str(path)))
     with disk_full_is_an_error(out, "the evaluation records"):
         results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit,
                                  progress=not args.no_progress)
