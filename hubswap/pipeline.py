@@ -101,6 +101,12 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
         from hubswap.evaluate.backends import require_libraries
 
         require_libraries(recipe.eval.backend)
+        if note := recipe.eval.default_languages_note():
+            log.warning("%s", note)
+        from hubswap.evaluate.data import check_hub_reachable, is_local
+
+        if not is_local(dataset_location(loaded)):
+            check_hub_reachable()  # before the merge, not after it
 
     # 1-2. Resolve every model to something pinned (a commit SHA or a local folder), then
     # preflight from configs, tokenizers and safetensors headers: no weight is read.

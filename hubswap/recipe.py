@@ -177,6 +177,14 @@ class EvalConfig(_Strict):
     def target_language(self) -> str:
         return self.languages[0]
 
+    def default_languages_note(self) -> str | None:
+        """One line for a recipe that leaves ``languages`` out: the evaluation is then English only,
+        whatever language the merge is for, and the user should hear that."""
+        if "languages" in self.model_fields_set:
+            return None
+        return (f"[eval] languages is not set: evaluating MGSM in {', '.join(self.languages)} only (the default), "
+                "not in the language expert's language; set e.g. languages = [\"sw\", \"en\"] (the target first)")
+
 
 class Gate(_Strict):
     must_beat: list[Literal["task", "language", "base"]] = Field(

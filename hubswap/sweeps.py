@@ -357,6 +357,8 @@ def sweep(
     loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
     r = loaded.recipe
     require_libraries(r.eval.backend)  # every configuration is evaluated
+    if note := r.eval.default_languages_note():
+        log.warning("%s", note)
     out = Path(output) if output else Path("sweeps") / r.name
     # Only the target language: the sweep chooses for it, and every config costs an evaluation.
     cfg = r.eval.model_copy(update={"languages": [r.eval.target_language]})

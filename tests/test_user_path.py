@@ -270,3 +270,21 @@ def test_a_swap_leaving_no_middle_layer_is_refused_as_sweep_refuses_it(command, 
     assert one_line(r, 2) == "error: recipe has 1 problem:"
     assert "= 6 leaves no middle layer of the model's 6 to the task expert" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_recipe_without_eval_languages_says_it_evaluates_english_and_an_unreachable_dataset_stops_before_the_merge(
+        family, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", family)  # no [eval]: MGSM-en from the Hub
+    r = run_hubswap("build", recipe, "-o", tmp_path / "out", env={"HF_ENDPOINT": f"http://127.0.0.1:{_dead_port()}"})
+    assert "connection refused" in one_line(r, 4)
+    assert r.stderr.splitlines()[0] == ("[eval] languages is not set: evaluating MGSM in en only (the default), not in "
+                                        "the language expert's language; set e.g. languages = [\"sw\", \"en\"] "
+                                        "(the target first)")
+    assert not (tmp_path / "out").exists()  # refused before the merge
+
+
+def test_a_failed_eval_leaves_no_empty_folder(family, tmp_path):
+    (tmp_path / "mgsm").mkdir()
+    r = run_hubswap("eval", family["task"], "--dataset", tmp_path / "mgsm", "-o", tmp_path / "e")
+    assert one_line(r, 7) == f"error: MGSM folder {tmp_path / 'mgsm'} has no en/ split"
+    assert not (tmp_path / "e").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -94,10 +95,17 @@ def eval_command(args: argparse.Namespace) -> int:
 
     for name, path in models.items():  # before any engine starts: seconds, and a traceback, later
         check_config_matches_weights(LocalModelFiles(name, path, display=str(path)))
-    with disk_full_is_an_error(out, "the evaluation records"):
-        results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit,
-                                 progress=not args.no_progress)
-        results.write(out / "eval_results.json")
+    created = not out.exists()
+    try:
+        with disk_full_is_an_error(out, "the evaluation records"):
+            results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit,
+                                     progress=not args.no_progress)
+            results.write(out / "eval_results.json")
+    except BaseException:
+        if created:  # a failed evaluation leaves no empty folder behind (what it wrote, it keeps)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     print(format_table(results))
     print(f"results: {out / 'eval_results.json'}; per-question records: {out}/<model>.<lang>.jsonl")
     return 0

@@ -89,7 +89,7 @@ def resolve_hub_revision(repo: str, revision: str) -> tuple[str, bool]:
     return info.sha or revision, any(s.rfilename == script for s in info.siblings or ())
 
 
-def _check_hub_reachable() -> None:
+def check_hub_reachable() -> None:
     """A Hub that cannot be reached is one line at once, not ``datasets``' retries."""
     from huggingface_hub import constants
 
@@ -127,7 +127,7 @@ def load_splits(dataset: str | Path, lang: str, *, revision: str = "main"):
         source, kwargs, rev = str(root), {}, local_revision(root, lang)
     else:
         source = str(dataset)
-        _check_hub_reachable()
+        check_hub_reachable()
         rev, script = resolve_hub_revision(source, revision)
         kwargs = {"revision": rev}
         if script:  # read the Hub's parquet conversion of the same dataset instead
