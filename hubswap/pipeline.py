@@ -24,7 +24,7 @@ from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error
 from hubswap.errors import HubswapError
 from hubswap.files import atomic_write, check_writable, cores, fsync_path, fsync_tree, parse_size, write_json
 from hubswap.hashing import cache_root, text_sha256
-from hubswap.inputs import Inputs, dataset_location, prepare_inputs, published_path
+from hubswap.inputs import Inputs, dataset_location, prepare_inputs, published_path, published_recipe
 from hubswap.layermap import LayerMap, layer_map
 from hubswap.preflight import INDEX, SIDE_FILES, check_layer_map, untrained_token_warnings
 from hubswap.recipe import LoadedRecipe, load_recipe
@@ -144,7 +144,7 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
             pending = inputs.file_records(pool, fetched=list(dirs))
             merge(plan, stage, progress=opts.progress)
             side = copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
-            atomic_write(stage / RECIPE_COPY, loaded.text)
+            atomic_write(stage / RECIPE_COPY, published_recipe(loaded))
             hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
         outputs = {name: OutputFile(size=(stage / name).stat().st_size)
                    for name in sorted([*plan.shard_names(), INDEX, *side])}

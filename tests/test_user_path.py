@@ -288,3 +288,26 @@ def test_a_failed_eval_leaves_no_empty_folder(family, tmp_path):
     r = run_hubswap("eval", family["task"], "--dataset", tmp_path / "mgsm", "-o", tmp_path / "e")
     assert one_line(r, 7) == f"error: MGSM folder {tmp_path / 'mgsm'} has no en/ split"
     assert not (tmp_path / "e").exists()
+
+
+# -- item 8: no path of the build machine in what is published -----------------------------------
+
+
+def test_the_published_model_folder_names_no_path_of_the_build_machine(family, tmp_path):
+    mgsm = tmp_path / "data" / "mgsm"
+    mgsm.mkdir(parents=True)
+    recipe = write_recipe(tmp_path / "r.toml", family, eval={"dataset": str(mgsm), "languages": ["sw", "en"]})
+    assert str(family["task"]) in recipe.read_text() and str(mgsm) in recipe.read_text()  # absolute paths
+    out = tmp_path / "build"
+    r = run_hubswap("build", recipe, "--no-eval", "-o", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert run_hubswap("card", out).returncode == 0
+    texts = {p.relative_to(out): p.read_text() for p in (out / "model").rglob("*")
+             if p.suffix in (".md", ".json", ".toml", ".svg") and p.name != "tokenizer.json"}
+    assert Path("model/hubswap/recipe.toml") in texts and Path("model/README.md") in texts
+    for name, text in texts.items():
+        for machine_path in (str(tmp_path), str(family["task"].parent), "/tmp/"):
+            assert machine_path not in text, (name, machine_path)
+    recipe_copy = texts[Path("model/hubswap/recipe.toml")]
+    assert 'dataset = "mgsm"' in recipe_copy and 'path = "task"' in recipe_copy
+    assert recipe_copy.startswith("# hubswap: absolute paths of the build machine shortened to folder names")
