@@ -279,7 +279,11 @@ def _demo_arguments(s: argparse.ArgumentParser) -> None:
          arguments=_demo_arguments)
 def _demo(args: argparse.Namespace) -> int:
     from hubswap.demo import run_demo
+    from hubswap.evaluate.command import check_limit
+    from hubswap.files import check_writable
 
+    check_limit(args.limit)
+    check_writable(args.output)  # before the experts are made
     return run_demo(Path(args.output), limit=args.limit, evaluate=not args.no_eval)
 
 

@@ -11,6 +11,7 @@ mount can.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,9 +20,10 @@ import pytest
 
 
 @contextlib.contextmanager
-def read_only_mount(folder: Path, size: str = "16m", *, files: Mapping[str, str] | None = None) -> Iterator[Path]:
-    """A tmpfs of ``size`` at ``folder`` holding ``files`` (name -> text), then remounted read-only;
-    unmounted afterwards."""
+def read_only_mount(folder: Path, size: str = "16m", *, files: Mapping[str, str] | None = None,
+                    trees: Mapping[str, Path] | None = None) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``folder`` holding ``files`` (name -> text) and copies of ``trees``
+    (name -> folder), then remounted read-only; unmounted afterwards."""
     folder.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                        capture_output=True, text=True)
@@ -31,6 +33,8 @@ def read_only_mount(folder: Path, size: str = "16m", *, files: Mapping[str, str]
     try:
         for name, text in (files or {}).items():
             (folder / name).write_text(text)
+        for name, tree in (trees or {}).items():
+            shutil.copytree(tree, folder / name)
         subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
         yield folder
     finally:
