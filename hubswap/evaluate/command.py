@@ -94,7 +94,7 @@ def eval_command(args: argparse.Namespace) -> int:
     from hubswap.preflight import LocalModelFiles, check_config_matches_weights
 
     for name, path in models.items():  # before any engine starts: seconds, and a traceback, later
-        check_config_matches_weights(LocalModelFiles(name, path, display=str(path)))
+        check_config_matches_weights(LocalModelFiles("evaluated", path, display=str(path)))
     created = not out.exists()
     try:
         with disk_full_is_an_error(out, "the evaluation records"):
