@@ -363,22 +363,18 @@ def layer_stack(model: ModelFiles, config: dict, tensors: dict[str, TensorInfo])
 
 
 def check_config_matches_weights(model: ModelFiles) -> None:
-    """Refuse, before an engine starts on it, a model whose config.json does not describe its
-    weights: the layer count, and the embedding's [vocab_size, hidden_size]. Read from the config
-    and the safetensors headers only. (An engine finds out after seconds of start-up, in a
-    traceback of its own.)"""
+    """Refuse, before an engine starts on it (and fails in a traceback of its own), a model whose
+    config.json does not describe its weights: the layer count and the embedding's [vocab_size,
+    hidden_size], from the config and the safetensors headers only."""
     config = read_json(model, "config.json")
     if not isinstance(config, dict):
         raise ModelFilesError(f"{model.display} is not a model folder (no config.json)",
                               hint="a model folder holds config.json and its *.safetensors weights")
-    tensors = tensor_table(model)
+    tensors, problems, stack = tensor_table(model), [], None
     try:
         stack = find_layer_stack(config, {n: t.shape for n, t in tensors.items()})
     except LayerStackError as e:
-        problems = [str(e)]
-        stack = None
-    else:
-        problems = []
+        problems.append(str(e))
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     embed_names = [n for n in tensors if n.endswith(("embed_tokens.weight", ".wte.weight"))]
     if stack is not None and stack.parent:

@@ -93,7 +93,7 @@ def eval_command(args: argparse.Namespace) -> int:
         models[name] = resolve_model(spec)
     from hubswap.preflight import LocalModelFiles, check_config_matches_weights
 
-    for name, path in models.items():  # before any engine starts: seconds, and a traceback, later
+    for path in models.values():  # before any engine starts: seconds, and a traceback, later
         check_config_matches_weights(LocalModelFiles("evaluated", path, display=str(path)))
     created = not out.exists()
     try:
