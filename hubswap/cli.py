@@ -360,8 +360,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
-    # huggingface_hub prints its warnings through a handler of its own: not through the root's too.
-    logging.getLogger("huggingface_hub").propagate = False
     if not args.verbose:  # one line per HTTP request drowns the progress bars
         for name in ("httpx", "httpx2"):  # huggingface_hub 1.x / 2.x
             logging.getLogger(name).setLevel(logging.WARNING)

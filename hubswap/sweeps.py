@@ -357,8 +357,6 @@ def sweep(
     loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
     r = loaded.recipe
     require_libraries(r.eval.backend)  # every configuration is evaluated
-    if note := r.eval.default_languages_note():
-        log.warning("%s", note)
     out = Path(output) if output else Path("sweeps") / r.name
     # Only the target language: the sweep chooses for it, and every config costs an evaluation.
     cfg = r.eval.model_copy(update={"languages": [r.eval.target_language]})
@@ -369,6 +367,8 @@ def sweep(
     dest = Path(recipe_out) if recipe_out else loaded.path.with_name(f"{loaded.path.stem}.sweep.toml")
     check_writable(out)
     check_writable(dest.parent, hint="write the winning recipe elsewhere: pass --recipe-out FILE")
+    if note := r.eval.default_languages_note():
+        log.warning("%s", note)
     if dest.resolve().parent != loaded.path.resolve().parent and _relative_paths(loaded):
         log.warning("%s is not beside %s: its relative paths (%s) will resolve from %s", dest, loaded.path,
                     ", ".join(_relative_paths(loaded)), dest.parent)
