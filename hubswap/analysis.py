@@ -25,6 +25,7 @@ from xml.sax.saxutils import escape
 
 from hubswap.errors import HubswapError, IncompatibleModelsError, ModelFilesError
 from hubswap.figures import axis, document, headings
+from hubswap.files import check_writable
 from hubswap.inputs import EXPERTS, prepare_inputs
 from hubswap.layermap import LayerStack, layer_map
 from hubswap.preflight import TensorInfo
@@ -337,6 +338,7 @@ def analyze(recipe: str | Path | LoadedRecipe, output: str | Path | None = None,
             hint="add [models.base] with the model both experts were fine-tuned from",
         )
     out = Path(output) if output else Path("analysis") / r.name
+    check_writable(out)
     inputs = prepare_inputs(loaded)
     pre = inputs.preflight
     # The merge tolerates a tensor an expert lacks where the layer map never takes it from that

@@ -89,6 +89,17 @@ def _validate(args: argparse.Namespace) -> int:
     for path in args.recipes:
         loaded = load_recipe(path)
         r = loaded.recipe
+        if r.models.task.is_local:  # a local task expert's layer count is one small read away
+            from hubswap.errors import ModelFilesError
+            from hubswap.layermap import LayerStackError, text_layer_count
+            from hubswap.plan import task_config
+
+            try:
+                num_layers = text_layer_count(task_config(loaded))[0]
+            except (ModelFilesError, LayerStackError):
+                num_layers = None  # build and plan say what is wrong with the model
+            if num_layers is not None:
+                loaded.check_layers(num_layers)
         print(f"{path}: ok ({r.name}: task {r.models.task.display()}, language {r.models.language.display()})")
     return 0
 
@@ -132,8 +143,10 @@ def _build_arguments(s: argparse.ArgumentParser) -> None:
          "model/ holds exactly what is published, eval/ the per-question generations.",
          arguments=_build_arguments)
 def _build(args: argparse.Namespace) -> int:
+    from hubswap.evaluate.command import check_limit
     from hubswap.pipeline import BuildOptions, build
 
+    check_limit(args.limit)
     opts = BuildOptions(
         output=Path(args.output) if args.output else None,
         evaluate=not args.no_eval,
@@ -277,8 +290,10 @@ def _sweep_arguments(s: argparse.ArgumentParser) -> None:
          "sweep.json and sweep.svg, and the winning configuration as a new recipe beside RECIPE.",
          arguments=_sweep_arguments)
 def _sweep(args: argparse.Namespace) -> int:
+    from hubswap.evaluate.command import check_limit
     from hubswap.sweeps import parse_range, sweep
 
+    check_limit(args.limit)
     result = sweep(
         args.recipe,
         bottoms=parse_range(args.bottom, "--bottom"),
@@ -305,7 +320,11 @@ def _demo_arguments(s: argparse.ArgumentParser) -> None:
          arguments=_demo_arguments)
 def _demo(args: argparse.Namespace) -> int:
     from hubswap.demo import run_demo
+    from hubswap.evaluate.command import check_limit
+    from hubswap.files import check_writable
 
+    check_limit(args.limit)
+    check_writable(args.output)  # before the experts are made
     return run_demo(Path(args.output), limit=args.limit, evaluate=not args.no_eval)
 
 
@@ -396,6 +415,16 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        # A write the filesystem refused where no stage said so itself (each checks its output
+        # folder first): still one line naming the folder, never a traceback.
+        from hubswap.files import NOT_WRITABLE, not_writable
+
+        if e.errno not in NOT_WRITABLE or os.environ.get("HUBSWAP_DEBUG"):
+            raise
+        err = not_writable(e)
+        print(f"error: {err}\nhint: {err.hint}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hubswap.errors import BuildBusyError, DiskSpaceError
-from hubswap.files import DISK_FULL, human_size
+from hubswap.files import DISK_FULL, NOT_WRITABLE, check_writable, human_size, not_writable
 
 LOCK_FILE = ".hubswap.lock"
 
@@ -48,7 +48,10 @@ def free_space(folder: str | Path) -> int:
 
 
 def check_free_space(folder: str | Path, need: int, what: str) -> None:
-    """Refuse to write ``what`` (``need`` bytes) into ``folder`` when its filesystem has less free."""
+    """Refuse to write ``what`` (``need`` bytes) into ``folder`` when it cannot be written at all
+    (a read-only filesystem is not a full one: ``files.check_writable``) or its filesystem has
+    less free."""
+    check_writable(folder, hint="write elsewhere (build: --output; Hub downloads: HF_HUB_CACHE)")
     free = free_space(folder)
     if need > free:
         raise DiskSpaceError(
@@ -58,12 +61,14 @@ def check_free_space(folder: str | Path, need: int, what: str) -> None:
 
 @contextlib.contextmanager
 def disk_full_is_an_error(folder: str | Path, what: str) -> Iterator[None]:
-    """Turn a full disk (or quota, or file-size limit) while writing ``what`` into ``folder`` into
-    one line naming the folder. Cleanup inside the block (staging folders, temporary files) has
-    run by the time the error leaves it."""
+    """Turn a full disk (or quota, or file-size limit), or a write the filesystem refuses (read-only,
+    permissions), while writing ``what`` into ``folder`` into one line naming the folder. Cleanup
+    inside the block (staging folders, temporary files) has run by the time the error leaves it."""
     try:
         yield
     except OSError as e:
+        if e.errno in NOT_WRITABLE:
+            raise not_writable(e, folder if not e.filename else None) from None
         if e.errno not in DISK_FULL:
             raise
         where = Path(folder)

@@ -127,6 +127,12 @@ class VerifyFailedError(HubswapError):
     exit_code = 10
 
 
+class NotWritableError(HubswapError):
+    """A folder hubswap must write to cannot be written: a read-only filesystem, or no permission."""
+
+    exit_code = 11
+
+
 # Every exit code of `hubswap`, the one place they are stated: `hubswap --help` prints this table,
 # and tests/test_readme.py checks that the README's "Errors and exit codes" table says the same and
 # that each class above carries one of these codes (0 and 130 belong to no class).
@@ -142,5 +148,6 @@ EXIT_CODES: dict[int, str] = {
     8: "not enough disk space (before writing, or the disk filled up)",
     9: "another build is writing the same build folder",
     10: "verify: the rebuild differs from the published files, or cannot be made from the Hub",
+    11: "a folder cannot be written (read-only filesystem, no permission)",
     130: "interrupted (Ctrl-C)",
 }

@@ -4,11 +4,13 @@ A reader (another process, a crashed build run again) never sees half a file: ea
 a hidden temporary sibling that is renamed over the destination once complete. A rename is atomic
 but not durable: after a power loss the new name can point at data that never reached the disk,
 so the temporary file is fsynced before the rename and its folder after (:func:`fsync_path`).
-A full disk is one line naming the folder, and the temporary file is removed.
+A full disk, or a folder that cannot be written (a read-only filesystem, permissions), is one
+line naming the folder, and the temporary file is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -16,19 +18,43 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hubswap.errors import DiskSpaceError
+from hubswap.errors import DiskSpaceError, NotWritableError
 
 # "No space left on device", "disk quota exceeded", "file too large" (RLIMIT_FSIZE, FAT's 4 GB).
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# "Read-only file system", "permission denied", "operation not permitted".
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def not_writable(e: OSError, folder: str | Path | None = None, *, hint: str | None = None) -> NotWritableError:
+    """The one line for a write refused by the filesystem (read-only mount, permissions): it names
+    the folder (``folder``, or the folder of the file that failed)."""
+    where = folder if folder is not None else (os.path.dirname(os.path.abspath(e.filename)) if e.filename else "?")
+    ro = e.errno == errno.EROFS
+    return NotWritableError(
+        f"cannot write to {where}: {'its filesystem is read-only' if ro else os.strerror(e.errno).lower()}",
+        hint=hint or ("write elsewhere" if ro else "write elsewhere, or give this user write permission on that folder"))
+
+
+def check_writable(folder: str | Path, *, hint: str = "write elsewhere: pass --output DIR") -> None:
+    """Refuse at once, naming it, a folder that cannot be written (or created): its filesystem is
+    mounted read-only, or this user lacks permission. Nothing is created."""
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if os.statvfs(p).f_flag & os.ST_RDONLY:
+        raise not_writable(OSError(errno.EROFS, os.strerror(errno.EROFS)), folder, hint=hint)
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise not_writable(OSError(errno.EACCES, os.strerror(errno.EACCES)), folder, hint=hint)
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
     """Write ``data`` (text as UTF-8 with ``\\n`` line ends, or bytes) to ``path`` atomically and
     durably; a full disk raises ``DiskSpaceError`` naming the folder, leaving ``path`` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
             f.flush()
@@ -36,12 +62,15 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
         os.replace(tmp, path)
         fsync_path(path.parent)
     except OSError as e:
+        if e.errno in NOT_WRITABLE:
+            raise not_writable(e, path.parent) from None
         if e.errno not in DISK_FULL:
             raise
         raise DiskSpaceError(f"{os.strerror(e.errno).lower()} in {path.parent} while writing {path.name}",
                              hint="nothing was left half-written; free some space, or write elsewhere") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # absent, or on a read-only filesystem (already said)
+            tmp.unlink()
     return path
 
 

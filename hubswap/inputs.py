@@ -190,6 +190,28 @@ def published_path(path: str | None) -> str | None:
     return p.name if p.is_absolute() or str(path).startswith("~") else str(path)
 
 
+def published_recipe(loaded: LoadedRecipe) -> str:
+    """The recipe's text as the model folder publishes it (``hubswap/recipe.toml``, and the card
+    quotes it): verbatim, but for the paths of this machine. A local model's or the dataset's
+    absolute path (or ``~/...``) becomes its folder's name (:func:`published_path`), with a
+    comment that says so; paths relative to the recipe stay as written."""
+    r = loaded.recipe
+    paths = [src.path for src in r.models.roles().values() if src.path] + [r.eval.dataset]
+    text, shortened = loaded.text, []
+    for path in dict.fromkeys(paths):
+        short = published_path(path)
+        if short == path:
+            continue
+        for quote in ('"', "'"):
+            if f"{quote}{path}{quote}" in text:
+                text = text.replace(f"{quote}{path}{quote}", f"{quote}{short}{quote}")
+                shortened.append(short)
+    if shortened:
+        text = (f"# hubswap: absolute paths of the build machine shortened to folder names "
+                f"({', '.join(shortened)})\n" + text)
+    return text
+
+
 def dataset_location(loaded: LoadedRecipe) -> str:
     """The eval dataset: a local folder (relative to the recipe) when one exists, else a Hub id."""
     ds = loaded.recipe.eval.dataset

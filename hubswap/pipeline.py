@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 from hubswap import __version__
 from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error, nearest_folder
 from hubswap.errors import HubswapError
-from hubswap.files import atomic_write, cores, fsync_path, fsync_tree, parse_size, write_json
+from hubswap.files import atomic_write, check_writable, cores, fsync_path, fsync_tree, parse_size, write_json
 from hubswap.hashing import cache_root, json_sha256, text_sha256
 from hubswap.hub.lock import pinned_lock
-from hubswap.inputs import Inputs, dataset_location, prepare_inputs, published_path
+from hubswap.inputs import Inputs, dataset_location, prepare_inputs, published_path, published_recipe
 from hubswap.layermap import LayerMap, layer_map, uniform_map
 from hubswap.licenses import decide_license, parent_license, write_license_files
 from hubswap.preflight import INDEX, SIDE_FILES, check_layer_map, untrained_token_warnings
@@ -107,11 +107,18 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
     recipe = loaded.recipe
     build_dir = (opts.output or Path("builds") / recipe.name).resolve()
     max_shard = _shard_size(opts.max_shard_size)
+    check_writable(build_dir)  # before anything is resolved or downloaded
     template = loaded.card_template()  # the recipe's card template, when it names one
     if opts.evaluate:
         from hubswap.evaluate.backends import require_libraries
 
         require_libraries(recipe.eval.backend)
+        if note := recipe.eval.default_languages_note():
+            log.warning("%s", note)
+        from hubswap.evaluate.data import check_hub_reachable, is_local
+
+        if not is_local(dataset_location(loaded)):
+            check_hub_reachable()  # before the merge, not after it
 
     # 1-2. Resolve every model to something pinned (a commit SHA or a local folder), then
     # preflight from configs, tokenizers and safetensors headers: no weight is read.
@@ -159,7 +166,7 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
             made = merge(plan, stage, progress=opts.progress)
             side = copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
             license = write_license_files(license, inputs.models, stage)
-            atomic_write(stage / RECIPE_COPY, loaded.text)
+            atomic_write(stage / RECIPE_COPY, published_recipe(loaded))
             if template is not None:
                 shutil.copyfile(template, stage / CARD_TEMPLATE)
             hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
@@ -171,8 +178,11 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
         if (pinned := pinned_lock(loaded, inputs.models)) is not None:
             write_json(stage / PUBLISHED_LOCK, pinned.to_json())
         write_card(stage)
-        _replace_dir(stage, model_dir)
+        replaced = replace_build(stage, model_dir, build_dir / "eval")
     log.info("model written to %s", model_dir)
+    if replaced and not opts.evaluate:
+        log.warning("replaced an evaluated build by an unevaluated one (--no-eval): %s now holds the new "
+                    "model and no evaluation; the previous model's went with it (%s)", build_dir, replaced)
 
     # 5-6. Evaluate against the experts, then apply the gate.
     results = None
@@ -323,8 +333,9 @@ class _staging:
 
     def __enter__(self) -> Path:
         self.build_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.build_dir.glob(".model.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        for pattern in (".model.partial-*", ".model.old-*", ".eval.old-*"):  # a killed build's leftovers
+            for stale in self.build_dir.glob(pattern):
+                shutil.rmtree(stale, ignore_errors=True)
         self.path = self.build_dir / f".model.partial-{os.getpid()}"
         self.path.mkdir()
         return self.path
@@ -341,17 +352,25 @@ def _output_size(plan, side_from: Path) -> int:
     return plan.total_size + side + (1 << 20)
 
 
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Move ``new`` to ``dest``, replacing an older build there (two renames, never a mix).
+def replace_build(new: Path, dest: Path, eval_dir: Path) -> str | None:
+    """Move the complete model ``new`` to ``dest``, replacing the previous build's model there and,
+    with it, that model's evaluation files (``eval_dir``): a build folder never holds one model
+    beside another model's generations. Renames only, never a mix of two models' files; until this
+    runs, the previous build is untouched (a Ctrl-C during the merge leaves it as it was).
 
     Durable: every file and folder of ``new`` reaches the disk before the rename publishes it, and
-    the rename itself (the parent folder) after."""
+    the renames themselves (the parent folder) after. Returns what of an evaluated previous build
+    was removed (for the caller to say), or None when ``dest`` held no evaluated model."""
     fsync_tree(new)
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.rename(dest, old)
+    evaluated = (dest / EVAL_RESULTS).is_file()
+    removed = [str(p) for p in (dest / EVAL_RESULTS, eval_dir) if p.exists()] if evaluated else []
+    old = []
+    for path in (dest, eval_dir):
+        if path.exists():
+            old.append(path.with_name(f".{path.name}.old-{os.getpid()}"))
+            os.rename(path, old[-1])
     os.rename(new, dest)
     fsync_path(dest.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return ", ".join(removed) if evaluated else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hubswap.errors import ModelFilesError
+from hubswap.errors import HubError, ModelFilesError
 from hubswap.layermap import LayerMap, LayerStackError, is_multimodal, layer_map, text_layer_count
 from hubswap.recipe import LoadedRecipe, load_recipe
 
@@ -16,8 +16,16 @@ def task_config(loaded: LoadedRecipe):
     if not src.is_local:
         from hubswap.hub.resolve import read_remote_config
 
-        return read_remote_config(src)
-    cfg_path = loaded.resolve_path(src) / "config.json"
+        try:
+            return read_remote_config(src)
+        except HubError as e:  # offline, no network, no access: the layer count plans without the Hub
+            e.hint = f"{e.hint + '; or ' if e.hint else ''}pass --layers L to plan without the Hub"
+            raise
+    folder = loaded.resolve_path(src)
+    if not folder.is_dir():  # a mistyped path: the recipe is what to fix, not the command
+        raise ModelFilesError(f"task model: {folder} is not a directory",
+                              hint="check the recipe's `path` (relative paths are relative to the recipe)")
+    cfg_path = folder / "config.json"
     hint = "pass --layers L to plan without the model"
     try:
         return json.loads(cfg_path.read_text(encoding="utf-8"))

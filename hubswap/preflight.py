@@ -278,11 +278,13 @@ def check_compatible(models: dict[str, ModelFiles]) -> Preflight:
     for role, m in models.items():
         cfg = read_json(m, "config.json")
         if cfg is None:
-            problems.append(f"{role} ({m.display}): no config.json")
+            problems.append(f"{role} model {m.display}")
         else:
             configs[role] = cfg
-    if problems:
-        raise IncompatibleModelsError(problems)
+    if problems:  # not models at all: nothing to compare yet
+        raise ModelFilesError(f"not a model folder (no config.json): {', '.join(problems)}",
+                              hint="a model folder holds config.json and its *.safetensors weights, as "
+                              "save_pretrained writes them; check the recipe's `path` or `repo`")
 
     # The spelling rules by hand first: importing transformers (and with it torch) costs seconds,
     # more than a small merge. Only configs that still differ go to transformers' config classes,
@@ -358,6 +360,36 @@ def layer_stack(model: ModelFiles, config: dict, tensors: dict[str, TensorInfo])
             hint="hubswap swaps the language model's transformer layers, found as the one tensor-name "
             "prefix followed by exactly the layer numbers 0..L-1 of config.json",
         ) from None
+
+
+def check_config_matches_weights(model: ModelFiles) -> None:
+    """Refuse, before an engine starts on it (and fails in a traceback of its own), a model whose
+    config.json does not describe its weights: the layer count and the embedding's [vocab_size,
+    hidden_size], from the config and the safetensors headers only."""
+    config = read_json(model, "config.json")
+    if not isinstance(config, dict):
+        raise ModelFilesError(f"{model.display} is not a model folder (no config.json)",
+                              hint="a model folder holds config.json and its *.safetensors weights")
+    tensors, problems, stack = tensor_table(model), [], None
+    try:
+        stack = find_layer_stack(config, {n: t.shape for n, t in tensors.items()})
+    except LayerStackError as e:
+        problems.append(str(e))
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    embed_names = [n for n in tensors if n.endswith(("embed_tokens.weight", ".wte.weight"))]
+    if stack is not None and stack.parent:
+        embed_names = [n for n in embed_names if n.startswith(".".join(stack.parent))] or embed_names
+    if embed_names:
+        name = embed_names[0]
+        rows, cols = (tuple(tensors[name].shape) + (None, None))[:2]
+        for key, have in (("vocab_size", rows), ("hidden_size", cols)):
+            want = text.get(key)
+            if type(want) is int and have is not None and want != have:
+                problems.append(f"config.json says {key} {want}, but {name} has shape {list(tensors[name].shape)}")
+    if problems:
+        raise ModelFilesError(f"{model.display}: config.json does not describe its weights: {'; '.join(problems)}",
+                              hint="the config and the weights come from different models: take both "
+                              "from the same save_pretrained or repo commit")
 
 
 def _some(names: list[str], k: int = 3) -> str:

@@ -134,6 +134,12 @@ class Swap(_Strict):
                 f"bottom + transition_bottom + transition_top + top = {self.bottom} + {self.tb} + "
                 f"{self.tu} + {self.top} = {used} exceeds the model's {num_layers} layers"
             )
+        if used == num_layers:  # as `hubswap sweep` refuses such a configuration
+            raise ValueError(
+                f"bottom + transition_bottom + transition_top + top = {self.bottom} + {self.tb} + "
+                f"{self.tu} + {self.top} = {used} leaves no middle layer of the model's {num_layers} "
+                "to the task expert: make bottom, top or the transition smaller"
+            )
 
 
 class EvalConfig(_Strict):
@@ -176,6 +182,14 @@ class EvalConfig(_Strict):
     @property
     def target_language(self) -> str:
         return self.languages[0]
+
+    def default_languages_note(self) -> str | None:
+        """One line for a recipe that leaves ``languages`` out: the evaluation is then English only,
+        whatever language the merge is for, and the user should hear that."""
+        if "languages" in self.model_fields_set:
+            return None
+        return (f"[eval] languages is not set: evaluating MGSM in {', '.join(self.languages)} only (the default), "
+                "not in the language expert's language; set e.g. languages = [\"sw\", \"en\"] (the target first)")
 
 
 class Gate(_Strict):

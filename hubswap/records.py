@@ -231,7 +231,8 @@ def find_model_dir(path: str | Path) -> Path:
     for candidate in (path, path / "model"):
         if (candidate / BUILD_RECORD).is_file():
             return candidate
-    raise ModelFilesError(
-        f"{path} is not a hubswap build: no {BUILD_RECORD} in it or in its model/ folder",
-        hint="pass the build folder that `hubswap build` wrote (or its model/ folder)",
-    )
+    # A usage mistake (exit 1), not a corrupt model: the folder is simply something else.
+    hint = "pass the build folder that `hubswap build` wrote (or its model/ folder)"
+    if not path.exists():
+        raise HubswapError(f"{path} does not exist", hint=hint)
+    raise HubswapError(f"{path} is not a hubswap build: no {BUILD_RECORD} in it or in its model/ folder", hint=hint)

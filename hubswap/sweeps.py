@@ -36,6 +36,7 @@ from xml.sax.saxutils import escape
 from hubswap.errors import HubswapError
 from hubswap.evaluate.stats import Paired, paired_comparison, wilson_interval
 from hubswap.figures import document, headings
+from hubswap.files import check_writable
 from hubswap.inputs import EXPERTS
 from hubswap.layermap import layer_map
 from hubswap.recipe import LoadedRecipe, Swap, key_lines, load_recipe, parse_recipe
@@ -364,6 +365,10 @@ def sweep(
         raise HubswapError(f"--limit {lim} cannot be split into a selection and a held-out half",
                            hint="raise --limit, or pass --no-holdout")
     dest = Path(recipe_out) if recipe_out else loaded.path.with_name(f"{loaded.path.stem}.sweep.toml")
+    check_writable(out)
+    check_writable(dest.parent, hint="write the winning recipe elsewhere: pass --recipe-out FILE")
+    if note := r.eval.default_languages_note():
+        log.warning("%s", note)
     if dest.resolve().parent != loaded.path.resolve().parent and _relative_paths(loaded):
         log.warning("%s is not beside %s: its relative paths (%s) will resolve from %s", dest, loaded.path,
                     ", ".join(_relative_paths(loaded)), dest.parent)

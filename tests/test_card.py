@@ -15,7 +15,7 @@ import pytest
 
 from hubswap.card import PICTURE_FILE, render_card, write_card
 from hubswap.cli import main
-from hubswap.errors import ModelFilesError
+from hubswap.errors import HubswapError
 from tests.support.fixed_build import GOLDEN, RECIPE, TASK_COMMIT, golden_files, make_build, sha
 from tests.support.recipes import write_recipe
 
@@ -133,7 +133,7 @@ def test_card_command_re_renders_from_build_or_model_dir(tmp_path, capsys):
 
 
 def test_card_command_rejects_a_folder_that_is_not_a_build(tmp_path, capsys):
-    assert main(["card", str(tmp_path)]) == ModelFilesError.exit_code
+    assert main(["card", str(tmp_path)]) == HubswapError.exit_code == 1
     assert "not a hubswap build" in capsys.readouterr().err
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from hubswap.errors import EvaluationError
+from hubswap.errors import EvaluationError, ModelFilesError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,13 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def check_limit(limit: int | None) -> None:
+    """``--limit`` of eval, build and sweep: a count of questions, 0 (or absent) for all of them."""
+    if limit is not None and limit < 0:
+        raise EvaluationError(f"--limit {limit}: a number of questions must be 0 or more",
+                              hint="--limit N evaluates the first N questions per language; 0 evaluates all")
+
+
 def resolve_model(spec: str, revision: str | None = None, *, endpoint: str | None = None) -> Path:
     """A local model folder as is, or a Hub repo resolved to a commit and downloaded the way a
     build downloads its inputs (safetensors, configs, tokenizer; every file checked against its
@@ -36,7 +44,8 @@ def resolve_model(spec: str, revision: str | None = None, *, endpoint: str | Non
     p = Path(spec).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():
-            raise EvaluationError(f"{p} has no config.json", hint="give a model folder or a Hub repo id")
+            raise ModelFilesError(f"{p} is not a model folder (no config.json)",
+                                  hint="give a model folder (config.json and *.safetensors) or a Hub repo id")
         return p.resolve()
     if p.is_absolute() or spec.startswith((".", "~")):
         raise EvaluationError(f"model folder {p} does not exist")
@@ -57,6 +66,7 @@ def eval_command(args: argparse.Namespace) -> int:
     from hubswap.evaluate import format_table, run_evaluation
     from hubswap.recipe import EvalConfig
 
+    check_limit(args.limit)
     vllm_options = {k: _parse_value(v) for k, v in _pairs(args.vllm, "--vllm").items()}
     try:
         cfg = EvalConfig(
@@ -71,21 +81,36 @@ def eval_command(args: argparse.Namespace) -> int:
         raise EvaluationError(f"bad evaluation settings: {problems}") from None
     from hubswap.durable import disk_full_is_an_error
     from hubswap.evaluate.backends import require_libraries
+    from hubswap.files import check_writable
 
+    out = Path(args.output)
+    check_writable(out)
     require_libraries(cfg.backend)  # before resolving (downloading) anything
     models = {args.name: resolve_model(args.model, args.revision)}
     for name, spec in _pairs(args.compare, "--compare").items():
         if name in models:
             raise EvaluationError(f"--compare name {name!r} is used twice")
         models[name] = resolve_model(spec)
-    out = Path(args.output)
-    with disk_full_is_an_error(out, "the evaluation records"):
-        results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit,
-                                 progress=not args.no_progress)
-        results.write(out / "eval_results.json")
-        from hubswap.evaluate.lm_eval_files import FOLDER, write_lm_eval_files
+    from hubswap.preflight import LocalModelFiles, check_config_matches_weights
 
-        lm_eval = write_lm_eval_files(results, out, out / FOLDER)
+    out = Path(args.output)
+
+    for path in models.values():  # before any engine starts: seconds, and a traceback, later
+        check_config_matches_weights(LocalModelFiles("evaluated", path, display=str(path)))
+    created = not out.exists()
+    try:
+        with disk_full_is_an_error(out, "the evaluation records"):
+            results = run_evaluation(models, cfg, out, dataset=args.dataset, limit=args.limit,
+                                     progress=not args.no_progress)
+            results.write(out / "eval_results.json")
+            from hubswap.evaluate.lm_eval_files import FOLDER, write_lm_eval_files
+
+            lm_eval = write_lm_eval_files(results, out, out / FOLDER)
+    except BaseException:
+        if created:  # a failed evaluation leaves no empty folder behind (what it wrote, it keeps)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     print(format_table(results))
     print(f"results: {out / 'eval_results.json'}; per-question records: {out}/<model>.<lang>.jsonl"
           + (f"; lm-eval's files: {out / FOLDER}/<model>/" if lm_eval else ""))

@@ -92,6 +92,21 @@ def resolve_hub_revision(repo: str, revision: str) -> tuple[str, bool]:
     return info.sha or revision, any(s.rfilename == script for s in info.siblings or ())
 
 
+def check_hub_reachable() -> None:
+    """A Hub that cannot be reached is one line at once, not ``datasets``' retries."""
+    from huggingface_hub import constants
+
+    from hubswap.errors import HubError
+    from hubswap.hub.errors import check_reachable
+
+    try:
+        check_reachable(constants.ENDPOINT.rstrip("/"))
+    except HubError as e:
+        e.hint = f"{e.hint}; or evaluate on a local copy of MGSM (`python scripts/mgsm.py fetch DIR`, then " \
+                 "--dataset DIR or [eval].dataset)"
+        raise
+
+
 def load_language(dataset: str | Path, lang: str, *, revision: str = "main") -> LanguageData:
     """The test questions and the 8 exemplars of one MGSM language."""
     ds, source, rev = load_splits(dataset, lang, revision=revision)
@@ -115,6 +130,7 @@ def load_splits(dataset: str | Path, lang: str, *, revision: str = "main"):
         source, kwargs, rev = str(root), {}, local_revision(root, lang)
     else:
         source = str(dataset)
+        check_hub_reachable()
         rev, script = resolve_hub_revision(source, revision)
         kwargs = {"revision": rev}
         if script:  # read the Hub's parquet conversion of the same dataset instead

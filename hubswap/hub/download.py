@@ -64,7 +64,10 @@ def _check_cache_space(model: HubModelFiles, names: list[str]) -> None:
 
 
 def fetch(model: HubModelFiles, name: str, *, force: bool = False) -> Path:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    if not force and isinstance(cached := try_to_load_from_cache(model.repo, name, revision=model.commit), str):
+        return Path(cached)  # at a commit, a cached file is that file: no request (nor network) needed
 
     path = hub_call(
         lambda: hf_hub_download(model.repo, name, revision=model.commit, endpoint=model.endpoint,

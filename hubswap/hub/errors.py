@@ -1,16 +1,25 @@
 """huggingface_hub's exceptions as one line and a hint: a table from exception type to message.
 
-``hub_call`` runs one huggingface_hub call, retries transient failures (5xx, 429, dropped
+``hub_call`` runs one huggingface_hub call, retries transient failures (5xx, 429, timeouts, dropped
 connections) and turns what is left into a ``HubswapError`` through ``_TABLE``: the first row
 whose exception type matches and whose formatter answers wins, so subclasses come before their
 parents (a ``GatedRepoError`` is a ``RepositoryNotFoundError``). Anything no row answers is a bug
 and keeps its traceback. Messages never carry a token (``scrub``).
+
+A Hub that cannot answer at all fails fast: before its first call to an endpoint, ``hub_call``
+checks that the endpoint's host name resolves and that it accepts a connection
+(:func:`check_reachable`). A name that does not resolve or a refused connection will not change
+in the next seconds, and huggingface_hub itself would retry each request five times (23 s) before
+the retries here: they are one line at once, never retried. A probe that only times out decides
+nothing (the call then runs, with its retries); behind a proxy (``HTTPS_PROXY``) there is no probe.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,7 +92,11 @@ def _offline(e: BaseException, c: Call) -> HubswapError | None:
     offline = isinstance(e, OfflineModeIsEnabled) or isinstance(e.__cause__, OfflineModeIsEnabled)
     if not (offline or (isinstance(e, LocalEntryNotFoundError) and constants.is_offline_mode())):
         return None
-    return HubError(f"offline mode is on (HF_HUB_OFFLINE=1): cannot fetch {c.what} of {c.repo}@{c.revision}, "
+    if c.write:  # publishing: no cache can stand in for the Hub
+        return HubError(f"offline mode is on (HF_HUB_OFFLINE=1): publishing to {c.repo} needs the Hub "
+                        f"({c.what})", hint="unset HF_HUB_OFFLINE to publish")
+    at = f"@{c.revision}" if c.revision else ""
+    return HubError(f"offline mode is on (HF_HUB_OFFLINE=1): cannot fetch {c.what} of {c.repo}{at}, "
                     "which is not in the local cache",
                     hint="unset HF_HUB_OFFLINE; a recipe with a lock file builds offline once one online "
                     "build has cached its files")
@@ -113,7 +126,8 @@ def _http(e, c: Call) -> HubswapError | None:
 
 def _unreachable(e: BaseException, c: Call) -> HubswapError:
     cause = e.__cause__ or e
-    return HubError(f"cannot reach {c.endpoint} for {c.what} of {c.repo} after {ATTEMPTS} attempts "
+    tries = "" if isinstance(cause, _connect_errors()) else f" after {ATTEMPTS} attempts"  # not retried
+    return HubError(f"cannot reach {c.endpoint} for {c.what} of {c.repo}{tries} "
                     f"({type(cause).__name__}: {first_line(cause)})",
                     hint=f"check the connection, proxy (HTTPS_PROXY) and HF_ENDPOINT, then run again: {_RETRY_HINT}")
 
@@ -144,8 +158,53 @@ def map_error(e: BaseException, call: Call) -> HubswapError | None:
     return None
 
 
+PROBE_TIMEOUT = 5.0  # seconds the reachability probe waits for a connection
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_reachable: set[str] = set()  # endpoints that accepted a connection in this process
+
+
+def _unreachable_hint(endpoint: str) -> str:
+    return f"check the connection, the proxy (HTTPS_PROXY) and HF_ENDPOINT ({endpoint})"
+
+
+def check_reachable(endpoint: str) -> None:
+    """Refuse at once an endpoint whose host name does not resolve or that refuses connections
+    (once per endpoint and process; nothing when offline mode is on or a proxy is set)."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if endpoint in _reachable or constants.is_offline_mode() or any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return
+    url = urlsplit(endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        raise HubError(f"HF_ENDPOINT {endpoint!r} is not a URL", hint="set HF_ENDPOINT to e.g. https://huggingface.co")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise HubError(f"cannot reach {endpoint}: the name {host} does not resolve ({e.strerror})",
+                       hint=_unreachable_hint(endpoint)) from None
+    refused: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(PROBE_TIMEOUT)
+                sock.connect(address)
+            _reachable.add(endpoint)
+            return
+        except OSError as e:  # refused, unreachable, or a timeout (which decides nothing)
+            if isinstance(e, TimeoutError):
+                return
+            refused = e
+    assert refused is not None
+    raise HubError(f"cannot reach {endpoint}: {os.strerror(refused.errno).lower() if refused.errno else refused} "
+                   f"({host} port {port})", hint=_unreachable_hint(endpoint))
+
+
 def transient(e: BaseException) -> bool:
-    """A failure worth trying again: 5xx, 429, a dropped or refused connection (never offline mode)."""
+    """A failure worth trying again: 5xx, 429, a timeout or a dropped connection (never offline
+    mode, nor a connection that could not be made: a name that does not resolve, a refused port)."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     if isinstance(e, OfflineModeIsEnabled) or isinstance(e.__cause__, OfflineModeIsEnabled):
@@ -154,7 +213,7 @@ def transient(e: BaseException) -> bool:
         return e.response.status_code in TRANSIENT_STATUS
     if isinstance(e, LocalEntryNotFoundError):  # hf_hub_download's wrapper of a connection failure
         return e.__cause__ is not None and transient(e.__cause__)
-    return isinstance(e, _transport_errors())
+    return isinstance(e, _transport_errors()) and not isinstance(e, _connect_errors())
 
 
 @cache
@@ -165,6 +224,18 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     for name in ("httpx2", "httpx"):
         try:
             found.append(importlib.import_module(name).TransportError)
+        except ImportError:
+            continue
+    return tuple(found)
+
+
+@cache
+def _connect_errors() -> tuple[type[BaseException], ...]:
+    """httpx's "the connection could not be made" (refused, no such host), of either version."""
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).ConnectError)
         except ImportError:
             continue
     return tuple(found)
@@ -185,7 +256,11 @@ def scrub(text: str) -> str:
 
 def hub_call(fn: Callable[[], T], what: str, *, repo: str | None, revision: str | None = None,
              write: bool = False, attempts: int = ATTEMPTS, endpoint: str | None = None) -> T:
-    """Run one huggingface_hub call, retrying transient failures, mapping errors to one line."""
+    """Run one huggingface_hub call, retrying transient failures, mapping errors to one line; an
+    endpoint that cannot be reached at all is refused before the call (:func:`check_reachable`)."""
+    from huggingface_hub import constants
+
+    check_reachable((endpoint or constants.ENDPOINT).rstrip("/"))
     for attempt in range(1, attempts + 1):
         try:
             return fn()
@@ -197,8 +272,6 @@ def hub_call(fn: Callable[[], T], what: str, *, repo: str | None, revision: str 
                 log.warning("%s of %s failed (%s); retrying in %ds", what, repo, first_line(e), wait)
                 time.sleep(wait)
                 continue
-            from huggingface_hub import constants
-
             mapped = map_error(e, Call(what, repo, revision, write, endpoint or constants.ENDPOINT))
             if mapped is None:
                 raise

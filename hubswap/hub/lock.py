@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hubswap import __version__
 from hubswap.errors import LockMismatchError
-from hubswap.files import write_json
+from hubswap.files import check_writable, write_json
 from hubswap.hashing import file_sha256, text_sha256
 from hubswap.hub.resolve import resolve_model, select_files
 from hubswap.recipe import ROLES, LoadedRecipe, ModelSource, load_recipe
@@ -87,6 +87,8 @@ def write_recipe_lock(recipe_path: str | Path, *, endpoint: str | None = None,
                       token: str | bool | None = None) -> tuple[Path, RecipeLock]:
     """``hubswap lock``: resolve the recipe's models and write ``<recipe stem>.lock.json`` beside it."""
     loaded = load_recipe(recipe_path)
+    # before anything is resolved: the lock goes beside the recipe
+    check_writable(recipe_lock_path(loaded.path).parent, hint="copy the recipe (and its lock) to a writable folder")
     lock = resolve_recipe_lock(loaded, endpoint=endpoint, token=token)
     out = write_json(recipe_lock_path(loaded.path), lock.to_json())
     return out, lock

@@ -5,6 +5,9 @@ btrfs-progs). Where either is missing the test skips and says why, unless
 ``HUBSWAP_REQUIRE_MOUNTS=1`` (set by .ci/run where it can mount): then it fails, so a CI that
 should have run these tests cannot pass with them skipped. Every mount is undone on the way out,
 failures included.
+
+A read-only filesystem (``read_only_mount``) is a tmpfs remounted ``ro``: ``chmod`` cannot make a
+folder unwritable for root, a read-only mount can.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,24 @@ def settled_used_bytes(folder: Path) -> int:
 def onto(folder: Path, family: dict[str, Path]) -> dict[str, Path]:
     """A copy of each model folder of ``family`` in ``folder`` (a test's experts on a mount)."""
     return {role: Path(shutil.copytree(path, folder / role)) for role, path in family.items()}
+
+
+@contextlib.contextmanager
+def read_only_mount(folder: Path, size: str = "16m", *, files: Mapping[str, str] | None = None,
+                    trees: Mapping[str, Path] | None = None) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``folder`` holding ``files`` (name -> text) and copies of ``trees``
+    (name -> folder), then remounted read-only; unmounted afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        cannot_mount(f"cannot mount a tmpfs ({r.stderr.strip() or r.returncode})")
+    try:
+        for name, text in (files or {}).items():
+            (folder / name).write_text(text)
+        for name, tree in (trees or {}).items():
+            shutil.copytree(tree, folder / name)
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)

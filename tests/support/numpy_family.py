@@ -81,6 +81,25 @@ def write_model(path: Path, tensors: dict[str, np.ndarray], tokenizer: Path) -> 
         shutil.copy2(f, path / f.name)
 
 
+def write_tokenizer(out: Path) -> Path:
+    """A byte-level BPE tokenizer's files, written with ``tokenizers`` only (no transformers): for
+    tests that merge and check models but never run them (``hubswap.demo.make_tokenizer`` makes
+    one a model can be evaluated with)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    specials = ["<pad>", "<s>", "</s>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["Swahili and math, layer by layer."] * 4, trainer=trainer)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "model_max_length": 2048}, indent=2))
+    return out
+
+
 def make_family(root: Path, tokenizer: Path, seed: int = 0) -> dict[str, Path]:
     rng = np.random.default_rng(seed)
     base = base_tensors(rng)
