@@ -15,7 +15,7 @@ import pytest
 
 from hubswap.card import PICTURE_FILE, render_card, write_card
 from hubswap.cli import main
-from hubswap.errors import HubswapError
+from hubswap.errors import HubswapError, ModelFilesError
 from tests.support.fixed_build import GOLDEN, RECIPE, TASK_COMMIT, golden_files, make_build, sha
 from tests.support.recipes import write_recipe
 

@@ -50,7 +50,7 @@ def test_an_output_folder_on_a_read_only_filesystem_is_one_line(command, family,
         args = {"build": ["build", recipe, "--no-eval"], "eval": ["eval", family["task"], "--limit", "2"],
                 "analyze": ["analyze", recipe], "sweep": ["sweep", recipe, "--bottom", "1..2", "--top", "1"]}
         r = run_hubswap(*args[command], "-o", out, cwd=tmp_path)
-        assert one_line(r, 10) == f"error: cannot write to {out}: its filesystem is read-only"
+        assert one_line(r, 11) == f"error: cannot write to {out}: its filesystem is read-only"
         assert "hint: write elsewhere: pass --output DIR" in r.stderr
         assert os.listdir(ro) == []
 
@@ -60,7 +60,7 @@ def test_lock_beside_a_recipe_on_a_read_only_filesystem_is_one_line(family, tmp_
 
     with read_only_mount(tmp_path / "ro", files={"r.toml": recipe_toml(family)}) as ro:
         r = run_hubswap("lock", ro / "r.toml", cwd=tmp_path)
-        assert one_line(r, 10) == f"error: cannot write to {ro}: its filesystem is read-only"
+        assert one_line(r, 11) == f"error: cannot write to {ro}: its filesystem is read-only"
         assert "hint: copy the recipe (and its lock) to a writable folder" in r.stderr
         assert os.listdir(ro) == ["r.toml"]
 
@@ -70,7 +70,7 @@ def test_a_small_read_only_filesystem_is_read_only_not_full(family, tmp_path):
     recipe = write_recipe(tmp_path / "r.toml", family)
     with read_only_mount(tmp_path / "ro", "1m") as ro:
         r = run_hubswap("build", recipe, "--no-eval", "-o", ro / "b", cwd=tmp_path)
-        assert one_line(r, 10) == f"error: cannot write to {ro / 'b'}: its filesystem is read-only"
+        assert one_line(r, 11) == f"error: cannot write to {ro / 'b'}: its filesystem is read-only"
         assert "space" not in r.stderr
 
 
