@@ -59,6 +59,7 @@ class BuildOptions:
     limit: int | None = None
     max_shard_size: str | int = "5GB"
     progress: bool = True
+    gpus: int | str | None = None  # overrides [eval] gpus
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,8 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
     # 5-6. Evaluate against the experts, then apply the gate.
     results = None
     if opts.evaluate:
-        results, verdict = evaluate_build(inputs, model_dir, build_dir / "eval", dirs, limit=opts.limit)
+        results, verdict = evaluate_build(inputs, model_dir, build_dir / "eval", dirs, limit=opts.limit,
+                                                 gpus=opts.gpus)
         write_card(model_dir)
         if not verdict.passed:
             raise verdict.error(f"{build_dir / 'eval'} and {model_dir / EVAL_RESULTS}")
@@ -192,13 +194,15 @@ def make_build_record(loaded: LoadedRecipe, inputs: Inputs, hashes: dict[str, di
 
 
 def evaluate_build(inputs: Inputs, model_dir: Path, eval_dir: Path, dirs: dict[str, Path], *,
-                   limit: int | None) -> tuple[EvalResults, GateVerdict]:
+                   limit: int | None, gpus: int | str | None = None) -> tuple[EvalResults, GateVerdict]:
     """MGSM on the merged model and the models to compare, then the gate; writes eval_results.json.
     Returns the results and the gate's verdict."""
     from hubswap.evaluate import apply_gate, run_evaluation
 
     loaded = inputs.loaded
     cfg, recipe = loaded.recipe.eval, loaded.recipe
+    if gpus is not None:
+        cfg = cfg.model_copy(update={"gpus": gpus})
     models: dict[str, Path] = {"merged": model_dir}
     for role in cfg.compare:
         if role not in dirs:
