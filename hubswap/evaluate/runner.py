@@ -207,6 +207,9 @@ def _generate(models, cached, prompts, cfg, settings, progress, on_event, sessio
 
     if session is not None:
         done = {job: work(job, session) for job in jobs}
+    elif len(groups) == 1:  # in this thread, as always: a model's worker exits before the next starts
+        with WorkerSession(devices=groups[0]) as one:
+            done = {job: work(job, one) for job in jobs}
     else:
         if len(groups) > 1:
             _context(cfg.backend)  # the forkserver, started once before the threads share it
