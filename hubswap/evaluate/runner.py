@@ -97,17 +97,18 @@ def run_evaluation(
     prompts, settings = _prompts_and_settings(models, cfg, dataset, limit, questions)
     metric = _load_metric()
 
-    out_models: dict[str, dict] = {}
     verdicts: dict[str, dict[str, list[bool]]] = {}
     cached = {name: _load_cached(name, prompts, settings, cache_keys.get(name), cache_dir) for name in models}
-    made, workers = _generate(models, cached, prompts, cfg, settings, progress, on_event, session)
-    for name, path in models.items():
+    done: dict[str, dict] = {}
+
+    def finish(name: str, made: tuple | None) -> None:
+        """A model whose generations are all there: cached, scored and recorded at once, so that
+        what was done is kept if a later model's worker dies."""
         key = cache_keys.get(name)
-        rows, cached_langs, engine, shares = _assemble(name, cached[name], made.get(name), prompts, settings, key,
-                                                       cache_dir)
+        rows, cached_langs, engine, shares = _assemble(name, cached[name], made, prompts, settings, key, cache_dir)
         langs_out, verdicts[name] = _score_model(name, rows, prompts, cfg, metric, eval_dir)
-        out_models[name] = {
-            "source": str(path),
+        done[name] = {
+            "source": str(models[name]),
             "cache_key": key,
             "cached": bool(cached_langs) and set(cached_langs) == set(cfg.languages),
             "cached_languages": sorted(cached_langs),
@@ -115,6 +116,15 @@ def run_evaluation(
             "languages": langs_out,
             "shares": shares,
         }
+
+    for name in models:
+        if set(cached[name]) == set(prompts):
+            finish(name, None)
+    workers = _generate(models, cached, prompts, cfg, settings, progress, on_event, session, finish)
+    for name in models:
+        if name not in done:  # (no question asked: an empty subset)
+            finish(name, ([], [], None, None))
+    out_models = {name: done[name] for name in models}
     merged = "merged" if "merged" in models else next(iter(models))
     return EvalResults.model_validate({
         "settings": settings,
@@ -180,20 +190,25 @@ def _load_cached(name, prompts, settings, key, cache_dir) -> dict[str, list]:
     return rows
 
 
-def _generate(models, cached, prompts, cfg, settings, progress, on_event, session):
+def _generate(models, cached, prompts, cfg, settings, progress, on_event, session, finish) -> dict | None:
     """Every uncached prompt of every model, in one worker (``session``'s, or one per model) or in
-    ``[eval] gpus`` workers at once (``parallel.py``). Returns per model its (rendered prompts,
-    generations, engine settings, share sizes) and the workers record (None for one worker)."""
+    ``[eval] gpus`` workers at once (``parallel.py``). As soon as a model's prompts are all
+    answered, ``finish(name, (rendered prompts, generations, engine settings, share sizes))``.
+    Returns the workers record (None for one worker)."""
+    import threading
+
     from hubswap.evaluate.parallel import device_groups, plan_jobs, run_jobs
     from hubswap.evaluate.worker import WorkerSession, _context
 
     flat = {name: [p for lang in prompts if lang not in cached[name] for p in prompts[lang]] for name in models}
     if not any(flat.values()):
-        return {}, None
+        return None
     dtype = None if settings.get("dtype") == "auto" else settings.get("dtype")
     tp = int(cfg.vllm.get("tensor_parallel_size", 1)) if cfg.backend == "vllm" else 1
     groups = [None] if session is not None else device_groups(getattr(cfg, "gpus", None), tp)
     jobs = plan_jobs({n: len(ps) for n, ps in flat.items()}, len(groups))
+    outs: dict = {}
+    lock = threading.Lock()  # (finishing scores and writes: one model at a time)
 
     def work(job, worker):
         ps = flat[job.model][job.start:job.stop]
@@ -201,28 +216,29 @@ def _generate(models, cached, prompts, cfg, settings, progress, on_event, sessio
         log.info("evaluating %s%s: %d prompts (%s)", job.model, part, len(ps), cfg.backend)
         # One engine per process: the worker's exit frees all of the engine's memory (worker.py);
         # a session (the sweep's) may load this model into its running engine instead.
-        return worker.generate(job.model, Path(models[job.model]), ps, backend=cfg.backend, options=cfg.vllm,
-                               seed=cfg.seed, batch_size=cfg.batch_size, dtype=dtype,
-                               max_new_tokens=cfg.max_new_tokens, progress=progress, on_event=on_event)
+        out = worker.generate(job.model, Path(models[job.model]), ps, backend=cfg.backend, options=cfg.vllm,
+                              seed=cfg.seed, batch_size=cfg.batch_size, dtype=dtype,
+                              max_new_tokens=cfg.max_new_tokens, progress=progress, on_event=on_event)
+        with lock:
+            outs[job] = out
+            parts = [j for j in jobs if j.model == job.model]
+            if all(j in outs for j in parts):
+                finish(job.model, ([r for j in parts for r in outs[j].rendered],
+                                   [g for j in parts for g in outs[j].generations], outs[parts[0]].engine,
+                                   [j.stop - j.start for j in parts] if len(parts) > 1 else None))
+        return out
 
     if session is not None:
-        done = {job: work(job, session) for job in jobs}
+        for job in jobs:
+            work(job, session)
     elif len(groups) == 1:  # in this thread, as always: a model's worker exits before the next starts
         with WorkerSession(devices=groups[0]) as one:
-            done = {job: work(job, one) for job in jobs}
+            for job in jobs:
+                work(job, one)
     else:
-        if len(groups) > 1:
-            _context(cfg.backend)  # the forkserver, started once before the threads share it
-        done = run_jobs(jobs, groups, work, lambda devices: WorkerSession(devices=devices))
-    made = {}
-    for name in flat:
-        parts = [(job, done[job]) for job in jobs if job.model == name]
-        if parts:
-            made[name] = ([r for _, out in parts for r in out.rendered],
-                          [g for _, out in parts for g in out.generations], parts[0][1].engine,
-                          [job.stop - job.start for job, _ in parts] if len(parts) > 1 else None)
-    workers = None if len(groups) == 1 else {"count": len(groups), "devices": groups, "tensor_parallel_size": tp}
-    return made, workers
+        _context(cfg.backend)  # the forkserver, started once before the threads share it
+        run_jobs(jobs, groups, work, lambda devices: WorkerSession(devices=devices))
+    return None if len(groups) == 1 else {"count": len(groups), "devices": groups, "tensor_parallel_size": tp}
 
 
 def _assemble(name, cached_rows, made, prompts, settings, key, cache_dir):
