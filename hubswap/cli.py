@@ -121,6 +121,12 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpus(s: argparse.ArgumentParser) -> None:
+    from hubswap.evaluate.command import gpus_argument
+
+    gpus_argument(s)
+
+
 # -- build -----------------------------------------------------------------------------------
 
 
@@ -136,6 +142,7 @@ def _build_arguments(s: argparse.ArgumentParser) -> None:
                    help="largest output shard, e.g. 5GB (default) or 500MB")
     s.add_argument("--no-clone", action="store_true",
                    help="copy every tensor, never share the experts' blocks (as [swap] clone = false)")
+    _gpus(s)
 
 
 @command("build", help="resolve, preflight, download, swap, evaluate and card (and publish with --push)",
@@ -155,6 +162,7 @@ def _build(args: argparse.Namespace) -> int:
         limit=args.limit,
         max_shard_size=args.max_shard_size,
         clone=not args.no_clone,
+        gpus=args.gpus,
     )
     result = build(args.recipe, opts)
     print(result.summary())
@@ -280,6 +288,10 @@ def _sweep_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-holdout", action="store_true",
                    help="select and report on all questions (the reported score is then optimistic)")
     s.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest scratch shard (default 5GB)")
+    s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run each configuration as a task on a Ray cluster (ADDRESS, e.g. auto or ray://head:10001; "
+                   "without: the cluster started on this machine, or a new local one); needs hubswap[ray]")
+    _gpus(s)
 
 
 @command("sweep", help="build and evaluate a grid of swap configurations; rank them with paired statistics",
@@ -300,7 +312,7 @@ def _sweep(args: argparse.Namespace) -> int:
         tops=parse_range(args.top, "--top"),
         transitions=parse_range(args.transition, "--transition"),
         limit=args.limit, keep=args.keep, output=args.output, holdout=not args.no_holdout,
-        recipe_out=args.recipe_out, max_shard_size=args.max_shard_size,
+        recipe_out=args.recipe_out, max_shard_size=args.max_shard_size, gpus=args.gpus, ray=args.ray,
     )
     print(result.summary())
     return 0

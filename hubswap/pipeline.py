@@ -67,6 +67,7 @@ class BuildOptions:
     max_shard_size: str | int = "5GB"
     progress: bool = True
     clone: bool = True  # and the recipe's [swap] clone
+    gpus: int | str | None = None  # overrides [eval] gpus
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
     if opts.evaluate:
         baselines = build_baselines(inputs, dirs, build_dir / "baselines", max_shard, progress=opts.progress)
         results, verdict = evaluate_build(inputs, model_dir, build_dir / "eval", dirs, limit=opts.limit,
-                                          baselines=baselines)
+                                          baselines=baselines, gpus=opts.gpus)
         write_card(model_dir)
         if not verdict.passed:
             raise verdict.error(f"{build_dir / 'eval'} and {model_dir / EVAL_RESULTS}")
@@ -257,13 +258,16 @@ BASELINE_SOURCES = {"soup": "the uniform average of the task and language expert
 
 
 def evaluate_build(inputs: Inputs, model_dir: Path, eval_dir: Path, dirs: dict[str, Path], *,
-                   limit: int | None, baselines: dict[str, Path] | None = None) -> tuple[EvalResults, GateVerdict]:
+                   limit: int | None, baselines: dict[str, Path] | None = None,
+                   gpus: int | str | None = None) -> tuple[EvalResults, GateVerdict]:
     """MGSM on the merged model, the models to compare and the baselines, then the gate; writes
     eval_results.json. Returns the results and the gate's verdict."""
     from hubswap.evaluate import apply_gate, run_evaluation
 
     loaded = inputs.loaded
     cfg, recipe = loaded.recipe.eval, loaded.recipe
+    if gpus is not None:
+        cfg = cfg.model_copy(update={"gpus": gpus})
     models: dict[str, Path] = {"merged": model_dir}
     for role in cfg.compare:
         if role not in dirs:

@@ -163,6 +163,27 @@ class EvalConfig(_Strict):
     """The dtype every model is evaluated in. None: the merged (first) model's dtype, so a float32
     expert is compared in bf16 like a bf16 merge; "auto": each model in the dtype it is stored in."""
     vllm: dict[str, Any] = Field(default_factory=dict)
+    gpus: int | Literal["auto"] | None = None
+    """How many devices the evaluation may use: ⌊gpus / tensor_parallel_size⌋ engines run at once,
+    each in a worker process pinned to its own devices (``evaluate/parallel.py``). "auto": every
+    visible GPU. On a machine without a GPU, each "device" is a worker slot: ``gpus = 2`` runs two
+    CPU engines at once. None (the default): one engine at a time, on whatever it sees."""
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("gpus must be at least 1 (or \"auto\": every visible GPU)")
+        return v
+
+    @field_validator("vllm")
+    @classmethod
+    def _vllm(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "data_parallel_size" in v:
+            # A single-process LLM(data_parallel_size > 1) hangs or is refused (vllm-project/vllm#27282).
+            raise ValueError("data_parallel_size is not supported: set [eval] gpus instead (hubswap runs "
+                             "one engine per device group and shares the questions out)")
+        return v
 
     @field_validator("dataset_revision")
     @classmethod

@@ -69,7 +69,7 @@ class ConfigScorer:
 
     def __init__(self, base: Swap, pre, dirs: dict[str, Path], keys: dict[str, str], cfg, eval_dir: Path,
                  scratch: Path, *, dataset: str, limit: int | None, keep: bool, max_shard_size: str | int,
-                 progress: bool):
+                 progress: bool, devices: str | None = None):
         from hubswap.files import parse_size
 
         self.base, self.pre, self.dirs, self.keys, self.cfg = base, pre, dirs, keys, cfg
@@ -79,7 +79,9 @@ class ConfigScorer:
         self.n = 0
         # One vLLM engine for the whole sweep: a configuration that differs from the last only in
         # its weights is loaded into the running engine (worker.WorkerSession).
-        self.session = WorkerSession(reuse=True)
+        # With [eval] gpus (more than one engine at once), each evaluation shares its questions out
+        # among fresh workers instead (evaluate/parallel.py).
+        self.session = WorkerSession(reuse=True, devices=devices) if cfg.gpus in (None, 1) else None
 
     def __enter__(self):
         return self
@@ -89,7 +91,8 @@ class ConfigScorer:
 
     def close(self) -> None:
         """Stop the worker; remove the scratch folder if nothing is kept in it."""
-        self.session.close()
+        if self.session is not None:
+            self.session.close()
         if not self.keep and self.scratch.exists() and not any(self.scratch.iterdir()):
             self.scratch.rmdir()
 

@@ -23,6 +23,7 @@ generations under ``eval/``, and next to the recipe a copy of it with the winnin
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -349,17 +350,27 @@ def sweep(
     recipe_out: str | Path | None = None,
     max_shard_size: str | int = "5GB",
     progress: bool = True,
+    gpus: int | str | None = None,
+    ray: str | None = None,
 ) -> SweepResult:
     """Score every configuration of the grid on the selection half, the winner on the held-out half,
-    and write ``sweep.csv``, ``sweep.json``, ``sweep.svg`` and the winning recipe."""
+    and write ``sweep.csv``, ``sweep.json``, ``sweep.svg`` and the winning recipe.
+
+    ``gpus`` overrides ``[eval] gpus``; ``ray`` (a cluster address, "" for the local or a new one)
+    runs each configuration as a task on a Ray cluster (``sweep_ray.py``)."""
     from hubswap.evaluate.backends import require_libraries
 
     loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
     r = loaded.recipe
+    if ray is not None:
+        from hubswap.sweep_ray import require_ray
+
+        require_ray()  # before anything is downloaded
     require_libraries(r.eval.backend)  # every configuration is evaluated
     out = Path(output) if output else Path("sweeps") / r.name
     # Only the target language: the sweep chooses for it, and every config costs an evaluation.
-    cfg = r.eval.model_copy(update={"languages": [r.eval.target_language]})
+    cfg = r.eval.model_copy(update={"languages": [r.eval.target_language],
+                                    **({"gpus": gpus} if gpus is not None else {})})
     lim = limit if limit is not None else (cfg.limit or None)
     if holdout and lim is not None and lim < 2:
         raise HubswapError(f"--limit {lim} cannot be split into a selection and a held-out half",
@@ -373,13 +384,14 @@ def sweep(
         log.warning("%s is not beside %s: its relative paths (%s) will resolve from %s", dest, loaded.path,
                     ", ".join(_relative_paths(loaded)), dest.parent)
     result, verdicts, select = _score_grid(loaded, cfg, (bottoms, tops, transitions), out, limit=lim, keep=keep,
-                                           holdout=holdout, max_shard_size=max_shard_size, progress=progress)
+                                           holdout=holdout, max_shard_size=max_shard_size, progress=progress,
+                                           ray=ray)
     return dataclasses.replace(result, files=_write_outputs(loaded, result, verdicts, select, out, dest))
 
 
 def _score_grid(loaded: LoadedRecipe, cfg, axes: tuple[list[int], list[int], list[int]], out: Path, *,
                 limit: int | None, keep: bool, holdout: bool, max_shard_size: str | int,
-                progress: bool) -> tuple[SweepResult, dict[str, list[bool]], list[int]]:
+                progress: bool, ray: str | None = None) -> tuple[SweepResult, dict[str, list[bool]], list[int]]:
     """The sweep's protocol: the experts on every question, each configuration on the selection
     half, the winner alone on the held-out half. Returns the result (no files yet), every
     model's verdicts and the selection half."""
@@ -401,18 +413,25 @@ def _score_grid(loaded: LoadedRecipe, cfg, axes: tuple[list[int], list[int], lis
 
     # 2. Both experts once, on every question: each half is compared with them.
     with ConfigScorer(r.swap, pre, dirs, keys, cfg, eval_dir, out / "scratch", dataset=dataset_location(loaded),
-                      limit=limit, keep=keep, max_shard_size=max_shard_size, progress=progress) as scorer:
+                      limit=limit, keep=keep, max_shard_size=max_shard_size, progress=progress) as scorer, \
+            contextlib.ExitStack() as stack:
         verdicts = scorer.experts()
         n = len(verdicts["task"])
         if holdout and n < 2:
             raise HubswapError(f"{n} question(s) cannot be split into a selection and a held-out half",
                                hint="raise --limit, or pass --no-holdout")
         select, held = split_halves(n, cfg.seed) if holdout else (list(range(n)), list(range(n)))
+        runner = scorer
+        if ray is not None:  # each configuration a task on the cluster; the rest stays here
+            from hubswap.sweep_ray import RayScorer
+
+            runner = RayScorer(scorer, inputs.models, ray, progress=progress)
+            stack.callback(runner.close)
 
         # 3. Each configuration: merge into scratch, evaluate on the selection half only, remove.
         #    Only the winner is evaluated on the held-out half (4): half the generations of scoring
         #    every configuration on every question.
-        costs = scorer.score_all(configs, select)
+        costs = runner.score_all(configs, select)
 
         # 4. Rank on the selection half; the winner alone on the held-out half.
         rows = rank_selection(verdicts, configs, select)
@@ -420,7 +439,7 @@ def _score_grid(loaded: LoadedRecipe, cfg, axes: tuple[list[int], list[int], lis
         if holdout:
             best = rows[0].config
             log.info("chosen on the selection half: %s; scoring it on the held-out half (%d questions)", best.name, len(held))
-            winner_cost = scorer.score(best, held, f"{best.name}.heldout")
+            winner_cost = runner.score(best, held, f"{best.name}.heldout")
     heldout = score_heldout(verdicts, rows[0].config, held)
     result = SweepResult(r.name, lang, pre.num_layers, rows, heldout, n, len(select), holdout, skipped,
                          costs=costs, winner_cost=winner_cost)

@@ -4,7 +4,8 @@
 # the result loaded with from_pretrained(device_map="cuda"). One line per step; see
 # scripts/gpu_smoke.py for the steps, and `scripts/gpu-smoke.sh --help` for the options.
 #
-#   scripts/gpu-smoke.sh [--wheels DIR] [--mgsm DIR] [--work DIR] [--logs DIR] [--bench] [--keep]
+#   scripts/gpu-smoke.sh [--wheels DIR] [--mgsm DIR] [--work DIR] [--logs DIR] [--bench] [--keep] [--gpus N|auto]
+#   (--gpus: the evaluation through [eval] gpus' scheduler, and vLLM with tensor_parallel_size=1 when present)
 #   scripts/gpu-smoke.sh --tiny      # a 6-layer shape on the CPU: checks the script itself
 #
 # On a host without network, and without some of hubswap's dependencies, bring them as wheels in

@@ -1,6 +1,6 @@
 """GPU smoke check (issue 13): the path of a real 8B build, on whatever GPU host this runs on.
 
-    scripts/gpu-smoke.sh [--wheels .whl] [--mgsm DIR] [--work DIR] [--logs DIR] [--bench] [--keep]
+    scripts/gpu-smoke.sh [--wheels .whl] [--mgsm DIR] [--work DIR] [--logs DIR] [--bench] [--keep] [--gpus N|auto]
     scripts/gpu-smoke.sh --tiny          # the same steps with a 6-layer shape on the CPU (tests)
 
 Each step prints one line, ``smoke <step>: ...``, and writes its full output to ``<logs>/<step>.log``;
@@ -15,6 +15,10 @@ all the lines are printed again at the end, so the last lines of the output hold
   eval     a full build with the transformers backend: merge, MGSM sw + en (``--limit 16``) for the
            merged model and both experts on the device, the gate, the card
   load     ``AutoModelForCausalLM.from_pretrained(model, device_map="cuda")`` and one forward pass
+  gpus     with ``--gpus N``: the eval step's build runs with ``--gpus N`` (the scheduler of
+           ``hubswap/evaluate/parallel.py``: N // tensor_parallel_size workers, each pinned to its
+           own devices), and when vLLM imports, ``hubswap eval`` of the merged model with vLLM,
+           ``tensor_parallel_size=1`` and ``--gpus N``; its workers and shares are checked
   bench    with ``--bench``: ``bench/merge.py --shape 8b`` when bench/merge.py has that option,
            otherwise skipped (say so)
 
@@ -219,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench", action="store_true", help="also run bench/merge.py --shape 8b, if it has that option")
     p.add_argument("--bench-args", default="--shape 8b", help="arguments for bench/merge.py (default: --shape 8b)")
     p.add_argument("--keep", action="store_true", help="keep the experts and the build")
+    p.add_argument("--gpus", help="also evaluate through [eval] gpus: N devices, or auto (--tiny: N CPU workers)")
     a = p.parse_args(argv)
     work = a.work.resolve()
     logs = (a.logs or work / "logs").resolve()
@@ -309,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         step = "eval"
         limit = a.limit or (2 if a.tiny else 16)
         build = work / "build"
-        secs, rss = run(step, hubswap("build", str(recipe), "-o", str(build), "--limit", str(limit)), logs=logs,
-                        env=env, timeout=480)
+        gpus = ["--gpus", a.gpus] if a.gpus else []
+        secs, rss = run(step, hubswap("build", str(recipe), "-o", str(build), "--limit", str(limit), *gpus),
+                        logs=logs, env=env, timeout=480)
         res = json.loads((build / "model" / "hubswap" / "eval_results.json").read_text())
         models = res["models"]
         engines = {m["engine"]["device"] for m in models.values() if m.get("engine")}
@@ -323,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"max_new_tokens {fields['max_new_tokens']}): {secs:.1f} s for {len(models)} models x {n}; "
                   f"accuracy {accs}; gate {'passed' if res['gate']['passed'] else 'failed'}; "
                   f"peak RSS {rss / 1e9:.2f} GB")
+
+        if a.gpus:
+            _gpus_step(a, res, build, logs, env, limit, Path(mgsm))
 
         # load -----------------------------------------------------------------------------------
         step = "load"
@@ -366,6 +375,32 @@ def main(argv: list[str] | None = None) -> int:
     say("done", f"{'ok' if status == 0 else 'FAILED'} in {time.monotonic() - started:.0f} s; logs in {logs}")
     print("\n--- summary ---\n" + "\n".join(LINES), flush=True)
     return status
+
+
+def _gpus_step(a, res: dict, build: Path, logs: Path, env: dict, limit: int, mgsm: Path) -> None:
+    """``--gpus``: the build's evaluation went through the scheduler; vLLM with
+    ``tensor_parallel_size=1`` through it too, when vLLM is there."""
+    step = "gpus"
+    workers = res.get("workers")
+    shares = {m: v.get("shares") for m, v in res["models"].items() if v.get("shares")}
+    text = (f"build --gpus {a.gpus}: {workers['count']} workers on {workers['devices']}, shares {shares}"
+            if workers else f"build --gpus {a.gpus}: one worker (one device)")
+    if a.tiny:  # (the tiny shape's heads are too small for vLLM's CPU attention)
+        say(step, text + f"; --tiny: would run vLLM tensor_parallel_size=1 --gpus {a.gpus}")
+        return
+    probe = subprocess.run([sys.executable, "-c", "import vllm"], env=env, capture_output=True)
+    if probe.returncode != 0:
+        say(step, text + "; vLLM: skipped (not installed)")
+        return
+    out = build / "eval-vllm"
+    secs, _ = run(step, hubswap("eval", str(build / "model"), "--backend", "vllm", "--vllm", "tensor_parallel_size=1",
+                                "--gpus", a.gpus, "--dataset", str(mgsm), "--languages", "sw", "--limit", str(limit),
+                                "--no-progress", "-o", str(out)), logs=logs, env=env, timeout=300)
+    got = json.loads((out / "eval_results.json").read_text())
+    w = got.get("workers")
+    say(step, text + f"; vLLM tensor_parallel_size=1 --gpus {a.gpus}: {secs:.1f} s, "
+                     f"{w['count'] if w else 1} worker(s), shares {got['models']['model'].get('shares')}, "
+                     f"accuracy {got['models']['model']['languages']['sw']['accuracy']:.3f}")
 
 
 def _find_mgsm() -> Path | None:

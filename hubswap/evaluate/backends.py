@@ -13,8 +13,9 @@ KV cache of ``CPU_KV_CACHE_BYTES`` (otherwise sized from the machine's RAM). On 
 model runs in the dtype it is stored in (vLLM's "auto" would run a float32 model in half
 precision) and ``max_model_len`` defaults to the model's, capped at 8192. The recipe's
 ``[eval.vllm]`` table is passed to ``vllm.LLM`` as given and overrides all of these
-(``tensor_parallel_size``, ``data_parallel_size``, ``distributed_executor_backend``,
-``gpu_memory_utilization`` ...).
+(``tensor_parallel_size``, ``distributed_executor_backend``, ``gpu_memory_utilization`` ...).
+Data parallelism is hubswap's, not vLLM's: ``[eval] gpus`` runs one engine per device group
+(``parallel.py``); ``data_parallel_size`` is refused by the recipe.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def eval_command(args: argparse.Namespace) -> int:
             dataset=args.dataset, dataset_revision=args.dataset_revision, languages=args.languages,
             prompt=args.prompt, num_fewshot=args.num_fewshot, max_new_tokens=args.max_new_tokens,
             compare=[], backend=args.backend, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-            vllm=vllm_options, dtype=args.dtype,
+            vllm=vllm_options, dtype=args.dtype, gpus=args.gpus,
         )
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
@@ -142,3 +142,13 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-o", "--output", default="eval", metavar="DIR",
                    help="where to write eval_results.json and the per-question jsonl (default: eval/)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    gpus_argument(s)
+
+
+def gpus_argument(s: argparse.ArgumentParser) -> None:
+    """``--gpus`` (build, eval, sweep): overrides ``[eval] gpus``."""
+    from hubswap.evaluate.parallel import parse_gpus
+
+    s.add_argument("--gpus", type=parse_gpus, metavar="N|auto",
+                   help="devices the evaluation may use: N // tensor_parallel_size engines at once, each on its own "
+                   "(auto: every visible GPU; without a GPU, N CPU engines at once)")

@@ -10,6 +10,7 @@ report and sweep read.
       reference_model   the model the others are compared with ("merged" in a build)
       comparisons       per other model and language: the paired difference (stats.Paired)
       gate              the gate's verdict (GateRecord), once a build has judged it
+      workers           the engines run at once ([eval] gpus, Workers); null for one at a time
 
 Per-question verdicts travel with the object (``verdicts``, not written: the jsonl files under
 ``eval/`` hold the questions) so that the sweep pairs models without reading those files back.
@@ -94,6 +95,17 @@ class ModelResult(Record):
     cached_languages: list[str]
     engine: dict[str, Any] | None
     languages: dict[str, LanguageScores]
+    shares: list[int] | None = None
+    """Data parallel: the sizes of the contiguous shares of its prompts (in prompt order, every
+    language one after another) that workers generated at once; null when one worker made them."""
+
+
+class Workers(Record):
+    """``[eval] gpus``: how many engines ran at once, and the devices each one saw."""
+
+    count: int
+    devices: list[str | None]  # each worker's CUDA_VISIBLE_DEVICES (null: a CPU worker slot)
+    tensor_parallel_size: int
 
 
 class GateRecord(Record):
@@ -118,6 +130,7 @@ class EvalResults(Record):
     reference_model: str
     comparisons: dict[str, dict[str, Paired]]  # reference - other, on the same questions
     gate: GateRecord | None = None
+    workers: Workers | None = None
     verdicts: dict[str, dict[str, list[bool]]] = Field(default_factory=dict, exclude=True)
     """Per model and language, each question's robust verdict in question order (not written)."""
 

@@ -5,7 +5,9 @@
 1. load each language's questions and exemplars, and render the prompts once for all models;
 2. per model: reuse cached generations where its content key and the settings match, otherwise
    start one engine in a child process of its own (``worker.py``), send every uncached prompt in
-   one call, and let the process exit (its cache entries are written as soon as it is done);
+   one call, and let the process exit; with ``[eval] gpus``, several such workers at once, each on
+   its own devices, sharing out the models and, for the last ones, their prompts
+   (``parallel.py``);
 3. score every generation three ways with the `evaluate` metric module (``metrics/mgsm.py``, which
    calls ``scoring.score_response``, the one implementation of every verdict), write
    ``<eval_dir>/<model>.<lang>.jsonl``;
@@ -32,7 +34,7 @@ from hubswap.evaluate.data import HUB_DATASET, is_local, load_language
 from hubswap.evaluate.prompts import FEWSHOT_SEED, Prompt, build_prompts
 from hubswap.evaluate.results import EvalResults
 from hubswap.evaluate.stats import paired_comparison, wilson_interval
-from hubswap.evaluate.worker import WorkerEvent, WorkerSession, generate_in_worker
+from hubswap.evaluate.worker import WorkerEvent, WorkerSession
 from hubswap.files import atomic_write, write_json
 from hubswap.hashing import text_sha256
 
@@ -100,22 +102,34 @@ def run_evaluation(
     prompts, settings = _prompts_and_settings(models, cfg, dataset, limit, questions)
     metric = _load_metric()
 
-    out_models: dict[str, dict] = {}
     verdicts: dict[str, dict[str, list[bool]]] = {}
-    for name, path in models.items():
+    cached = {name: _load_cached(name, prompts, settings, cache_keys.get(name), cache_dir) for name in models}
+    done: dict[str, dict] = {}
+
+    def finish(name: str, made: tuple | None) -> None:
+        """A model whose generations are all there: cached, scored and recorded at once, so that
+        what was done is kept if a later model's worker dies."""
         key = cache_keys.get(name)
-        rows, cached_langs, engine = _generate_or_load(
-            name, Path(path), prompts, cfg, settings, key, cache_dir, progress, on_event, session,
-        )
+        rows, cached_langs, engine, shares = _assemble(name, cached[name], made, prompts, settings, key, cache_dir)
         langs_out, verdicts[name] = _score_model(name, rows, prompts, cfg, metric, eval_dir)
-        out_models[name] = {
-            "source": str(path),
+        done[name] = {
+            "source": str(models[name]),
             "cache_key": key,
             "cached": bool(cached_langs) and set(cached_langs) == set(cfg.languages),
             "cached_languages": sorted(cached_langs),
             "engine": engine,
             "languages": langs_out,
+            "shares": shares,
         }
+
+    for name in models:
+        if set(cached[name]) == set(prompts):
+            finish(name, None)
+    workers = _generate(models, cached, prompts, cfg, settings, progress, on_event, session, finish)
+    for name in models:
+        if name not in done:  # (no question asked: an empty subset)
+            finish(name, ([], [], None, None))
+    out_models = {name: done[name] for name in models}
     merged = "merged" if "merged" in models else next(iter(models))
     return EvalResults.model_validate({
         "settings": settings,
@@ -125,6 +139,7 @@ def run_evaluation(
         "reference_model": merged,
         "comparisons": _comparisons(verdicts, merged, cfg.languages),
         "gate": None,
+        "workers": workers,
         "verdicts": verdicts,
     })
 
@@ -170,41 +185,87 @@ def _comparisons(verdicts: dict[str, dict[str, list[bool]]], merged: str, langua
 # --- generation and the cache -------------------------------------------------------------
 
 
-def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progress, on_event=None, session=None):
-    """Per language, the (rendered prompt, Generation) pairs of one model, from cache or fresh."""
+def _load_cached(name, prompts, settings, key, cache_dir) -> dict[str, list]:
+    """Per language, one model's cached (rendered prompt, Generation) pairs (only hits)."""
     rows: dict[str, list[tuple[str, Generation]]] = {}
-    cached = []
     if key and cache_dir:
         for lang, ps in prompts.items():
             hit = _cache_read(Path(cache_dir), key, lang, settings, len(ps))
             if hit is not None:
                 rows[lang] = hit
-                cached.append(lang)
-    todo = [lang for lang in prompts if lang not in rows]
-    engine: dict[str, Any] | None = None
-    if todo:
-        flat: list[Prompt] = [p for lang in todo for p in prompts[lang]]
-        log.info("evaluating %s: %d prompts in %s (%s)", name, len(flat), ", ".join(todo), cfg.backend)
-        dtype = None if settings.get("dtype") == "auto" else settings.get("dtype")
+    return rows
+
+
+def _generate(models, cached, prompts, cfg, settings, progress, on_event, session, finish) -> dict | None:
+    """Every uncached prompt of every model, in one worker (``session``'s, or one per model) or in
+    ``[eval] gpus`` workers at once (``parallel.py``). As soon as a model's prompts are all
+    answered, ``finish(name, (rendered prompts, generations, engine settings, share sizes))``.
+    Returns the workers record (None for one worker)."""
+    import threading
+
+    from hubswap.evaluate.parallel import device_groups, plan_jobs, run_jobs
+    from hubswap.evaluate.worker import WorkerSession, _context
+
+    flat = {name: [p for lang in prompts if lang not in cached[name] for p in prompts[lang]] for name in models}
+    if not any(flat.values()):
+        return None
+    dtype = None if settings.get("dtype") == "auto" else settings.get("dtype")
+    tp = int(cfg.vllm.get("tensor_parallel_size", 1)) if cfg.backend == "vllm" else 1
+    groups = [None] if session is not None else device_groups(getattr(cfg, "gpus", None), tp)
+    jobs = plan_jobs({n: len(ps) for n, ps in flat.items()}, len(groups))
+    outs: dict = {}
+    lock = threading.Lock()  # (finishing scores and writes: one model at a time)
+
+    def work(job, worker):
+        ps = flat[job.model][job.start:job.stop]
+        part = "" if (job.start, job.stop) == (0, len(flat[job.model])) else f" (prompts {job.start}-{job.stop - 1})"
+        log.info("evaluating %s%s: %d prompts (%s)", job.model, part, len(ps), cfg.backend)
         # One engine per process: the worker's exit frees all of the engine's memory (worker.py);
         # a session (the sweep's) may load this model into its running engine instead.
-        generate = session.generate if session is not None else generate_in_worker
-        out = generate(name, path, flat, backend=cfg.backend, options=cfg.vllm, seed=cfg.seed,
-                       batch_size=cfg.batch_size, dtype=dtype, max_new_tokens=cfg.max_new_tokens,
-                       progress=progress, on_event=on_event)
-        rendered, generations, engine = out.rendered, out.generations, out.engine
+        out = worker.generate(job.model, Path(models[job.model]), ps, backend=cfg.backend, options=cfg.vllm,
+                              seed=cfg.seed, batch_size=cfg.batch_size, dtype=dtype,
+                              max_new_tokens=cfg.max_new_tokens, progress=progress, on_event=on_event)
+        with lock:
+            outs[job] = out
+            parts = [j for j in jobs if j.model == job.model]
+            if all(j in outs for j in parts):
+                finish(job.model, ([r for j in parts for r in outs[j].rendered],
+                                   [g for j in parts for g in outs[j].generations], outs[parts[0]].engine,
+                                   [j.stop - j.start for j in parts] if len(parts) > 1 else None))
+        return out
+
+    if session is not None:
+        for job in jobs:
+            work(job, session)
+    elif len(groups) == 1:  # in this thread, as always: a model's worker exits before the next starts
+        with WorkerSession(devices=groups[0]) as one:
+            for job in jobs:
+                work(job, one)
+    else:
+        _context(cfg.backend)  # the forkserver, started once before the threads share it
+        run_jobs(jobs, groups, work, lambda devices: WorkerSession(devices=devices))
+    return None if len(groups) == 1 else {"count": len(groups), "devices": groups, "tensor_parallel_size": tp}
+
+
+def _assemble(name, cached_rows, made, prompts, settings, key, cache_dir):
+    """One model's rows per language, cached and new (the new ones cached); its cached languages,
+    engine settings and data-parallel share sizes."""
+    rows = dict(cached_rows)
+    engine, shares = None, None
+    if made is not None:
+        rendered, generations, engine, shares = made
         i = 0
-        for lang in todo:
+        for lang in (lang for lang in prompts if lang not in cached_rows):
             n = len(prompts[lang])
             rows[lang] = list(zip(rendered[i:i + n], generations[i:i + n], strict=True))
             i += n
             if key and cache_dir:
                 _cache_write(Path(cache_dir), key, lang, settings, rows[lang], engine)
     else:
-        log.info("evaluating %s: all %d languages from the cache", name, len(cached))
+        log.info("evaluating %s: all %d languages from the cache", name, len(cached_rows))
         # The engine settings (dtype, eos set) the cached generations were made with.
-        engine = _cache_payload(Path(cache_dir), key, cached[0], settings).get("engine")
-    return rows, cached, engine
+        engine = _cache_payload(Path(cache_dir), key, next(iter(cached_rows)), settings).get("engine")
+    return {lang: rows[lang] for lang in prompts}, list(cached_rows), engine, shares
 
 
 def _cache_id(key: str, lang: str, settings: dict) -> str:

@@ -96,8 +96,9 @@ class WorkerSession:
     dies is still one error naming the model and what it was doing. Close the session (or use it
     as a context manager) to stop the last worker."""
 
-    def __init__(self, *, reuse: bool = False):
+    def __init__(self, *, reuse: bool = False, devices: str | None = None):
         self.reuse = reuse
+        self.devices = devices  # the child's CUDA_VISIBLE_DEVICES (parallel.py); None: as inherited
         self._proc = None
         self._conn = None
         self._running: tuple | None = None  # what the running engine was started with, and its files
@@ -120,6 +121,7 @@ class WorkerSession:
             self._start(name, backend)
         self._running = None  # until this model is done
         request = {"name": name, "path": str(path), "prompts": prompts, "reload": reload, **engine,
+                   "devices": self.devices,
                    "max_new_tokens": max_new_tokens, "progress": progress,
                    "token_ids": token_ids, "log_level": logging.getLogger("hubswap").getEffectiveLevel()}
         log.info("evaluating %s in worker process %d%s", name, self._proc.pid,
@@ -146,6 +148,12 @@ class WorkerSession:
             conn.close()
         if proc.exitcode:
             log.debug("worker process %d exited %s", proc.pid, proc.exitcode)
+
+    def kill(self) -> None:
+        """Stop the worker now, from any thread (a generation waiting on it fails)."""
+        proc = self._proc
+        if proc is not None:
+            _stop(proc)
 
     def __enter__(self):
         return self
@@ -334,6 +342,8 @@ def _child(conn) -> None:
             from hubswap.evaluate.backends import Generation, open_backend
 
             engine = req["backend"]
+            if req["devices"] is not None:  # before the engine touches the device (parallel.py)
+                os.environ["CUDA_VISIBLE_DEVICES"] = req["devices"]
             if req["reload"]:
                 stage = "loading the weights into the running engine"
                 send(stage=stage)
