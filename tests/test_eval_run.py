@@ -124,7 +124,7 @@ def test_gate_pass_and_fail(first_run):
     assert not failed.passed
     assert failed.reasons == ["merged 0.400 < task 0.390 + margin 0.020 (n=100)"]
     too_low = apply_gate(_with(results, 0.40, 0.1, 0.1), Gate(must_beat=[], min_accuracy=0.5))
-    assert not too_low.passed and "min_accuracy 0.500" in too_low.reasons[0]
+    assert not too_low.passed and "min_accuracy 50.0%" in too_low.reasons[0]
     err = failed.error()
     assert isinstance(err, GateFailedError) and err.exit_code == 6 and "0.390" in str(err)
     assert failed.record().to_json()["must_beat"] == ["task", "language"]
