@@ -28,6 +28,7 @@ child's traceback having been printed to stderr.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import multiprocessing
@@ -47,6 +48,8 @@ from hubswap.errors import EvaluationError, HubswapError
 log = logging.getLogger(__name__)
 
 _started_with: str | None = None  # the backend whose libraries the server preloaded
+_engine_log: Path | None = None  # where the server and the workers write their stdout and stderr
+_keep_engine_log = False  # a worker failed: its traceback and the engine's messages are in the log
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class WorkerSession:
         request = {"name": name, "path": str(path), "prompts": prompts, "reload": reload, **engine,
                    "max_new_tokens": max_new_tokens, "progress": progress,
                    "token_ids": token_ids, "log_level": logging.getLogger("hubswap").getEffectiveLevel()}
-        log.info("evaluating %s in worker process %d%s", name, self._proc.pid,
+        log.debug("evaluating %s in worker process %d%s", name, self._proc.pid,
                  " (its running engine takes the new weights)" if reload else "")
         self._conn.send(request)
         result = self._wait(name, Path(path), len(prompts), progress, on_event, reload)
@@ -133,6 +136,9 @@ class WorkerSession:
         """Stop the worker (its engine shut down, its memory returned) and wait for it to exit."""
         proc, conn, self._proc, self._conn, self._running = self._proc, self._conn, None, None, None
         if proc is None:
+            return
+        if proc.pid is None:  # never started (interrupted while starting)
+            conn.close()
             return
         try:
             if proc.is_alive():
@@ -159,6 +165,10 @@ class WorkerSession:
         self._proc = ctx.Process(target=_child, args=(child_conn,), name=f"hubswap-eval-{name}", daemon=False)
         try:
             self._proc.start()
+        except BaseException:  # Ctrl-C while the server forks it: nothing started to join
+            self._proc, conn, self._conn = None, self._conn, None
+            conn.close()
+            raise
         finally:
             child_conn.close()
 
@@ -171,7 +181,7 @@ class WorkerSession:
         stage, done = ("loading the weights into the running engine" if reload else "starting its process"), 0
         result: WorkerResult | None = None
         error: dict | None = None
-        bar = tqdm(total=total, desc=f"evaluating {name}", unit="prompt", disable=not progress, leave=False)
+        bar = tqdm(total=total, desc=f"evaluating {name}", unit="prompt", disable=not progress)
         try:
             while result is None and error is None:
                 ready = multiprocessing.connection.wait([conn, proc.sentinel])
@@ -193,24 +203,33 @@ class WorkerSession:
                 if on_event is not None:
                     on_event(WorkerEvent(name, proc.pid, stage, done, total,
                                          result.peak_rss if "result" in msg else None))
-        except BaseException:
+        except BaseException as e:
+            stage = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped while {stage}"
             self._proc = None
             _stop(proc)
             conn.close()
             raise
-        finally:
+        finally:  # the bar ends at 100%, or says why not
+            if result is not None:
+                bar.set_postfix_str("", refresh=False)
+            elif error is not None:
+                bar.set_postfix_str(f"failed while {stage}", refresh=False)
+            elif stage == "interrupted" or stage.startswith("stopped"):
+                bar.set_postfix_str(stage, refresh=False)
+            else:
+                bar.set_postfix_str(f"its worker died while {stage}", refresh=False)
             bar.close()
         if result is not None:
-            log.info("evaluated %s in worker process %d (peak RSS %.2f GB)", name, proc.pid, result.peak_rss / 1e9)
+            log.debug("evaluated %s in worker process %d (peak RSS %.2f GB)", name, proc.pid, result.peak_rss / 1e9)
             return result
         self.close()  # the worker has exited, or exits after its error
         if error is not None:
             raise _rebuild(error, name)
         if stage == "starting its process":
-            hint = ("see the worker's error above; a script that evaluates at import time needs "
+            hint = (f"{engine_log_hint()}; a script that evaluates at import time needs "
                     "`if __name__ == \"__main__\":` (workers import the main module)")
         else:
-            hint = ("a worker killed by SIGKILL was most often stopped by the kernel's out-of-memory killer "
+            hint = (f"{engine_log_hint()}; a worker killed by SIGKILL was most often stopped by the kernel's out-of-memory killer "
                     "(see `dmesg`): lower [eval] batch_size, or [eval.vllm] max_model_len / gpu_memory_utilization. "
                     "Models evaluated before it are kept: a rerun takes cached experts from the cache")
         raise EvaluationError(
@@ -220,12 +239,24 @@ class WorkerSession:
 
 
 def _stop(proc) -> None:
+    """Stop a worker and whatever it started: each worker leads a process group of its own
+    (``_child``), so vLLM's helper processes (its model-registry subprocess on every engine start,
+    its engine core on a GPU) go with it instead of outliving hubswap."""
     if proc.is_alive():
-        proc.terminate()
+        _signal_group(proc.pid, signal.SIGTERM)
         proc.join(10)
         if proc.is_alive():
-            proc.kill()
+            _signal_group(proc.pid, signal.SIGKILL)
     proc.join()
+    _signal_group(proc.pid, signal.SIGKILL)  # what is left of its group once it is gone
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):  # its group is empty (or it never made one)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 def _side_files(path: Path) -> dict[str, bytes]:
@@ -262,7 +293,7 @@ def _rebuild(error: dict, name: str) -> HubswapError:
         return e
     return EvaluationError(
         f"evaluating {name} failed while {error['stage']}: {error['type']}: {error['message']}",
-        hint="the worker's traceback is printed above; a CUDA out-of-memory error needs a smaller "
+        hint=f"{engine_log_hint()}; a CUDA out-of-memory error needs a smaller "
         "[eval] batch_size or [eval.vllm] gpu_memory_utilization / max_model_len",
     )
 
@@ -285,12 +316,71 @@ def _context(backend: str):
             prepare_vllm_environment(cuda)  # the server and its children inherit it
         # Not "__main__" (multiprocessing's default): the server imports only hubswap's modules.
         ctx.set_forkserver_preload(["hubswap.evaluate.worker", "hubswap.evaluate.preload"])
-        with _environ(HUBSWAP_WORKER_BACKEND=backend, HUBSWAP_WORKER_CUDA="1" if cuda else "0"):
+        # Without -v the engines' and libraries' messages (vLLM, torch: ~8 lines a model) go to a
+        # log file, kept and named when a worker fails (``engine_log_hint``); with -v, to stderr.
+        global _engine_log
+        quiet = logging.getLogger("hubswap").getEffectiveLevel() > logging.DEBUG
+        if quiet:
+            import tempfile
+
+            fd, name = tempfile.mkstemp(prefix="hubswap-engines-", suffix=".log")
+            os.close(fd)
+            _engine_log = Path(name)
+        with _environ(HUBSWAP_WORKER_BACKEND=backend, HUBSWAP_WORKER_CUDA="1" if cuda else "0",
+                      HUBSWAP_WORKER_LOG=str(_engine_log) if quiet else ""), _sigint_ignored():
             forkserver.ensure_running()
+        atexit.register(_stop_server)
         _started_with = backend
     elif backend != _started_with and _started_with != "vllm":  # vllm's preload holds transformers'
         log.debug("the worker server preloaded %s: each %s worker imports its engine", _started_with, backend)
     return ctx
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Start processes that ignore SIGINT: an ignored signal stays ignored across exec, so the
+    server (Python installs its KeyboardInterrupt handler only where SIGINT is not ignored) and
+    every worker forked from it ignore Ctrl-C, from their first instruction. Ctrl-C is the
+    parent's: it stops the worker it waits for and the server (``_stop_server``), and exits 130.
+    The parent blocks SIGINT meanwhile, so a Ctrl-C in that moment waits and then reaches it (on
+    Linux a blocked signal is kept pending even while its action is to ignore it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _stop_server() -> None:
+    """Stop the worker server now, at the parent's exit: left alone it exits when it sees the
+    parent gone, but only once its preload is done (up to ~20 s of imports when Ctrl-C came while
+    it started)."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(OSError):
+        server._stop()  # closes its pipes and reaps it
+    if _engine_log is not None and not _keep_engine_log:
+        _engine_log.unlink(missing_ok=True)
+
+
+def engine_log_hint() -> str:
+    """Where a failed worker's traceback and its engine's messages are (kept at exit)."""
+    global _keep_engine_log
+    if _engine_log is None:
+        return "the worker's traceback is printed above"
+    _keep_engine_log = True
+    return f"the worker's traceback and its engine's messages are in {_engine_log}"
 
 
 @contextlib.contextmanager
@@ -317,6 +407,12 @@ def _child(conn) -> None:
     the parent; exits when the parent says stop (``None``) or goes away."""
     # tqdm's default lock is a multiprocessing semaphore, which this process (ending in os._exit)
     # would leave to the parent's resource tracker to complain about; bars here draw nothing.
+    # Ctrl-C is the parent's to handle (it stops this process): ignored here, as the server that
+    # forked it ignores it (``_sigint_ignored``), whether it went to the process group or not.
+    # A process group of its own: the parent stops it with everything it started (``_stop``).
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     from tqdm import tqdm
 
     tqdm.set_lock(threading.RLock())
@@ -400,7 +496,10 @@ def _relay(send):
 
         def update(self, n=1):
             out = super().update(n)
-            send(done=int(self.n))
+            # vLLM draws other bars first ("Rendering prompts", "Adding requests"): only the
+            # generation's counts prompts done (reporting all of them ran the bar backwards)
+            if self.desc.startswith(("Processed prompts", "generating")):
+                send(done=int(self.n))
             return out
 
         def close(self):
