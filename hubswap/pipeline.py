@@ -145,7 +145,7 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
         write_json(stage / BUILD_RECORD, record.to_json())
         write_card(stage)
         _replace_dir(stage, model_dir)
-    log.info("model written to %s", model_dir)
+    log.debug("model written to %s", model_dir)  # the summary names it
 
     # 5-6. Evaluate against the experts, then apply the gate.
     results = None

@@ -70,6 +70,6 @@ def test_failing_gate_stops_the_build_after_writing_every_result(tiny_llama_vllm
              "-o", str(tmp_path / "sweep")]
     assert main(sweep) == 0
     for expert in ("task", "language"):
-        assert f"evaluating {expert}: all 1 languages from the cache" in caplog.text, expert
+        assert f"evaluating {expert}: cached (sw from " in caplog.text, expert
     assert "evaluating b2-u1-t1: 1 prompts" in caplog.text
     assert "evaluating b2-u1-t1.heldout: 2 prompts" in caplog.text

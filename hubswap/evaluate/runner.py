@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hubswap.errors import EvaluationError
-from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation
+from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation, check_prompts_fit
 from hubswap.evaluate.data import HUB_DATASET, is_local, load_language
 from hubswap.evaluate.prompts import FEWSHOT_SEED, Prompt, build_prompts
 from hubswap.evaluate.results import EvalResults
@@ -177,8 +177,11 @@ def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progre
     todo = [lang for lang in prompts if lang not in rows]
     engine: dict[str, Any] | None = None
     if todo:
+        if cfg.backend == "vllm":
+            check_prompts_fit(path, {lang: prompts[lang] for lang in todo}, cfg.vllm)
         flat: list[Prompt] = [p for lang in todo for p in prompts[lang]]
-        log.info("evaluating %s: %d prompts in %s (%s)", name, len(flat), ", ".join(todo), cfg.backend)
+        log.info("evaluating %s: %d prompts in %s (%s)%s", name, len(flat), ", ".join(todo), cfg.backend,
+                 f"; {', '.join(cached)} from the cache" if cached else "")
         dtype = None if settings.get("dtype") == "auto" else settings.get("dtype")
         # One engine per process: the worker's exit frees all of the engine's memory (worker.py);
         # a session (the sweep's) may load this model into its running engine instead.
@@ -195,7 +198,7 @@ def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progre
             if key and cache_dir:
                 _cache_write(Path(cache_dir), key, lang, settings, rows[lang], engine)
     else:
-        log.info("evaluating %s: all %d languages from the cache", name, len(cached))
+        log.info("evaluating %s: cached (%s from %s)", name, ", ".join(cached), cache_dir)
         # The engine settings (dtype, eos set) the cached generations were made with.
         engine = _cache_payload(Path(cache_dir), key, cached[0], settings).get("engine")
     return rows, cached, engine
