@@ -93,6 +93,9 @@ def run_evaluation(
     eval_dir.mkdir(parents=True, exist_ok=True)
     cache_keys = cache_keys or {}
     prompts, settings = _prompts_and_settings(models, cfg, dataset, limit, questions)
+    if cfg.backend == "vllm":  # what the engine would refuse after starting, refused now
+        for path in models.values():
+            check_prompts_fit(Path(path), prompts, cfg.vllm)
     metric = _load_metric()
 
     out_models: dict[str, dict] = {}
@@ -177,8 +180,6 @@ def _generate_or_load(name, path, prompts, cfg, settings, key, cache_dir, progre
     todo = [lang for lang in prompts if lang not in rows]
     engine: dict[str, Any] | None = None
     if todo:
-        if cfg.backend == "vllm":
-            check_prompts_fit(path, {lang: prompts[lang] for lang in todo}, cfg.vllm)
         flat: list[Prompt] = [p for lang in todo for p in prompts[lang]]
         log.info("evaluating %s: %d prompts in %s (%s)%s", name, len(flat), ", ".join(todo), cfg.backend,
                  f"; {', '.join(cached)} from the cache" if cached else "")
