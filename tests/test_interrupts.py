@@ -193,7 +193,7 @@ def _worker(pid: int):
 MOMENTS = {  # name: (ready, seconds after it)
     "server-preloading": (lambda pid: _server(pid) is not None, 0.5),
     "worker-forked": (lambda pid: _worker(pid) is not None, 0.0),
-    "engine-starting": (lambda pid: _worker(pid) is not None, 3.0),
+    "engine-starting": (lambda pid: _worker(pid) is not None, 1.5),
 }
 
 
@@ -202,8 +202,9 @@ MOMENTS = {  # name: (ready, seconds after it)
                                              ("engine-starting", "pid")])
 def test_ctrl_c_while_an_engine_starts_exits_130_with_one_line_and_leaves_no_process(
         tiny_llama_vllm, mgsm_dir, tmp_path, moment, to):
-    argv = hubswap_argv("eval", tiny_llama_vllm["task"], "--dataset", mgsm_dir, "--languages", "sw", "--limit", "2",
-                        "--num-fewshot", "0", "--max-new-tokens", "8", "--vllm", "max_model_len=1024",
+    # Enough generation (16 prompts of up to 64 tokens) that the worker outlives every moment.
+    argv = hubswap_argv("eval", tiny_llama_vllm["task"], "--dataset", mgsm_dir, "--languages", "sw", "--limit", "16",
+                        "--num-fewshot", "0", "--max-new-tokens", "64", "--vllm", "max_model_len=1024",
                         "-o", tmp_path / "eval")
     env = _env(HUBSWAP_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

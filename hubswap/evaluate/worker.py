@@ -143,6 +143,7 @@ class WorkerSession:
             raise
         finally:
             conn.close()
+        _signal_group(proc.pid, signal.SIGKILL, alive=False)  # anything it started and left behind
         if proc.exitcode:
             log.debug("worker process %d exited %s", proc.pid, proc.exitcode)
 
@@ -241,15 +242,19 @@ def _stop(proc) -> None:
         if proc.is_alive():
             _signal_group(proc.pid, signal.SIGKILL)
     proc.join()
-    _signal_group(proc.pid, signal.SIGKILL)  # what is left of its group once it is gone
+    _signal_group(proc.pid, signal.SIGKILL, alive=False)  # what is left of its group once it is gone
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def _signal_group(pid: int, sig: int, *, alive: bool = True) -> None:
+    """Signal the process group ``pid`` leads; while the worker is ``alive`` (not yet joined) and
+    has no group yet (it makes one first thing), the worker itself. A joined worker's pid may
+    already belong to another process: never signalled by pid then."""
     try:
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):  # its group is empty (or it never made one)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        if alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
 
 def _side_files(path: Path) -> dict[str, bytes]:
