@@ -298,15 +298,22 @@ def suggest(task: list[float], language: list[float]) -> Suggestion:
         return "; ".join(f"layer {i}: task {pct(pt, i, i + 1)}, language {pct(pl, i, i + 1)}" for i in layers)
 
     # The first and last middle layers when a side is cut, the blended layers when it is not.
-    cut = [i for i, t in ((b, tb), (n - u - 1, tu)) if t == 0]
+    cut = sorted({i for i, t in ((b, tb), (n - u - 1, tu)) if t == 0})
     blended = [*range(b, b + tb), *range(n - u - tu, n - u)]
     if not blended:
-        r_trans = f"transition = 0: no boundary layer was changed substantially by both experts ({shares(cut)})"
+        r_trans = ("transition = 0: no layer at a boundary of the swap was changed substantially and comparably "
+                   f"by both experts ({shares(cut)})")
     else:
         label = f"transition = {tb}" if tb == tu else f"transition_bottom = {tb}, transition_top = {tu}"
         r_trans = f"{label}: both experts changed the boundary layers comparably ({shares(blended)}), so blend them"
         if cut:
             r_trans += f"; the other boundary is clear-cut ({shares(cut)})"
+    # A layer both changed comparably but lying inside a swapped block, away from its boundary,
+    # cannot be blended (transition layers sit at a boundary): say that it comes whole.
+    inside = [i for i in (*range(b), *range(n - u, n)) if mixed(i)]
+    if inside:
+        r_trans += (f"; {shares(inside)}: changed comparably by both experts too, but inside the swapped "
+                    f"layers, so taken whole from the language expert")
     return Suggestion(b, u, tb, tu, (r_bottom, r_top, r_trans))
 
 
@@ -423,7 +430,9 @@ def change_bars(title: str, task: list[float], language: list[float], s: Suggest
               f'transform="rotate(-90 14 {top_m + plot_h / 2:.0f})">||expert - base|| / ||base||</text>')
     legend = [("task expert", colors["task"], 1.0), ("language expert", colors["language"], 1.0)]
     if s is not None:
-        legend.append(("swapped in from the language expert", colors["language"], 0.25))
+        legend.append(("layers from the language expert", colors["language"], 0.25))
+        if s.transition_bottom or s.transition_top:
+            legend.append(("blended layers (shade: the language expert's weight)", colors["language"], 0.125))
     lx = left
     for label, color, opacity in legend:
         el.append(f'<rect x="{lx:.0f}" y="{height - 14}" width="10" height="10" fill="{color}" '

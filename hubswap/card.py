@@ -138,7 +138,7 @@ def write_card(model_dir: str | Path) -> Path:
     atomic_write(model_dir / PICTURE_FILE, layer_map_svg(_layers(rec), _labels(rec)))
     readme = model_dir / CARD_FILE
     atomic_write(readme, render_card(model_dir))
-    log.info("wrote the model card %s", readme)
+    log.debug("wrote the model card %s", readme)  # the staging folder's, in a build: its caller names the final path
     return readme
 
 
@@ -419,7 +419,9 @@ def _pts(x: float) -> str:
 
 
 def _p(p: float) -> str:
-    return ", p < 0.001" if p < 0.001 else f", p = {p:.3f}" if p < 0.1 else f", p = {p:.2f}"
+    from hubswap.evaluate.stats import p_value
+
+    return ", p < 0.001" if p < 0.001 else f", p = {p_value(p)}"
 
 
 def _evaluation(ev: EvalResults) -> dict:
@@ -461,8 +463,10 @@ def _evaluation(ev: EvalResults) -> dict:
     if (gate := ev.gate) is not None:
         must_beat = [ROLE_NAMES.get(x, x) for x in gate.must_beat]
         rule = []
-        if must_beat:
+        if must_beat and gate.margin:
             rule.append(f"beat the {' and the '.join(must_beat)} by at least {_pts(gate.margin).lstrip('+')} points")
+        elif must_beat:  # a tie passes
+            rule.append(f"score at least as high as the {' and the '.join(must_beat)}")
         if gate.min_accuracy or not must_beat:
             rule.append(f"reach an accuracy of at least {_pct(gate.min_accuracy)}%")
         if gate.min_target_language_share is not None:

@@ -375,7 +375,7 @@ def _eval_arguments(s: argparse.ArgumentParser) -> None:
 @command("eval", help="evaluate a model (and models to compare it with) on MGSM",
          description="Run MGSM on MODEL_DIR_OR_REPO with lm-eval 0.4.13 compatible prompts (native-cot, "
          "en-cot, direct) or a chat prompt, greedy, on the vLLM engine or transformers. Prints per "
-         "language n, accuracy with a 95%% interval, lm-eval strict-match and flexible-extract, the "
+         "language n, accuracy with a 95% interval, lm-eval strict-match and flexible-extract, the "
          "truncation and no-answer rates, and the paired difference with each --compare model. Writes "
          "eval_results.json and one jsonl per model and language to --output.",
          arguments=_eval_arguments)

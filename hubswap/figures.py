@@ -37,3 +37,17 @@ def axis(v: float) -> tuple[float, float]:
     k = 10 ** math.floor(math.log10(v))
     step = next(m * k / 10 for m in (1, 2, 5, 10, 20) if v / (m * k / 10) <= 5 + 1e-9)
     return math.ceil(v / step - 1e-9) * step, step
+
+
+def colour_scale(x: float, y: float, lo: float, hi: float, color, label) -> list[str]:
+    """A vertical colour bar from ``lo`` (bottom) to ``hi`` (top), ``color(v)`` filling it and
+    ``label(v)`` naming its ends."""
+    steps, h, w = 10, 120, 14
+    el = [f'<text x="{x}" y="{y - 6}">accuracy %</text>']
+    for i in range(steps):
+        v = hi - (hi - lo) * (i + 0.5) / steps
+        el.append(f'<rect x="{x}" y="{y + i * h / steps:.0f}" width="{w}" height="{h / steps:.0f}" fill="{color(v)}"/>')
+    el.append(f'<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="none" stroke="#999"/>')
+    el.append(f'<text x="{x + w + 4}" y="{y + 9}">{label(hi)}</text>')
+    el.append(f'<text x="{x + w + 4}" y="{y + h}">{label(lo)}</text>')
+    return el

@@ -180,7 +180,7 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
             write_json(stage / PUBLISHED_LOCK, pinned.to_json())
         write_card(stage)
         replaced = replace_build(stage, model_dir, build_dir / "eval")
-    log.info("model written to %s", model_dir)
+    log.debug("model written to %s", model_dir)  # the summary names it
     if replaced and not opts.evaluate:
         log.warning("replaced an evaluated build by an unevaluated one (--no-eval): %s now holds the new "
                     "model and no evaluation; the previous model's went with it (%s)", build_dir, replaced)

@@ -35,8 +35,8 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from hubswap.errors import HubswapError
-from hubswap.evaluate.stats import Paired, paired_comparison, wilson_interval
-from hubswap.figures import document, headings
+from hubswap.evaluate.stats import Paired, p_value, paired_comparison, pct, points, wilson_interval
+from hubswap.figures import colour_scale, document, headings
 from hubswap.files import check_writable
 from hubswap.inputs import EXPERTS
 from hubswap.layermap import layer_map
@@ -92,14 +92,16 @@ def split_halves(n: int, seed: int) -> tuple[list[int], list[int]]:
 
 
 def short(p: Paired) -> str:
-    """``+0.040 (+7/-2, p=0.18)``: difference, questions only the first / only the second got right."""
-    return f"{p.diff:+.3f} (+{p.merged_only}/-{p.other_only}, p={p.mcnemar_p:.2g})"
+    """``+4.0 (+7/-2, p=0.18)``: difference in percentage points, questions only the first / only the
+    second got right."""
+    return f"{points(p.diff)} (+{p.merged_only}/-{p.other_only}, p={p_value(p.mcnemar_p)})"
 
 
 def long(p: Paired) -> str:
     """``short`` with the 95% interval of the difference (Newcombe, paired)."""
     lo, hi = p.ci95
-    return f"{p.diff:+.3f} [{lo:+.3f}, {hi:+.3f}] (+{p.merged_only}/-{p.other_only}, McNemar p={p.mcnemar_p:.2g})"
+    return (f"{points(p.diff)} [{points(lo)}, {points(hi)}] (+{p.merged_only}/-{p.other_only}, "
+            f"McNemar p={p_value(p.mcnemar_p)})")
 
 
 def accuracy(v: list[bool]) -> float:
@@ -199,15 +201,15 @@ class SweepResult:
     def table(self) -> str:
         sel = "selection half" if self.holdout else "all questions"
         out = [f"{len(self.rows)} configurations of {self.name} on MGSM-{self.language}, ranked by accuracy "
-               f"on the {sel} ({self.n_select} of {self.n_questions} questions); paired differences are "
-               f"(config - other), +only config right / -only other right, exact McNemar p",
+               f"on the {sel} ({self.n_select} of {self.n_questions} questions), in %; paired differences "
+               f"are (config - other) in points, +only config right / -only other right, exact McNemar p",
                f"{'rank':>4}  {'bottom':>6} {'top':>4} {'trans':>5}  {'layers':<{self.num_layers}}  "
-               f"{'acc':>6}  {'vs best':<24}  {'vs task':<24}  {'vs language':<24}"]
+               f"{'acc %':>6}  {'vs best':<24}  {'vs task':<24}  {'vs language':<24}"]
         for i, r in enumerate(self.rows, 1):
             c = r.config
             pic = layer_map(Swap(bottom=c.bottom, top=c.top, transition=c.transition), self.num_layers).picture()
             vs_best = "(chosen)" if i == 1 else short(r.vs_best)
-            out.append(f"{i:>4}  {c.bottom:>6} {c.top:>4} {c.transition:>5}  {pic}  {r.accuracy:>6.3f}  "
+            out.append(f"{i:>4}  {c.bottom:>6} {c.top:>4} {c.transition:>5}  {pic}  {pct(r.accuracy):>6}  "
                        f"{vs_best:<24}  {short(r.vs_task):<24}  {short(r.vs_language):<24}")
         return "\n".join(out)
 
@@ -228,7 +230,7 @@ class SweepResult:
 
         def fmt(k: str) -> str:
             lo, hi = h.interval[k]
-            return f"{h.accuracy[k]:.3f} [{lo:.3f}, {hi:.3f}]"
+            return f"{pct(h.accuracy[k])}% [{pct(lo)}, {pct(hi)}]"
 
         if self.holdout:
             lines += [
@@ -454,13 +456,14 @@ def _write_outputs(loaded: LoadedRecipe, result: SweepResult, verdicts: dict[str
     write_csv(files["csv"], rows)
     files["json"].write_text(json.dumps(result.to_json(), indent=2) + "\n")
     experts_sel = {e: accuracy([verdicts[e][i] for i in select]) for e in EXPERTS}
-    files["svg"].write_text(sweep_heatmap(f"{result.name}: MGSM-{lang} accuracy over bottom x top", rows, experts_sel))
+    files["svg"].write_text(sweep_heatmap(f"{result.name}: MGSM-{lang} accuracy over bottom x top", rows, experts_sel,
+                                          questions=len(select)))
     c, h = result.chosen, result.heldout
     note = [
         f"Swap chosen by `hubswap sweep` over {len(rows)} configurations on MGSM-{lang}, "
-        f"selected on {len(select)} questions" + (f", held-out accuracy {h.accuracy[c.name]:.3f} on "
+        f"selected on {len(select)} questions" + (f", held-out accuracy {pct(h.accuracy[c.name])}% on "
                                                   f"{h.n} other questions" if result.holdout else ""),
-        f"(task expert {h.accuracy['task']:.3f}, language expert {h.accuracy['language']:.3f}); "
+        f"(task expert {pct(h.accuracy['task'])}%, language expert {pct(h.accuracy['language'])}%); "
         f"from {loaded.path.name}, only [swap] changed.",
     ]
     files["recipe"] = write_recipe(loaded, c, dest, note)
@@ -476,8 +479,9 @@ def _relative_paths(loaded: LoadedRecipe) -> list[str]:
     return [p for p in paths if not Path(p).expanduser().is_absolute()]
 
 
-def sweep_heatmap(title: str, rows: list[Ranked], experts: dict[str, float]) -> str:
-    """Selection accuracy over bottom (rows) x top (columns), one panel per transition size."""
+def sweep_heatmap(title: str, rows: list[Ranked], experts: dict[str, float], *, questions: int) -> str:
+    """Selection accuracy (%) over bottom (rows) x top (columns), one panel per transition size,
+    each cell on the same ``questions``, with the colour scale beside the panels."""
     bottoms = sorted({r.config.bottom for r in rows})
     tops = sorted({r.config.top for r in rows})
     transitions = sorted({r.config.transition for r in rows})
@@ -486,9 +490,10 @@ def sweep_heatmap(title: str, rows: list[Ranked], experts: dict[str, float]) -> 
     outline = ""
     cell, gap, left, top_m = 44, 36, 100, 70
     panel_w = cell * len(tops)
-    expert_text = "on the same questions: " + ", ".join(f"{k} expert {v:.3f}" for k, v in experts.items())
-    width = round(max(420, left + len(transitions) * (panel_w + gap) + 20, 2 * left + 6.2 * len(expert_text)))
-    height = top_m + cell * len(bottoms) + 44
+    expert_text = f"on the same {questions} questions: " + ", ".join(f"{k} expert {pct(v)}%" for k, v in experts.items())
+    scale_x = left + len(transitions) * (panel_w + gap)  # the colour scale, right of the panels
+    width = round(max(420, scale_x + 90, 2 * left + 6.2 * len(expert_text)))
+    height = max(top_m + cell * len(bottoms), top_m + 120) + 44
     lo = min([*acc.values(), *experts.values()])
     hi = max([*acc.values(), *experts.values()])
 
@@ -498,7 +503,9 @@ def sweep_heatmap(title: str, rows: list[Ranked], experts: dict[str, float]) -> 
         r, g, b = (round(255 + (c - 255) * f) for c in (8, 69, 148))
         return f"rgb({r},{g},{b})"
 
-    el = headings(width, title, f"accuracy on the selection half; outlined: chosen ({chosen.name})")
+    el = headings(width, title, f"accuracy (%) of each configuration on the same {questions} questions; "
+                  f"outlined: chosen ({chosen.name})")
+    el += colour_scale(scale_x, top_m, lo, hi, color, pct)
     for p, t in enumerate(transitions):
         x0 = left + p * (panel_w + gap)
         el.append(f'<text x="{x0 + panel_w / 2:.0f}" y="{top_m - 22}" text-anchor="middle">transition = {t}</text>')
@@ -519,10 +526,11 @@ def sweep_heatmap(title: str, rows: list[Ranked], experts: dict[str, float]) -> 
                     outline = (f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="none" '
                                f'stroke="black" stroke-width="3"><title>chosen: {escape(c.name)}</title></rect>')
                 el.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{color(v)}" stroke="#ccc">'
-                          f'<title>{escape(c.name)}: {v:.3f}</title></rect>')
+                          f'<title>{escape(c.name)}: {pct(v)}% of {questions} questions</title></rect>')
                 el.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle" '
-                          f'fill="{"white" if dark else "black"}">{v:.2f}</text>')
+                          f'fill="{"white" if dark else "black"}">{pct(v)}</text>')
     el.append(outline)
     el.append(f'<text x="{left - 8}" y="{top_m - 6}" text-anchor="end">bottom \\ top</text>')
     el.append(f'<text x="{left}" y="{height - 14}">{escape(expert_text)}</text>')
     return document(width, height, el)
+

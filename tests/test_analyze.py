@@ -105,6 +105,31 @@ def test_suggest_blends_a_boundary_both_experts_changed():
     assert s.toml() == "bottom = 2, top = 1, transition_bottom = 1, transition_top = 0"
 
 
+def test_suggest_says_when_a_layer_both_changed_comes_whole():
+    # Layer 2 moved as much for both experts, but sits inside the swapped top (layers 1-4), where
+    # no transition can blend it: the reason says it comes whole, and names each layer once.
+    s = suggest([3.0, 1.0, 1.0, 1.0, 3.0], [1.0, 3.0, 1.0, 3.0, 1.0])
+    assert (s.bottom, s.top, s.transition_bottom, s.transition_top) == (0, 4, 0, 0)
+    assert s.reasons[2] == (
+        "transition = 0: no layer at a boundary of the swap was changed substantially and comparably by both "
+        "experts (layer 0: task 33%, language 11%); layer 2: task 11%, language 11%: changed comparably by "
+        "both experts too, but inside the swapped layers, so taken whole from the language expert")
+
+
+def test_the_figure_legend_tells_blended_layers_from_swapped_ones():
+    import xml.etree.ElementTree as ET
+
+    from hubswap.analysis import change_bars
+
+    task = [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    lang = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    svg = ET.fromstring(change_bars("t", task, lang, suggest(task, lang)))
+    texts = [e.text for e in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert "layers from the language expert" in texts
+    assert "blended layers (shade: the language expert's weight)" in texts
+    assert not any("swapped in" in (t or "") for t in texts)
+
+
 def test_suggest_compares_shares_not_sizes():
     # The language fine-tune moved every layer 10x more; its profile still decides only the ends.
     task = [0.1, 0.1, 1.0, 1.0, 1.0, 1.0, 0.1, 0.1]

@@ -31,7 +31,7 @@ def test_failing_gate_stops_the_build_after_writing_every_result(tiny_llama_vllm
     err = capsys.readouterr().err
     error = [line for line in err.splitlines() if line.startswith(("error:", "hint:"))]
     assert len(error) == 2 and error[0].startswith("error: gate failed: "), error
-    assert "0.000" in error[0] and "0.500" in error[0], error  # the numbers
+    assert "0.0%" in error[0] and "50.0%" in error[0], error  # the numbers, in percent
     assert "nothing was published" in error[1]
 
     model = out / "model"
@@ -73,6 +73,6 @@ def test_failing_gate_stops_the_build_after_writing_every_result(tiny_llama_vllm
              "-o", str(tmp_path / "sweep")]
     assert main(sweep) == 0
     for expert in ("task", "language"):
-        assert f"evaluating {expert}: all 1 languages from the cache" in caplog.text, expert
+        assert f"evaluating {expert}: cached (sw from " in caplog.text, expert
     assert "evaluating b2-u1-t1: 1 prompts" in caplog.text
     assert "evaluating b2-u1-t1.heldout: 2 prompts" in caplog.text

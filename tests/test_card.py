@@ -107,7 +107,7 @@ def test_failed_gate_local_experts_and_local_dataset(tmp_path):
     recipe = RECIPE.replace('repo = "hubswap-test/tiny-swahili"', 'path = "../experts/sw"')
     text = render_card(make_build(tmp_path / "build", recipe=recipe, passed=False, local_dataset=True))
     assert "**Gate: failed**, so this build must not be published" in text
-    assert "- merged 0.364 < task 0.296 + margin 0.100 (n=250)" in text  # apply_gate's own words
+    assert "- merged 36.4% < task 29.6% +10.0 points (n=250)" in text  # apply_gate's own words
     card = ModelCard(text)
     assert card.data.base_model == ["hubswap-test/tiny-math"]
     assert {(r.dataset_type, r.dataset_revision) for r in card.data.eval_results} == {("juletxara/mgsm", None)}

@@ -122,11 +122,11 @@ def test_gate_pass_and_fail(first_run):
     assert verdict.passed and verdict.reasons == [] and len(verdict.checks) == 3
     failed = apply_gate(_with(results, 0.40, 0.39, 0.20), Gate(must_beat=["task", "language"], margin=0.02))
     assert not failed.passed
-    assert failed.reasons == ["merged 0.400 < task 0.390 + margin 0.020 (n=100)"]
+    assert failed.reasons == ["merged 40.0% < task 39.0% +2.0 points (n=100)"]
     too_low = apply_gate(_with(results, 0.40, 0.1, 0.1), Gate(must_beat=[], min_accuracy=0.5))
-    assert not too_low.passed and "min_accuracy 0.500" in too_low.reasons[0]
+    assert not too_low.passed and "min_accuracy 50.0%" in too_low.reasons[0]
     err = failed.error()
-    assert isinstance(err, GateFailedError) and err.exit_code == 6 and "0.390" in str(err)
+    assert isinstance(err, GateFailedError) and err.exit_code == 6 and "39.0%" in str(err)
     assert failed.record().to_json()["must_beat"] == ["task", "language"]
     # on the real results: the merged model must at least equal itself
     real = apply_gate(results, Gate(must_beat=[], min_accuracy=0.0))
@@ -185,4 +185,4 @@ def test_prompt_longer_than_the_engine_is_a_user_error(tiny_llama_vllm, mgsm_dir
                "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 7
-    assert "does not fit the engine" in err and "max_model_len (now 128)" in err
+    assert "Swahili (sw) prompts do not fit the engine" in err and "--vllm max_model_len=N (now 128)" in err

@@ -55,19 +55,20 @@ def _results(merged: dict[str, float], share: float | None = 1.0, **others: dict
 def test_a_tie_with_another_model_plus_the_margin_passes(merged, task, margin):
     verdict = apply_gate(_results({"sw": merged}, task={"sw": task}), Gate(must_beat=["task"], margin=margin))
     assert verdict.passed, verdict.reasons
-    assert verdict.checks[0].startswith(f"merged {merged:.3f} >= task {task:.3f} + margin {margin:.3f}")
+    bound = f"task {100 * task:.1f}%" + (f" +{100 * margin:.1f} points" if margin else "")
+    assert verdict.checks[0] == f"merged {100 * merged:.1f}% >= {bound} (n=100)"
 
 
 def test_a_hair_below_the_margin_fails():
     verdict = apply_gate(_results({"sw": 0.39}, task={"sw": 0.38}), Gate(must_beat=["task"], margin=0.02))
     assert not verdict.passed
-    assert verdict.reasons == ["merged 0.390 < task 0.380 + margin 0.020 (n=100)"]
+    assert verdict.reasons == ["merged 39.0% < task 38.0% +2.0 points (n=100)"]
 
 
 def test_min_accuracy_is_met_on_a_tie_and_missed_below():
     assert apply_gate(_results({"sw": 0.3}), Gate(must_beat=[], min_accuracy=0.1 + 0.2)).passed
     low = apply_gate(_results({"sw": 0.29}), Gate(must_beat=[], min_accuracy=0.3))
-    assert not low.passed and low.reasons == ["merged 0.290 < min_accuracy 0.300"]
+    assert not low.passed and low.reasons == ["merged 29.0% < min_accuracy 30.0%"]
 
 
 def test_a_must_beat_model_that_was_not_evaluated_fails():
@@ -78,7 +79,7 @@ def test_a_must_beat_model_that_was_not_evaluated_fails():
         verdict = apply_gate(results, gate)
         assert not verdict.passed
         assert verdict.reasons == ["language was not evaluated in sw, so merged cannot be shown to beat it"]
-        assert verdict.checks[0].startswith("merged 0.900 >= task 0.100")  # the other checks still made
+        assert verdict.checks[0].startswith("merged 90.0% >= task 10.0%")  # the other checks still made
 
 
 def test_a_merged_model_without_a_result_in_the_target_language_fails():

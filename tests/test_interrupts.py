@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -146,3 +148,110 @@ def test_ctrl_c_during_the_evaluation_keeps_the_model_and_the_cached_results(tin
     assert rerun.returncode in (0, 6), rerun.stderr  # 6: the random tiny model may fail the gate
     results = json.loads((out / "model" / "hubswap" / "eval_results.json").read_text())
     assert results["models"]["task"]["cached"] is True
+
+
+# --- Ctrl-C while an evaluation engine starts --------------------------------------------------
+# The moments are read from the process tree, not the console: the worker server (a
+# multiprocessing forkserver, a child of hubswap) started and preloading vLLM; a worker forked from
+# it; that worker a few seconds on, starting its engine.
+
+
+def _group(pgid: int) -> list:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid:
+                out.append(p)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return out
+
+
+def _server(pid: int):
+    import psutil
+
+    try:
+        return next((c for c in psutil.Process(pid).children()
+                     if "forkserver" in " ".join(c.cmdline())), None)
+    except psutil.Error:
+        return None
+
+
+def _worker(pid: int):
+    import psutil
+
+    server = _server(pid)
+    try:
+        children = server.children() if server is not None else []
+        return children[0] if children else None
+    except psutil.Error:
+        return None
+
+
+MOMENTS = {  # name: (ready, seconds after it)
+    "server-preloading": (lambda pid: _server(pid) is not None, 0.5),
+    "worker-forked": (lambda pid: _worker(pid) is not None, 0.0),
+    "engine-starting": (lambda pid: _worker(pid) is not None, 1.5),
+}
+
+
+@pytest.mark.parametrize(("moment", "to"), [("server-preloading", "group"), ("worker-forked", "pid"),
+                                             ("worker-forked", "group"), ("engine-starting", "group"),
+                                             ("engine-starting", "pid")])
+def test_ctrl_c_while_an_engine_starts_exits_130_with_one_line_and_leaves_no_process(
+        tiny_llama_vllm, mgsm_dir, tmp_path, moment, to):
+    # Enough generation (16 prompts of up to 64 tokens) that the worker outlives every moment.
+    argv = hubswap_argv("eval", tiny_llama_vllm["task"], "--dataset", mgsm_dir, "--languages", "sw", "--limit", "16",
+                        "--num-fewshot", "0", "--max-new-tokens", "64", "--vllm", "max_model_len=1024",
+                        "-o", tmp_path / "eval")
+    env = _env(HUBSWAP_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a shell gives it
+    ready, after = MOMENTS[moment]
+    seen: set[int] = set()  # every process hubswap started, by pid and by process group
+
+    def watch() -> bool:
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            seen.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
+        return ready(proc.pid)
+
+    try:
+        _wait_for(proc, watch, moment)
+        deadline = time.monotonic() + after
+        while time.monotonic() < deadline:
+            watch()
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the evaluation ended before {moment} + {after} s"
+        if to == "group":
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a shell does
+        else:
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert _errors(err) == ["interrupted"], err
+    groups = {proc.pid} | seen  # a worker leads a process group of its own, its id the worker's pid
+
+    def left_over() -> list:
+        import psutil
+
+        alive = {p.pid: p for g in groups for p in _group(g)}
+        for pid in seen:
+            with contextlib.suppress(psutil.Error):
+                alive.setdefault(pid, psutil.Process(pid))
+        return [p for p in alive.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    deadline = time.monotonic() + 10
+    while (left := left_over()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    names = [" ".join(p.cmdline())[:120] for p in left]
+    for p in left:
+        p.kill()
+    assert not left, f"left running after hubswap exited: {names}"

@@ -111,9 +111,16 @@ def test_render_svg_is_valid_and_marks_the_choice():
     rows = [Ranked(Config(b, u, t), (b + u + t) / 10, p, p, p)
             for b in (1, 2) for u in (1, 2) for t in (0, 1)]
     rows.sort(key=lambda r: -r.accuracy)
-    svg = ET.fromstring(sweep_heatmap("t", rows, {"task": 0.1, "language": 0.2}))
+    svg = ET.fromstring(sweep_heatmap("t", rows, {"task": 0.1, "language": 0.2}, questions=10))
     rects = [e for e in svg.iter("{http://www.w3.org/2000/svg}rect") if e.get("stroke-width") == "3"]
     assert len(rects) == 1 and rects[0].find("{http://www.w3.org/2000/svg}title").text == "chosen: b2-u2-t1"
+    # Percent with one decimal, as build and eval print; how many questions stand behind a cell;
+    # a colour scale from the lowest to the highest accuracy shown (the task expert's 10%).
+    texts = [e.text for e in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert "50.0" in texts and "0.50" not in texts  # b2-u2-t1's cell
+    assert "b2-u2-t1: 50.0% of 10 questions" in [e.text for e in svg.iter("{http://www.w3.org/2000/svg}title")]
+    assert any("the same 10 questions" in (t or "") for t in texts)
+    assert "accuracy %" in texts and "10.0" in texts
 
 
 # Written out: the sweep rewrites this text, and its comments must survive (test_sweep_end_to_end).
@@ -230,8 +237,8 @@ def test_sweep_end_to_end(sweep_recipe, tiny_llama, tmp_path, capsys, caplog):
                  "--recipe-out", str(tmp_path / "best.toml")]) == 0
     assert not (out2 / "scratch").exists()
     assert (tmp_path / "best.toml").is_file()
-    assert "evaluating task: all 1 languages from the cache" in caplog.text
-    assert "evaluating b1-u1-t0: all 1 languages from the cache" in caplog.text
+    assert "evaluating task: cached (sw from " in caplog.text
+    assert "evaluating b1-u1-t0: cached (sw from " in caplog.text
 
 
 def test_summary_says_how_the_choice_was_made():
@@ -245,6 +252,13 @@ def test_summary_says_how_the_choice_was_made():
     text = SweepResult("x", "sw", 8, rows, held, 10, 5, True, 0).summary()
     assert "selected on a fixed half of the questions (5); scored on the other, held-out half (5" in text
     assert "chosen: bottom = 1, top = 1, transition = 0" in text
+    # Accuracies in percent with one decimal and differences in points, as build and eval print
+    # them; p-values with two significant digits (1.0, never 1).
+    assert "  chosen    100.0% [" in text and "  language  0.0% [" in text
+    assert "chosen - language: +100.0 [" in text
+    table = text.splitlines()[2:4]
+    assert table[0].split()[5] == "100.0" and table[1].split()[5] == "60.0", table
+    assert "p=1" not in text.replace("p=1.0", ""), text
 
     rows, held = rank(verdicts, configs, list(range(10)), list(range(10)))
     text = SweepResult("x", "sw", 8, rows, held, 10, 10, False, 0).summary()

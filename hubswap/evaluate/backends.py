@@ -145,6 +145,36 @@ def check_cpu_head_size(path: Path) -> None:
         )
 
 
+def check_prompts_fit(path: Path, prompts: dict[str, list[Prompt]], options: dict[str, Any]) -> None:
+    """Refuse, before any engine starts, prompts the vLLM engine would refuse once started (seconds
+    to minutes later): those of ``max_model_len`` tokens or more, counted with the model's own
+    tokenizer (``tokenizer.json``, with its special tokens). Chat prompts, and models without a
+    ``tokenizer.json``, are left to the engine."""
+    from hubswap.evaluate.languages import language_name
+
+    file = Path(path) / "tokenizer.json"
+    try:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(file)) if file.is_file() else None
+    except Exception:  # an unreadable tokenizer is the engine's to report
+        return
+    if tokenizer is None:
+        return
+    max_len = options.get("max_model_len") or vllm_engine_args(path, {}, seed=0, cuda=True)["max_model_len"]
+    for lang, ps in prompts.items():
+        texts = [p.text for p in ps if p.text is not None and p.messages is None]
+        lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)] if texts else []
+        too_long = [n for n in lengths if n >= max_len]
+        if too_long:
+            raise EvaluationError(
+                f"{len(too_long)} of the {len(ps)} {language_name(lang)} ({lang}) prompts do not fit the engine: "
+                f"the longest is {max(lengths)} tokens, and max_model_len is {max_len} (a prompt must be shorter)",
+                hint=f"raise [eval.vllm] max_model_len (now {max_len}) to at least {max(lengths) + 1} plus the "
+                "answer's tokens, or lower [eval] num_fewshot",
+            )
+
+
 def vllm_engine_args(path: Path, options: dict[str, Any], *, seed: int, cuda: bool,
                      dtype: str | None = None) -> dict[str, Any]:
     """The keyword arguments for ``vllm.LLM``: hubswap's defaults, then the recipe's options.

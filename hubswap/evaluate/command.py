@@ -6,10 +6,11 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
-from hubswap.errors import EvaluationError, ModelFilesError
+from hubswap.errors import EvaluationError, HubswapError, ModelFilesError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,37 @@ def resolve_model(spec: str, revision: str | None = None, *, endpoint: str | Non
     return download_model(resolve_hub_model("model", source, endpoint=endpoint))
 
 
+# Errors name the recipe's settings; ``hubswap eval`` has no recipe: its hints name its flags.
+FLAGS = [
+    (re.compile(r"\[eval\.vllm\] max_model_len \(now (\d+)\)"), r"--vllm max_model_len=N (now \1)"),
+    (re.compile(r"\[eval\.vllm\] ((?:max_model_len|gpu_memory_utilization|tensor_parallel_size)"
+                r"(?: / (?:max_model_len|gpu_memory_utilization|tensor_parallel_size))*)"),
+     lambda m: " / ".join(f"--vllm {k}=..." for k in m.group(1).split(" / "))),
+    (re.compile(r"\[eval\.vllm\]( in the recipe)?"), "the --vllm options"),
+    (re.compile(r"\[eval\]\.?\s?(dataset|num_fewshot|batch_size|max_new_tokens|limit|dtype|backend)"),
+     lambda m: "--" + m.group(1).replace("_", "-")),
+    (re.compile(r"set --backend = \"(\w+)\"( \(hubswap eval --backend \w+\))?"), r"pass --backend \1"),
+]
+
+
+def as_flags(text: str | None) -> str | None:
+    """A hint written for a recipe, in ``hubswap eval``'s flags."""
+    if text is None:
+        return None
+    for pattern, replacement in FLAGS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def eval_command(args: argparse.Namespace) -> int:
+    try:
+        return _eval_command(args)
+    except HubswapError as e:
+        e.hint = as_flags(e.hint)
+        raise
+
+
+def _eval_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from hubswap.evaluate import format_table, run_evaluation

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from hubswap.errors import GateFailedError
 from hubswap.evaluate.results import EvalResults, GateRecord
+from hubswap.evaluate.stats import pct, points
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,14 @@ def apply_gate(results: EvalResults, gate) -> GateVerdict:
             continue
         other_acc = theirs.accuracy
         ok = _at_least(acc, other_acc + gate.margin)
-        msg = (f"merged {acc:.3f} {'>=' if ok else '<'} {other} {other_acc:.3f} + margin {gate.margin:.3f} "
-               f"(n={n})")
+        bound = (f"{other} {pct(other_acc)}%" if not gate.margin
+                 else f"{other} {pct(other_acc)}% {points(gate.margin)} points")
+        msg = f"merged {pct(acc)}% {'>=' if ok else '<'} {bound} (n={n})"
         checks.append(msg)
         if not ok:
             reasons.append(msg)
     ok = _at_least(acc, gate.min_accuracy)
-    msg = f"merged {acc:.3f} {'>=' if ok else '<'} min_accuracy {gate.min_accuracy:.3f}"
+    msg = f"merged {pct(acc)}% {'>=' if ok else '<'} min_accuracy {pct(gate.min_accuracy)}%"
     checks.append(msg)
     if not ok:
         reasons.append(msg)

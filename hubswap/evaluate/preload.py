@@ -8,7 +8,9 @@ engine started in 31 s and its second in 7 s; with the modules below preloaded, 
 on a GPU host only modules that do not depend on the device are preloaded.
 
 Which engine: ``$HUBSWAP_WORKER_BACKEND`` (``vllm`` or ``transformers``) and
-``$HUBSWAP_WORKER_CUDA`` (``1`` or ``0``), set by ``worker.py`` for the server only. A module that
+``$HUBSWAP_WORKER_CUDA`` (``1`` or ``0``), set by ``worker.py`` for the server only; with
+``$HUBSWAP_WORKER_LOG`` (a file; not with ``-v``) the server's stdout and stderr, and so its
+workers', go to that file instead of the console. A module that
 fails to import is skipped: the worker imports what it needs itself.
 """
 
@@ -48,6 +50,12 @@ def preload(backend: str, cuda: bool) -> list[str]:
         done.append(name)
     return done
 
+
+if os.environ.get("HUBSWAP_WORKER_LOG"):  # the server, quiet: its and its workers' output to the log
+    _fd = os.open(os.environ["HUBSWAP_WORKER_LOG"], os.O_WRONLY | os.O_APPEND)
+    os.dup2(_fd, 1)
+    os.dup2(_fd, 2)
+    os.close(_fd)
 
 if os.environ.get("HUBSWAP_WORKER_BACKEND"):
     preload(os.environ["HUBSWAP_WORKER_BACKEND"], os.environ.get("HUBSWAP_WORKER_CUDA") == "1")

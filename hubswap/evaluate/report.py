@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from hubswap.evaluate.results import EvalResults
+from hubswap.evaluate.stats import p_value, pct, points
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:5.1f}"
+    return f"{pct(x):>5}"
 
 
 def _share(x: float | None) -> str:
@@ -20,10 +21,13 @@ def format_table(results: EvalResults) -> str:
     ref = results.reference_model
     tags = {name: name + (" (cached)" if model.cached else "") for name, model in results.models.items()}
     w = max([5, *map(len, tags.values())])
+    # The paired difference is shown on each compared model's row, from the reference's side.
+    compared = [name for name in results.models if results.comparisons.get(name)]
+    diff_head = f"{ref} - this row [95% CI]" if compared else ""
     lines = [
         f"MGSM ({s.prompt}, {s.num_fewshot}-shot, backend {s.backend}; accuracy % [95% CI])",
         f"{'model':<{w}} {'lang':<4} {'n':>4}  {'accuracy':>20}  {'strict':>6} {'flex':>6}  "
-        f"{'trunc':>5} {'noans':>5} {'inlang':>6}  {ref + ' - model [95% CI]':>28}  {'McNemar p':>9}",
+        f"{'trunc':>5} {'noans':>5} {'inlang':>6}  {diff_head:>28}  {'McNemar p' if compared else '':>9}",
     ]
     for name, model in results.models.items():
         for lang in s.languages:
@@ -32,8 +36,8 @@ def format_table(results: EvalResults) -> str:
             cmp_ = results.comparisons.get(name, {}).get(lang)
             if cmp_:
                 # shown from the merged model's side: merged minus this model
-                diff = f"{100 * cmp_.diff:+6.1f} [{100 * cmp_.ci95[0]:+6.1f}, {100 * cmp_.ci95[1]:+6.1f}]"
-                p = f"{cmp_.mcnemar_p:.3g}"
+                diff = f"{points(cmp_.diff):>6} [{points(cmp_.ci95[0]):>6}, {points(cmp_.ci95[1]):>6}]"
+                p = p_value(cmp_.mcnemar_p)
             else:
                 diff, p = "", ""
             lines.append(

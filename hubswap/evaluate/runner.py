@@ -29,7 +29,7 @@ from typing import Any
 
 from hubswap.errors import EvaluationError
 from hubswap.evaluate.answer_language import answer_languages, target_share
-from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation
+from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation, check_prompts_fit
 from hubswap.evaluate.data import HUB_DATASET, is_local, load_language
 from hubswap.evaluate.prompts import FEWSHOT_SEED, Prompt, build_prompts
 from hubswap.evaluate.results import EvalResults
@@ -100,6 +100,9 @@ def run_evaluation(
     eval_dir.mkdir(parents=True, exist_ok=True)
     cache_keys = cache_keys or {}
     prompts, settings = _prompts_and_settings(models, cfg, dataset, limit, questions)
+    if cfg.backend == "vllm":  # what the engine would refuse after starting, refused now
+        for path in models.values():
+            check_prompts_fit(Path(path), prompts, cfg.vllm)
     metric = _load_metric()
 
     verdicts: dict[str, dict[str, list[bool]]] = {}
@@ -262,7 +265,7 @@ def _assemble(name, cached_rows, made, prompts, settings, key, cache_dir):
             if key and cache_dir:
                 _cache_write(Path(cache_dir), key, lang, settings, rows[lang], engine)
     else:
-        log.info("evaluating %s: all %d languages from the cache", name, len(cached_rows))
+        log.info("evaluating %s: cached (%s from %s)", name, ", ".join(cached_rows), cache_dir)
         # The engine settings (dtype, eos set) the cached generations were made with.
         engine = _cache_payload(Path(cache_dir), key, next(iter(cached_rows)), settings).get("engine")
     return {lang: rows[lang] for lang in prompts}, list(cached_rows), engine, shares

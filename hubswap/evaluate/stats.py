@@ -87,3 +87,21 @@ def paired_comparison(first: Sequence[bool], second: Sequence[bool]) -> Paired:
         n=n, diff=(b - c) / n if n else 0.0, ci95=newcombe_paired_interval(a, b, c, d),
         mcnemar_p=mcnemar_exact(b, c), both=a, merged_only=b, other_only=c, neither=d,
     )
+
+
+# --- how the console, the card and the sweep print them -------------------------------------------
+
+
+def pct(x: float) -> str:
+    """An accuracy (a fraction) as percent with one decimal: ``0.125`` -> ``12.5``."""
+    return f"{100 * x:.1f}"
+
+
+def points(x: float) -> str:
+    """A difference of accuracies in percentage points, signed: ``0.04`` -> ``+4.0``."""
+    return f"{100 * x:+.1f}"
+
+
+def p_value(p: float) -> str:
+    """A p-value with two significant digits: ``1.0``, ``0.50``, ``0.031``, ``0.0012``."""
+    return f"{p:#.2g}" if p >= 1e-4 else f"{p:.1e}"

@@ -12,13 +12,9 @@ A ``WorkerSession`` runs those children; with ``reuse`` (the sweep) a vLLM child
 model and loads the next one's weights into its running engine when nothing else differs
 (``WorkerSession``'s docstring says when), and stops for a fresh child otherwise.
 
-Children are forked from a multiprocessing *forkserver*: a clean interpreter started once per
-parent process that imports the engine's libraries once (``preload.py``), so each child starts
-without paying the 15-30 s a first vLLM engine costs in a fresh process on a small CPU machine. The server never runs a model and never touches CUDA, so each child
-initialises the device afresh. On a machine without CUDA the vLLM engine runs inside the child
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set before the server starts unless already set). As with
-any multiprocessing start method but ``fork``, a script that calls hubswap's evaluation at import
-time needs ``if __name__ == "__main__":``.
+Children are forked from a multiprocessing *forkserver* (``server.py``: how it starts, what it
+preloads, where its output goes, how Ctrl-C reaches it). Each child leads a process group of its
+own and ignores SIGINT: the parent stops it, with whatever it started, on Ctrl-C.
 
 A child that dies (the kernel's out-of-memory killer, a signal, a crash in native code) is an
 ``EvaluationError`` naming the model and what it was doing; a Python exception in the child comes
@@ -43,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from hubswap.errors import EvaluationError, HubswapError
+from hubswap.evaluate.server import engine_log_hint, server_context
 
 log = logging.getLogger(__name__)
 
-_started_with: str | None = None  # the backend whose libraries the server preloaded
 
 
 @dataclass(frozen=True)
@@ -124,7 +120,7 @@ class WorkerSession:
                    "devices": self.devices,
                    "max_new_tokens": max_new_tokens, "progress": progress,
                    "token_ids": token_ids, "log_level": logging.getLogger("hubswap").getEffectiveLevel()}
-        log.info("evaluating %s in worker process %d%s", name, self._proc.pid,
+        log.debug("evaluating %s in worker process %d%s", name, self._proc.pid,
                  " (its running engine takes the new weights)" if reload else "")
         self._conn.send(request)
         result = self._wait(name, Path(path), len(prompts), progress, on_event, reload)
@@ -136,6 +132,9 @@ class WorkerSession:
         proc, conn, self._proc, self._conn, self._running = self._proc, self._conn, None, None, None
         if proc is None:
             return
+        if proc.pid is None:  # never started (interrupted while starting)
+            conn.close()
+            return
         try:
             if proc.is_alive():
                 with contextlib.suppress(OSError, ValueError):
@@ -146,6 +145,7 @@ class WorkerSession:
             raise
         finally:
             conn.close()
+        _signal_group(proc.pid, signal.SIGKILL, alive=False)  # anything it started and left behind
         if proc.exitcode:
             log.debug("worker process %d exited %s", proc.pid, proc.exitcode)
 
@@ -162,11 +162,15 @@ class WorkerSession:
         self.close()
 
     def _start(self, name: str, backend: str) -> None:
-        ctx = _context(backend)
+        ctx = server_context(backend)
         self._conn, child_conn = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(target=_child, args=(child_conn,), name=f"hubswap-eval-{name}", daemon=False)
         try:
             self._proc.start()
+        except BaseException:  # Ctrl-C while the server forks it: nothing started to join
+            self._proc, conn, self._conn = None, self._conn, None
+            conn.close()
+            raise
         finally:
             child_conn.close()
 
@@ -179,7 +183,7 @@ class WorkerSession:
         stage, done = ("loading the weights into the running engine" if reload else "starting its process"), 0
         result: WorkerResult | None = None
         error: dict | None = None
-        bar = tqdm(total=total, desc=f"evaluating {name}", unit="prompt", disable=not progress, leave=False)
+        bar = tqdm(total=total, desc=f"evaluating {name}", unit="prompt", disable=not progress)
         try:
             while result is None and error is None:
                 ready = multiprocessing.connection.wait([conn, proc.sentinel])
@@ -201,24 +205,33 @@ class WorkerSession:
                 if on_event is not None:
                     on_event(WorkerEvent(name, proc.pid, stage, done, total,
                                          result.peak_rss if "result" in msg else None))
-        except BaseException:
+        except BaseException as e:
+            stage = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped while {stage}"
             self._proc = None
             _stop(proc)
             conn.close()
             raise
-        finally:
+        finally:  # the bar ends at 100%, or says why not
+            if result is not None:
+                bar.set_postfix_str("", refresh=False)
+            elif error is not None:
+                bar.set_postfix_str(f"failed while {stage}", refresh=False)
+            elif stage == "interrupted" or stage.startswith("stopped"):
+                bar.set_postfix_str(stage, refresh=False)
+            else:
+                bar.set_postfix_str(f"its worker died while {stage}", refresh=False)
             bar.close()
         if result is not None:
-            log.info("evaluated %s in worker process %d (peak RSS %.2f GB)", name, proc.pid, result.peak_rss / 1e9)
+            log.debug("evaluated %s in worker process %d (peak RSS %.2f GB)", name, proc.pid, result.peak_rss / 1e9)
             return result
         self.close()  # the worker has exited, or exits after its error
         if error is not None:
             raise _rebuild(error, name)
         if stage == "starting its process":
-            hint = ("see the worker's error above; a script that evaluates at import time needs "
+            hint = (f"{engine_log_hint()}; a script that evaluates at import time needs "
                     "`if __name__ == \"__main__\":` (workers import the main module)")
         else:
-            hint = ("a worker killed by SIGKILL was most often stopped by the kernel's out-of-memory killer "
+            hint = (f"{engine_log_hint()}; a worker killed by SIGKILL was most often stopped by the kernel's out-of-memory killer "
                     "(see `dmesg`): lower [eval] batch_size, or [eval.vllm] max_model_len / gpu_memory_utilization. "
                     "Models evaluated before it are kept: a rerun takes cached experts from the cache")
         raise EvaluationError(
@@ -228,12 +241,28 @@ class WorkerSession:
 
 
 def _stop(proc) -> None:
+    """Stop a worker and whatever it started: each worker leads a process group of its own
+    (``_child``), so vLLM's helper processes (its model-registry subprocess on every engine start,
+    its engine core on a GPU) go with it instead of outliving hubswap."""
     if proc.is_alive():
-        proc.terminate()
+        _signal_group(proc.pid, signal.SIGTERM)
         proc.join(10)
         if proc.is_alive():
-            proc.kill()
+            _signal_group(proc.pid, signal.SIGKILL)
     proc.join()
+    _signal_group(proc.pid, signal.SIGKILL, alive=False)  # what is left of its group once it is gone
+
+
+def _signal_group(pid: int, sig: int, *, alive: bool = True) -> None:
+    """Signal the process group ``pid`` leads; while the worker is ``alive`` (not yet joined) and
+    has no group yet (it makes one first thing), the worker itself. A joined worker's pid may
+    already belong to another process: never signalled by pid then."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        if alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
 
 def _side_files(path: Path) -> dict[str, bytes]:
@@ -270,50 +299,9 @@ def _rebuild(error: dict, name: str) -> HubswapError:
         return e
     return EvaluationError(
         f"evaluating {name} failed while {error['stage']}: {error['type']}: {error['message']}",
-        hint="the worker's traceback is printed above; a CUDA out-of-memory error needs a smaller "
+        hint=f"{engine_log_hint()}; a CUDA out-of-memory error needs a smaller "
         "[eval] batch_size or [eval.vllm] gpu_memory_utilization / max_model_len",
     )
-
-
-# --- the forkserver -------------------------------------------------------------------------------
-
-
-def _context(backend: str):
-    """The forkserver context, its server started (once per process) with ``backend``'s libraries
-    preloaded (``preload.py``)."""
-    global _started_with
-    ctx = multiprocessing.get_context("forkserver")
-    if _started_with is None:
-        from multiprocessing import forkserver
-
-        from hubswap.evaluate.backends import has_cuda, prepare_vllm_environment
-
-        cuda = has_cuda()
-        if backend == "vllm":
-            prepare_vllm_environment(cuda)  # the server and its children inherit it
-        # Not "__main__" (multiprocessing's default): the server imports only hubswap's modules.
-        ctx.set_forkserver_preload(["hubswap.evaluate.worker", "hubswap.evaluate.preload"])
-        with _environ(HUBSWAP_WORKER_BACKEND=backend, HUBSWAP_WORKER_CUDA="1" if cuda else "0"):
-            forkserver.ensure_running()
-        _started_with = backend
-    elif backend != _started_with and _started_with != "vllm":  # vllm's preload holds transformers'
-        log.debug("the worker server preloaded %s: each %s worker imports its engine", _started_with, backend)
-    return ctx
-
-
-@contextlib.contextmanager
-def _environ(**values: str):
-    """Set environment variables for the duration (for the server process to inherit)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # --- the child ------------------------------------------------------------------------------------
@@ -325,6 +313,12 @@ def _child(conn) -> None:
     the parent; exits when the parent says stop (``None``) or goes away."""
     # tqdm's default lock is a multiprocessing semaphore, which this process (ending in os._exit)
     # would leave to the parent's resource tracker to complain about; bars here draw nothing.
+    # Ctrl-C is the parent's to handle (it stops this process): ignored here, as the server that
+    # forked it ignores it (``_sigint_ignored``), whether it went to the process group or not.
+    # A process group of its own: the parent stops it with everything it started (``_stop``).
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     from tqdm import tqdm
 
     tqdm.set_lock(threading.RLock())
@@ -410,7 +404,10 @@ def _relay(send):
 
         def update(self, n=1):
             out = super().update(n)
-            send(done=int(self.n))
+            # vLLM draws other bars first ("Rendering prompts", "Adding requests"): only the
+            # generation's counts prompts done (reporting all of them ran the bar backwards)
+            if self.desc.startswith(("Processed prompts", "generating")):
+                send(done=int(self.n))
             return out
 
         def close(self):
