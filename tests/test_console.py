@@ -40,9 +40,10 @@ def test_eval_help_prints_percent_signs_once():
 
 
 def test_eval_hints_name_its_flags_not_recipe_keys(tmp_path):
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    from tests.support.numpy_family import make_family, write_tokenizer
+
+    # a real model (its weights are checked before the dataset is read), made without torch
+    model = make_family(tmp_path / "experts", write_tokenizer(tmp_path / "tok"))["task"]
     r = run_hubswap("eval", model, "--dataset", "nobody/no-such-mgsm", "--languages", "sw", "-o", tmp_path / "e",
                     env={"HF_HUB_OFFLINE": "1"})
     assert r.returncode == 7, r.stderr
