@@ -10,11 +10,12 @@ imported on first use, so ``import hubswap`` stays light (no torch, vLLM or data
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
-# Public name -> the module that defines it.
+# Public name -> the module that defines it. (No import of them here, not even for type checkers:
+# every module imports `hubswap` for __version__, and the package would sit in an import circle.)
 _API = {
     "load_recipe": "hubswap.recipe",
     "build": "hubswap.pipeline",
@@ -33,18 +34,6 @@ __all__ = [
     "__version__", "load_recipe", "build", "BuildOptions", "BuildResult", "layer_map", "run_evaluation",
     "read_eval_results", "EvalResults", "analyze", "sweep", "publish", "HubswapError",
 ]
-
-if TYPE_CHECKING:
-    from hubswap.analysis import analyze
-    from hubswap.errors import HubswapError
-    from hubswap.evaluate.results import EvalResults, read_eval_results
-    from hubswap.evaluate.runner import run_evaluation
-    from hubswap.hub.publish import publish
-    from hubswap.layermap import layer_map
-    from hubswap.pipeline import BuildOptions, BuildResult, build
-    from hubswap.recipe import load_recipe
-    from hubswap.sweeps import sweep
-
 
 def __getattr__(name: str) -> Any:
     if name not in _API:
