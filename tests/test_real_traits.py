@@ -41,14 +41,9 @@ def variant(src: Path, dst: Path, *, config=None, tokenizer=None) -> Path:
 
 
 def test_standins_pass_preflight_with_only_the_stale_index_reported(heads):
-    cfgs = {r: json.loads((p / "config.json").read_text()) for r, p in heads.items()}
-    # The traits are there: head_dim on one side only, v4 next to v5 spellings, fp32 next to bf16.
-    assert "head_dim" in cfgs["language"] and "head_dim" not in cfgs["task"]
-    assert "rope_parameters" in cfgs["language"] and "rope_scaling" in cfgs["task"]
-    assert (cfgs["language"]["dtype"], cfgs["task"]["torch_dtype"]) == ("float32", "bfloat16")
-    merges = {r: json.loads((p / "tokenizer.json").read_text())["model"]["merges"][0] for r, p in heads.items()}
-    assert isinstance(merges["language"], str) and isinstance(merges["task"], list)
-
+    # head_dim on one side only, v4 next to v5 spellings, fp32 next to bf16 and both merges
+    # spellings are told the same by preflight (each trait's own test below shows it is read, and
+    # that its counterpart, a real difference, is refused): only the stale index is reported.
     pre = check_compatible(models(**heads))
     assert pre.num_layers == 32 and len(pre.tensors["language"]) == len(pre.tensors["task"]) == 291
     assert len(pre.warnings) == 1, pre.warnings
@@ -165,7 +160,6 @@ def test_each_models_eos_set_is_read_from_its_own_files(standins):
     assert task == {"source": "generation_config.json",
                     "ids": [special_id(t) for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")],
                     "tokens": ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]}
-    assert not (standins["language"] / "generation_config.json").exists()
     lang = eos_set(standins["language"], AutoTokenizer.from_pretrained(str(standins["language"])))
     assert lang == {"source": "tokenizer", "ids": [special_id("<|end_of_text|>")], "tokens": ["<|end_of_text|>"]}
 
