@@ -237,17 +237,21 @@ def copy_tree(dest: Path) -> Path:
     return tree
 
 
-def run_tests(tree: Path, tests: list[str], timeout: float) -> tuple[int, float, str]:
+def run_tests(tree: Path, tests: list[str], timeout: float, *, first_failure: bool = True) -> tuple[int, float, str]:
     env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
     env.pop("CI", None)  # a skip here is reported as such, not turned into a failure
     start = time.monotonic()
     try:
-        r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=tree,
+        r = subprocess.run([sys.executable, "-m", "pytest", *(["-x"] if first_failure else []), "-q", "-p",
+                            "no:cacheprovider", *tests], cwd=tree,
                            env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return 124, time.monotonic() - start, "timed out"
-    tail = [line for line in r.stdout.splitlines() if line.strip()][-1:] or [r.stderr.strip()[-200:]]
-    return r.returncode, time.monotonic() - start, tail[0]
+    lines = [line for line in r.stdout.splitlines() if line.strip()]
+    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    failed += [line.strip() for line in r.stdout.splitlines() if line.startswith("E ")][:1]
+    tail = lines[-1:] or [r.stderr.strip()[-200:]]
+    return r.returncode, time.monotonic() - start, "; ".join([*failed, tail[0]])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if not args.no_baseline:
             tests = list(dict.fromkeys(t for m in chosen for t in m.tests))
-            rc, took, tail = run_tests(tree, tests, args.timeout * 2)
+            rc, took, tail = run_tests(tree, tests, args.timeout * 2, first_failure=False)
             print(f"baseline (unmutated, {len(tests)} test ids): {tail} [{took:.0f} s]", flush=True)
             if rc != 0:
                 print("the tests fail on the unmutated tree: fix that first")

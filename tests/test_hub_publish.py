@@ -246,23 +246,28 @@ def test_a_commit_that_lands_while_publishing_is_a_clear_error_and_a_rerun_succe
     assert hub.read("org/race", "notes.md") == b"pushed by a colleague meanwhile"  # kept
 
 
-def test_a_hub_that_keeps_other_bytes_than_it_was_sent_is_caught_after_the_commit(published):
-    """The commit succeeds, but the Hub holds README.md with its last byte flipped (same size): the
-    check of the commit's hashes against the local files says so, and a rerun replaces it."""
+@pytest.mark.parametrize("kind", ["regular", "lfs"])
+def test_a_hub_that_keeps_other_bytes_than_it_was_sent_is_caught_after_the_commit(published, kind):
+    """The commit succeeds, but the Hub holds one file with its last byte flipped (same size): the
+    card (a regular file: its git blob id tells) or a weight shard (LFS: its sha256 tells). The
+    check of the commit against the local files says so, and a rerun replaces it."""
     hub, build, work = published
-    hub.fault("POST", "/api/models/org/altered/commit/*", "alter")
-    r = run_hubswap("push", str(build), "--repo", "org/altered", cwd=work, hub=hub, env={"HF_TOKEN": WRITE})
-    head = hub.head("org/altered")
-    local = (build / "model" / "README.md").read_bytes()
-    assert hub.read("org/altered", "README.md") != local and len(hub.read("org/altered", "README.md")) == len(local)
+    model = build / "model"
+    name = "README.md" if kind == "regular" else sorted(p.name for p in model.glob("*.safetensors"))[0]
+    repo = f"org/altered-{kind}"
+    hub.fault("POST", f"/api/models/{repo}/commit/*", "alter", path=name)
+    r = run_hubswap("push", str(build), "--repo", repo, cwd=work, hub=hub, env={"HF_TOKEN": WRITE})
+    head = hub.head(repo)
+    local = (model / name).read_bytes()
+    assert hub.read(repo, name) != local and len(hub.read(repo, name)) == len(local)
     assert r.returncode == 4, r.stderr  # a Hub error (README's exit codes)
     assert r.stderr.splitlines()[-2:] == [
-        f"error: commit {head.sha[:12]} of org/altered does not match the local files: README.md",
+        f"error: commit {head.sha[:12]} of {repo} does not match the local files: {name}",
         "hint: run the push again; it replaces the mismatching files",
     ]
-    again = run_hubswap("push", str(build), "--repo", "org/altered", cwd=work, hub=hub, env={"HF_TOKEN": WRITE})
+    again = run_hubswap("push", str(build), "--repo", repo, cwd=work, hub=hub, env={"HF_TOKEN": WRITE})
     assert again.returncode == 0, again.stderr
-    assert hub.read("org/altered", "README.md") == local
+    assert hub.read(repo, name) == local
 
 
 def test_card_metadata_the_hub_rejects_is_caught_before_any_upload(published):

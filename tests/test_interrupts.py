@@ -148,8 +148,8 @@ def memory_dir(tmp_path):
 
 def test_ctrl_c_stops_the_merge_within_a_bound(medium, tmp_path, memory_dir):
     """After SIGINT the merge's threads stop after the item each is on (a tensor, or 8 MB of one)
-    and the input hashes not started are dropped: the build writes a few MB more, not the rest of
-    the model (the bound that tells), and exits well before an uninterrupted merge would end."""
+    and the input hashes not started are dropped: the build writes a few MB more after the signal,
+    not the rest of the model (the bound that tells), and exits."""
     recipe = write_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")  # every tensor is cast
     whole, whole_first, whole_last = _merge_from_first_bytes(recipe, memory_dir / "whole", tmp_path, interrupt=False)
     stopped, first, last = _merge_from_first_bytes(recipe, memory_dir / "stopped", tmp_path, interrupt=True)
@@ -158,7 +158,9 @@ def test_ctrl_c_stops_the_merge_within_a_bound(medium, tmp_path, memory_dir):
           f"interrupted: stopped in {stopped:.2f} s, {(last - first) / 1e6:.1f} MB after the signal")
     assert remaining > 60e6
     assert last - first < 20e6, f"{(last - first) / 1e6:.1f} MB written after Ctrl-C"
-    assert stopped < 0.5 * whole + 1.5, f"{stopped:.2f} s to stop, the whole merge took {whole:.2f} s"
+    # Time is a loose bound only: on these 2-core machines shared by others it varies by seconds,
+    # while bytes written after the signal do not (with the bug above: the rest of the model).
+    assert stopped < 30, f"{stopped:.2f} s to stop, the whole merge took {whole:.2f} s"
     assert not list((memory_dir / "stopped").glob(".model*")) and not (memory_dir / "stopped" / "model").exists()
 
 

@@ -98,6 +98,7 @@ class Fault:
     times: int | None  # None: forever
     status: int = 500
     action: Callable[[], object] | None = None  # "before": run first, then answer as usual
+    path: str | None = None  # "alter": the file kept altered (None: the first added, in sorted order)
 
 
 class HubServer:
@@ -183,14 +184,14 @@ class HubServer:
         return self._bytes(self.head(repo_id, rev).files[path])
 
     def fault(self, method: str, pattern: str, kind: str = "status", *, times: int | None = 1,
-              status: int = 500) -> Fault:
+              status: int = 500, path: str | None = None) -> Fault:
         """Make matching requests fail: ``status`` (answer ``status``), ``drop`` (close the
         connection halfway through the body), ``corrupt`` (serve bytes that differ from the file's
         sha256), ``norange`` (ignore the Range header, like some proxies) or, on a commit, ``alter``
-        (accept it but keep the first added file, in sorted order, with its last byte flipped: a
-        Hub that stores other bytes than it was sent), ``times`` times (``None``: until
-        :meth:`clear_faults`)."""
-        f = Fault(method.upper(), pattern, kind, times, status)
+        (accept it but keep the added file ``path``, by default the first in sorted order, with its
+        last byte flipped: a Hub that stores other bytes than it was sent), ``times`` times
+        (``None``: until :meth:`clear_faults`)."""
+        f = Fault(method.upper(), pattern, kind, times, status, path=path)
         with self._lock:
             self.faults.append(f)
         return f
@@ -589,7 +590,7 @@ class _Handler(BaseHTTPRequestHandler):
                 elif key in ("deletedFile", "deletedFolder"):
                     deletes.append(v["path"])
             if self.fault is not None and self.fault.kind == "alter" and adds:
-                path = min(adds)
+                path = self.fault.path or min(adds)
                 e = adds[path]
                 data = bytearray(self.hub._bytes(e))
                 data[-1] ^= 0x01
