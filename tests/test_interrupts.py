@@ -43,8 +43,15 @@ def _env(**extra: str) -> dict:
     return hubswap_env(extra)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT back to its default. A process started in the background
+    by a non-interactive shell (`nohup ... &`, some CI runners) inherits SIGINT ignored, and Python
+    then installs no KeyboardInterrupt handler: the build would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _build(recipe: Path, out: Path, *more: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(hubswap_argv("build", recipe, "-o", out, *more),
+    return subprocess.Popen(hubswap_argv("build", recipe, "-o", out, *more), preexec_fn=_sigint_as_in_a_terminal,
                             env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -114,7 +121,7 @@ def _merge_from_first_bytes(recipe: Path, out: Path, tmp_path: Path, *, interrup
     follow it to its end: seconds from that moment to the exit, bytes written by then and at the end."""
     with open(tmp_path / f"stderr-{out.name}", "w+") as err:  # a file: a pipe nobody reads could fill up
         # a hash cache of its own: the inputs are hashed (while the merge streams) in both runs
-        proc = subprocess.Popen(hubswap_argv("build", recipe, "-o", out, "--no-eval"),
+        proc = subprocess.Popen(hubswap_argv("build", recipe, "-o", out, "--no-eval"), preexec_fn=_sigint_as_in_a_terminal,
                                 env=_env(HUBSWAP_CACHE=str(tmp_path / f"cache-{out.name}")),
                                 stdout=subprocess.DEVNULL, stderr=err, text=True)
         # data in the shards, not only their headers and their size set with ftruncate (sparse)
@@ -129,7 +136,7 @@ def _merge_from_first_bytes(recipe: Path, out: Path, tmp_path: Path, *, interrup
             time.sleep(0.005)
         took = time.monotonic() - start
         err.seek(0)
-        assert proc.returncode == (130 if interrupt else 0), err.read()
+        assert proc.returncode == (130 if interrupt else 0), f"exit {proc.returncode}: {err.read()[-3000:]}"
     return took, first, last
 
 
