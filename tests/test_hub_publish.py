@@ -170,13 +170,15 @@ def test_same_build_with_a_new_card_is_updated_in_one_commit(published, tmp_path
     def new_card(model: Path) -> None:
         (model / "README.md").write_text((model / "README.md").read_text() + "\nRe-evaluated.\n")
 
-    hub.commit_files("org/update", {"notes.md": b"added by hand", "model-00009-of-00009.safetensors": b"old"})
+    hub.commit_files("org/update", {"notes.md": b"added by hand", "model-00009-of-00009.safetensors": b"old",
+                                    "hubswap/eval/old-run.jsonl": b"{}\n"})  # an older build's leftovers
     card = _variant(build, tmp_path / "card", new_card)
     r = publish(card, repo="org/update", endpoint=hub.url, token=WRITE)
     assert r.action == "updated"
     assert hub.read("org/update", "README.md").endswith(b"Re-evaluated.\n")
     files = set(hub.head("org/update").files)
-    assert "notes.md" in files and "model-00009-of-00009.safetensors" not in files  # kept / stale removed
+    assert "notes.md" in files  # kept: added by hand
+    assert not {"model-00009-of-00009.safetensors", "hubswap/eval/old-run.jsonl"} & files  # stale: removed
     assert len([c for c in hub.repos["org/update"].commits.values() if c.parent]) == 3
     assert publish(card, repo="org/update", endpoint=hub.url, token=WRITE).action == "unchanged"
 

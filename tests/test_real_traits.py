@@ -7,6 +7,7 @@ trait's counterpart (a real difference) and checks that it is still refused or r
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -135,6 +136,22 @@ def test_a_tensor_only_one_expert_has_is_named_and_refused_only_when_the_map_nee
     # ... and a refusal naming it when the map takes non-layer tensors from the language expert.
     with pytest.raises(IncompatibleModelsError, match="language expert lacks 1 tensor.*score.weight"):
         check_layer_map(pre, layer_map(swap, pre.num_layers, pre.stack))
+
+
+def test_a_layer_tensor_only_the_task_expert_has_is_refused_when_the_map_blends_that_layer(standins, tmp_path):
+    """bottom=5, transition=1 on 32 layers: layer 5 is a blend (half language), layer 10 is the
+    task expert's alone. A tensor only the task expert has may be in layer 10, not in layer 5."""
+    swap = Swap(bottom=5, top=2, transition=1, non_layer="task")
+    for layer, refused in ((10, False), (5, True)):
+        name = f"model.layers.{layer}.mlp.extra_bias"
+        task = _with_tensor(standins["task"], tmp_path / f"task-{layer}", name)
+        pre = check_compatible(models(task=task, language=standins["language"]))
+        lmap = layer_map(swap, pre.num_layers, pre.stack)
+        if refused:
+            with pytest.raises(IncompatibleModelsError, match=f"language expert lacks 1 tensor.*{re.escape(name)}"):
+                check_layer_map(pre, lmap)
+        else:
+            check_layer_map(pre, lmap)
 
 
 @pytest.mark.parametrize("text,lang,gold", [
