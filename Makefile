@@ -27,5 +27,5 @@ workflows: install  ## the GitHub Actions workflows, offline: security audit and
 bench: install  ## two cases (bf16, float32 language expert) vs cp, floor, naive, mergekit; two timings; writes docs/PERFORMANCE.md (~20 min, ~12 GB)
 	$(BIN)/python bench/merge.py
 
-mutants: install  ## the mutation check: ~40 hand-written bugs in the core modules, each against the tests that claim it, in a copy of the tree (~20 min)
+mutants: install  ## the mutation check: ~40 hand-written bugs in the core modules, each against the tests that claim it, in a copy of the tree (~9 min)
 	$(BIN)/python scripts/mutants.py
