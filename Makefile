@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast lint install workflows bench
+.PHONY: demo test test-fast lint install workflows bench mutants
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	VENV=$(VENV) scripts/install.sh
@@ -27,3 +27,6 @@ workflows: install  ## the GitHub Actions workflows, offline: security audit and
 bench: install  ## two cases (bf16, float32 language expert) vs cp, floor, naive, mergekit; two timings; then cloning on an XFS image (root); writes docs/PERFORMANCE.md (~30 min, ~25 GB)
 	$(BIN)/python bench/merge.py
 	if [ "$$(id -u)" = 0 ]; then $(BIN)/python bench/clone.py; else echo "bench/clone.py skipped: it mounts an XFS image (run as root)"; fi
+
+mutants: install  ## the mutation check: ~40 hand-written bugs in the core modules, each against the tests that claim it, in a copy of the tree (~9 min)
+	$(BIN)/python scripts/mutants.py

@@ -161,16 +161,22 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
         # Inputs are hashed while the merge streams, one file per thread, largest first, as many
         # threads as cores. Outputs are not hashed here: at 1.5 GB/s sha256 would cost more than
         # the whole merge, and publishing hashes them anyway.
+        # On any failure (Ctrl-C included) the hashes not started are dropped: the pool's exit
+        # would otherwise hash every input file before the build could stop.
         with ThreadPoolExecutor(max_workers=cores(), thread_name_prefix="hubswap-sha256") as pool:
-            pool.submit(_preload_card_libraries)  # ~0.3 s of imports, hidden behind the kernel's copies
-            pending = inputs.file_records(pool, fetched=list(dirs))
-            made = merge(plan, stage, progress=opts.progress)
-            side = copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
-            license = write_license_files(license, inputs.models, stage)
-            atomic_write(stage / RECIPE_COPY, published_recipe(loaded))
-            if template is not None:
-                shutil.copyfile(template, stage / CARD_TEMPLATE)
-            hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
+            try:
+                pool.submit(_preload_card_libraries)  # ~0.3 s of imports, hidden behind the kernel's copies
+                pending = inputs.file_records(pool, fetched=list(dirs))
+                made = merge(plan, stage, progress=opts.progress)
+                side = copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
+                license = write_license_files(license, inputs.models, stage)
+                atomic_write(stage / RECIPE_COPY, published_recipe(loaded))
+                if template is not None:
+                    shutil.copyfile(template, stage / CARD_TEMPLATE)
+                hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
+            except BaseException:  # Ctrl-C or a failure: the hashes not yet started are dropped, not waited for
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         outputs = {name: OutputFile(size=(stage / name).stat().st_size)
                    for name in sorted([*plan.shard_names(), INDEX, *side, *license.files])}
         record = make_build_record(loaded, inputs, hashes, lmap, outputs, names=pre.tensors["task"], merged=made,

@@ -217,9 +217,29 @@ def pytest_runtest_protocol(item, nextitem):
         os.environ.pop(ENGINE_LOG_VAR, None)
 
 
+# -- skips on CI --------------------------------------------------------------------------------
+# A test that skips itself for want of a capability (root for tmpfs mounts, strace, a Python) tests
+# nothing there, silently. On CI (CI=true, as GitHub Actions sets it) such a skip is a failure,
+# unless the test says it may skip there (`may_skip_on_ci`, with the reason) or the skip is
+# declared on the test (`skip`/`skipif` markers: visible where the test is written).
+ON_CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _skip_is_a_failure(item, report) -> str | None:
+    if not (ON_CI and report.skipped) or item.get_closest_marker("may_skip_on_ci") is not None:
+        return None
+    if any(True for name in ("skip", "skipif") for _ in item.iter_markers(name)):
+        return None
+    reason = (report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)).removeprefix("Skipped: ")
+    return (f"{item.nodeid} skipped on CI: {reason}\nCI must give this test what it needs "
+            "(.github/workflows/ci.yml), or the test must be marked `may_skip_on_ci(reason=...)`")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
+    if call.when in ("setup", "call") and (why := _skip_is_a_failure(item, report)):
+        report.outcome, report.longrepr = "failed", why
     if call.when in ("setup", "call"):
         refused = _GUARD.refused + _CHILD_REFUSALS.read_text().split()
         if refused:

@@ -88,6 +88,7 @@ def test_cpu_defaults_and_recipe_overrides(tiny_llama_vllm):
     assert gpu["dtype"] == "bfloat16"
 
 
+@pytest.mark.may_skip_on_ci(reason="a CI on a GPU host has no CPU attention to check")
 def test_unsupported_head_size_is_a_user_error(tiny_llama):
     # tiny_llama has head size 16: vLLM's CPU attention would fail deep inside the first step.
     import torch

@@ -23,13 +23,17 @@ CASES = json.loads((DATA / "scorer_cases.json").read_text(encoding="utf-8"))
 LM_EVAL = json.loads((DATA / "lmeval_0.4.13_mgsm.json").read_text(encoding="utf-8"))["scorer_verdicts"]
 
 
-def test_cases_cover_every_language_and_kind():
-    assert {c["lang"] for c in CASES} == set(LANGUAGES)
+def test_every_language_scores_a_missing_answer_and_a_thousands_separator():
+    """The scorer itself, in each of hubswap's languages: a response without a final number is no
+    answer (and wrong), and an answer of 1000 or more written with the language's separators reads
+    as that number."""
     for lang in LANGUAGES:
         mine = [c for c in CASES if c["lang"] == lang and c["mode"] == "native-cot"]
-        assert any(c["answer"] is None for c in mine), f"{lang}: a response without an answer"
-        assert any(c["gold"] >= 1000 for c in mine), f"{lang}: a thousands separator"
-    assert len(CASES) == len(LM_EVAL)
+        missing = [score_response(c["text"], lang, c["gold"], mode="native-cot") for c in mine if c["answer"] is None]
+        assert missing and all(g.answer is None and not g.correct for g in missing), lang
+        big = [c for c in mine if c["gold"] >= 1000 and c["correct"]]
+        assert big and all(score_response(c["text"], lang, c["gold"], mode="native-cot").answer == str(c["gold"])
+                           for c in big), lang
 
 
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{c['lang']}-{c['mode']}-{i}" for i, c in enumerate(CASES)])

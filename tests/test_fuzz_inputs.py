@@ -304,3 +304,75 @@ def _set(doc: dict, path: list[str], value) -> dict:
         node = node[key]
     node[path[-1]] = value
     return doc
+
+
+# -- bad input is refused, with the right error: validation that became too lenient ---------------
+# The fuzz tests above accept "still works" for any mutation, so they cannot see a check that
+# stopped refusing. These draw inputs that are wrong by construction and must be refused.
+
+# [eval.vllm] is left out: it is vLLM's engine arguments, open by design.
+SECTIONS = ["", "[swap]", "[eval]", "[gate]", "[publish]", "[models.task]"]
+KEY = st.from_regex(r"zz_[a-z0-9_]{1,10}", fullmatch=True)  # no field of any record starts so
+
+
+def _recipe_with_key(section: str, line: str) -> str:
+    """RECIPE with ``line`` added at the start of ``section`` ("": the top level)."""
+    if not section:
+        return RECIPE.replace('name = "fuzz-swap"\n', f'name = "fuzz-swap"\n{line}\n', 1)
+    assert f"\n{section}\n" in RECIPE
+    return RECIPE.replace(f"\n{section}\n", f"\n{section}\n{line}\n", 1)
+
+
+@FUZZ
+@given(section=st.sampled_from(SECTIONS), key=KEY, value=st.sampled_from(TOML_VALUES))
+def test_an_unknown_recipe_key_is_refused_naming_it(workdir, section, key, value):
+    recipe = workdir / "unknown.toml"
+    recipe.write_text(_recipe_with_key(section, f"{key} = {value}"))
+    rc, out, err = run_cli("validate", str(recipe))
+    assert_user_error(rc, err, (2,), (str(recipe),))
+    where = section.strip("[]") + "." if section else ""
+    assert f": {where}{key}: unknown key" in err, err
+
+
+# (field, a value of the wrong type or out of range, what the error says)
+BAD_SWAP = [("bottom", '"2"', "swap.bottom"), ("bottom", "-1", "swap.bottom"), ("top", "1.5", "swap.top"),
+            ("transition", "true", "swap.transition"), ("non_layer", '"both"', "swap.non_layer"),
+            ("dtype", '"float8"', "swap.dtype"), ("bottom", "99", "layers"), ("files_from", '"base"', "swap.files_from")]
+
+
+@FUZZ
+@given(bad=st.sampled_from(BAD_SWAP), data=st.data())
+def test_a_swap_value_of_the_wrong_type_or_range_is_refused(workdir, bad, data):
+    field, value, says = bad
+    text = re.sub(rf"(?m)^{field} = .*$", f"{field} = {value}", RECIPE, count=1)
+    if f"\n{field} = {value}\n" not in text:  # a field the recipe leaves to its default
+        text = text.replace("[swap]\n", f"[swap]\n{field} = {value}\n", 1)
+    recipe = workdir / "bad-swap.toml"
+    recipe.write_text(text)
+    # validate, or plan (which knows the layer count: a bottom of 99 in an 8-layer model)
+    command = data.draw(st.sampled_from(["validate", "plan"])) if says != "layers" else "plan"
+    rc, out, err = run_cli(command, str(recipe))
+    assert rc in (2, 3) and "Traceback" not in err, (command, err)
+    assert says in err and str(recipe) in err, (command, err)
+
+
+@FUZZ
+@given(data=st.data(), key=KEY)
+def test_a_lock_with_an_unknown_key_anywhere_is_refused(workdir, data, key):
+    from hubswap.errors import LockMismatchError
+    from hubswap.inputs import resolve
+    from hubswap.recipe import load_recipe
+
+    recipe = workdir / "lock.toml"
+    recipe.write_text(LOCK_RECIPE)
+    doc = _valid_lock(workdir)
+    # every object of the lock that is a record (not a mapping of names: models, files)
+    objects = [doc, doc["recipe"], *doc["models"].values(),
+               *(f for m in doc["models"].values() for f in m["files"].values())]
+    target = data.draw(st.sampled_from(objects))
+    target[key] = data.draw(st.sampled_from(JSON_VALUES))
+    lock = workdir / "lock.lock.json"
+    lock.write_text(json.dumps(doc, indent=2))
+    with pytest.raises(LockMismatchError) as e:
+        resolve(load_recipe(recipe))
+    assert str(lock) in str(e.value) and f"{key}: Extra inputs are not permitted" in str(e.value), str(e.value)

@@ -170,13 +170,15 @@ def test_same_build_with_a_new_card_is_updated_in_one_commit(published, tmp_path
     def new_card(model: Path) -> None:
         (model / "README.md").write_text((model / "README.md").read_text() + "\nRe-evaluated.\n")
 
-    hub.commit_files("org/update", {"notes.md": b"added by hand", "model-00009-of-00009.safetensors": b"old"})
+    hub.commit_files("org/update", {"notes.md": b"added by hand", "model-00009-of-00009.safetensors": b"old",
+                                    "hubswap/eval/old-run.jsonl": b"{}\n"})  # an older build's leftovers
     card = _variant(build, tmp_path / "card", new_card)
     r = publish(card, repo="org/update", endpoint=hub.url, token=WRITE)
     assert r.action == "updated"
     assert hub.read("org/update", "README.md").endswith(b"Re-evaluated.\n")
     files = set(hub.head("org/update").files)
-    assert "notes.md" in files and "model-00009-of-00009.safetensors" not in files  # kept / stale removed
+    assert "notes.md" in files  # kept: added by hand
+    assert not {"model-00009-of-00009.safetensors", "hubswap/eval/old-run.jsonl"} & files  # stale: removed
     assert len([c for c in hub.repos["org/update"].commits.values() if c.parent]) == 3
     assert publish(card, repo="org/update", endpoint=hub.url, token=WRITE).action == "unchanged"
 
@@ -244,6 +246,30 @@ def test_a_commit_that_lands_while_publishing_is_a_clear_error_and_a_rerun_succe
     assert rerun.returncode == 0, rerun.stderr
     assert hub.read("org/race", "README.md").endswith(b"Re-evaluated.\n")
     assert hub.read("org/race", "notes.md") == b"pushed by a colleague meanwhile"  # kept
+
+
+@pytest.mark.parametrize("kind", ["regular", "lfs"])
+def test_a_hub_that_keeps_other_bytes_than_it_was_sent_is_caught_after_the_commit(published, kind):
+    """The commit succeeds, but the Hub holds one file with its last byte flipped (same size): the
+    card (a regular file: its git blob id tells) or a weight shard (LFS: its sha256 tells). The
+    check of the commit against the local files says so, and a rerun replaces it."""
+    hub, build, work = published
+    model = build / "model"
+    name = "README.md" if kind == "regular" else sorted(p.name for p in model.glob("*.safetensors"))[0]
+    repo = f"org/altered-{kind}"
+    hub.fault("POST", f"/api/models/{repo}/commit/*", "alter", path=name)
+    r = run_hubswap("push", str(build), "--repo", repo, cwd=work, hub=hub, env={"HF_TOKEN": WRITE})
+    head = hub.head(repo)
+    local = (model / name).read_bytes()
+    assert hub.read(repo, name) != local and len(hub.read(repo, name)) == len(local)
+    assert r.returncode == 4, r.stderr  # a Hub error (README's exit codes)
+    assert r.stderr.splitlines()[-2:] == [
+        f"error: commit {head.sha[:12]} of {repo} does not match the local files: {name}",
+        "hint: run the push again; it replaces the mismatching files",
+    ]
+    again = run_hubswap("push", str(build), "--repo", repo, cwd=work, hub=hub, env={"HF_TOKEN": WRITE})
+    assert again.returncode == 0, again.stderr
+    assert hub.read(repo, name) == local
 
 
 def test_card_metadata_the_hub_rejects_is_caught_before_any_upload(published):

@@ -61,6 +61,7 @@ def test_a_python_that_does_not_run_is_one_line(tmp_path):
     assert p.stderr.strip() == f"error: cannot run {tmp_path}/python3.12: set PYTHON to a Python 3.11, 3.12 or 3.13 interpreter"
 
 
+@pytest.mark.may_skip_on_ci(reason="CI sets up Pythons 3.11-3.13 only; a 3.10 is there by chance")
 def test_refuses_a_python_older_than_3_11(tmp_path):
     try:
         old = find_python("3.10")

@@ -31,6 +31,26 @@ def test_the_stack_is_the_one_prefix_numbered_exactly_0_to_L_minus_1():
         == LayerStack("language_model.model.layers", 32, multimodal=True)
 
 
+def test_a_one_part_prefix_is_a_stack_too():
+    """Meta's original Llama and Mistral checkpoints name their layers ``layers.0.attention.wq.weight``:
+    a prefix of one part, beside ``tok_embeddings``, ``norm`` and ``output`` at the top."""
+    from hubswap.layermap import LayerStack, LayerStackError, find_layer_stack, numbered_prefixes
+
+    names = {"tok_embeddings.weight": [512, 8], "norm.weight": [8], "output.weight": [512, 8]}
+    names |= {f"layers.{i}.{t}.weight": [8, 8] for i in range(3) for t in ("attention.wq", "feed_forward.w1")}
+    assert numbered_prefixes(names) == {"layers": {0, 1, 2}}
+    stack = find_layer_stack({"num_hidden_layers": 3, "vocab_size": 512}, names)
+    assert stack == LayerStack("layers", 3)
+    assert [stack.index(n) for n in ("layers.2.attention.wq.weight", "layers.3.attention.wq.weight",
+                                      "tok_embeddings.weight", "layers_norm.weight")] == [2, None, None, None]
+    assert stack.part("output.weight") == stack.part("norm.weight") == "non-layer"
+    assert stack.modules(names) == {"non-layer": ["norm", "output", "tok_embeddings"], "vision": []}
+    # two one-part stacks as deep share the top module with the embeddings: nothing tells them apart
+    both = names | {f"blocks.{i}.mlp.weight": [8, 8] for i in range(3)}
+    with pytest.raises(LayerStackError, match="cannot tell which is the language model's: blocks, layers$"):
+        find_layer_stack({"num_hidden_layers": 3, "vocab_size": 512}, both)
+
+
 def test_equally_deep_stacks_are_told_apart_by_the_token_embeddings_beside_one():
     from hubswap.layermap import find_layer_stack
 

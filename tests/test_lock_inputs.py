@@ -4,14 +4,17 @@ also puts the old modification time back."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from hubswap.hashing import file_sha256
-from tests.support.cli import run_hubswap
+from tests.support.cli import hubswap_env, run_hubswap
 from tests.support.recipes import write_recipe
 
 OFFLINE = {"HF_HUB_OFFLINE": "1"}  # nothing here may ask a Hub
@@ -54,15 +57,37 @@ def test_the_unedited_lock_builds(locked):
     assert (work / "out" / "model" / "config.json").exists()
 
 
+# One `file_sha256` in a fresh process, as each hubswap command is: its digest, and how many times
+# the file itself was opened (Python's audit events, which every open() raises: seen, not patched).
+HASH_ONCE = """
+import os, sys
+path, opened = sys.argv[1], []
+sys.addaudithook(lambda event, args: opened.append(1) if event == "open" and isinstance(args[0], (str, os.PathLike))
+                 and os.fspath(args[0]) == path else None)
+from hubswap.hashing import file_sha256
+print(file_sha256(path), len(opened))
+"""
+
+
+def _hash_in_a_new_process(path: Path, cache: Path) -> tuple[str, int]:
+    r = subprocess.run([sys.executable, "-c", HASH_ONCE, str(path)], env=hubswap_env({"HUBSWAP_CACHE": cache}),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    digest, opened = r.stdout.split()
+    return digest, int(opened)
+
+
 @pytest.mark.parametrize("keep_mtime", [False, True], ids=["new-mtime", "old-mtime-put-back"])
-def test_hash_cache_rehashes_a_file_edited_in_place(tmp_path, monkeypatch, keep_mtime):
-    monkeypatch.setenv("HUBSWAP_CACHE", str(tmp_path / "cache"))
+def test_hash_cache_answers_for_an_unchanged_file_and_rehashes_an_edited_one(tmp_path, keep_mtime):
+    cache = tmp_path / "cache"
     f = tmp_path / "blob.bin"
     f.write_bytes(bytes(range(256)) * 64)
-    before = file_sha256(f)
-    assert file_sha256(f) == before  # from the cache
+    want = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert _hash_in_a_new_process(f, cache) == (want, 1)  # read once
+    assert _hash_in_a_new_process(f, cache) == (want, 0)  # from the cache: not even opened
     _flip_last_byte(f, keep_mtime=keep_mtime)
-    after = file_sha256(f)
-    import hashlib
-
-    assert after == hashlib.sha256(f.read_bytes()).hexdigest() != before
+    edited = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert edited != want
+    assert _hash_in_a_new_process(f, cache) == (edited, 1)  # the edit is seen, and read again
+    assert _hash_in_a_new_process(f, cache) == (edited, 0)
+    assert file_sha256(f, fresh=True) == edited

@@ -7,6 +7,7 @@ trait's counterpart (a real difference) and checks that it is still refused or r
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -41,14 +42,9 @@ def variant(src: Path, dst: Path, *, config=None, tokenizer=None) -> Path:
 
 
 def test_standins_pass_preflight_with_only_the_stale_index_reported(heads):
-    cfgs = {r: json.loads((p / "config.json").read_text()) for r, p in heads.items()}
-    # The traits are there: head_dim on one side only, v4 next to v5 spellings, fp32 next to bf16.
-    assert "head_dim" in cfgs["language"] and "head_dim" not in cfgs["task"]
-    assert "rope_parameters" in cfgs["language"] and "rope_scaling" in cfgs["task"]
-    assert (cfgs["language"]["dtype"], cfgs["task"]["torch_dtype"]) == ("float32", "bfloat16")
-    merges = {r: json.loads((p / "tokenizer.json").read_text())["model"]["merges"][0] for r, p in heads.items()}
-    assert isinstance(merges["language"], str) and isinstance(merges["task"], list)
-
+    # head_dim on one side only, v4 next to v5 spellings, fp32 next to bf16 and both merges
+    # spellings are told the same by preflight (each trait's own test below shows it is read, and
+    # that its counterpart, a real difference, is refused): only the stale index is reported.
     pre = check_compatible(models(**heads))
     assert pre.num_layers == 32 and len(pre.tensors["language"]) == len(pre.tensors["task"]) == 291
     assert len(pre.warnings) == 1, pre.warnings
@@ -142,6 +138,22 @@ def test_a_tensor_only_one_expert_has_is_named_and_refused_only_when_the_map_nee
         check_layer_map(pre, layer_map(swap, pre.num_layers, pre.stack))
 
 
+def test_a_layer_tensor_only_the_task_expert_has_is_refused_when_the_map_blends_that_layer(standins, tmp_path):
+    """bottom=5, transition=1 on 32 layers: layer 5 is a blend (half language), layer 10 is the
+    task expert's alone. A tensor only the task expert has may be in layer 10, not in layer 5."""
+    swap = Swap(bottom=5, top=2, transition=1, non_layer="task")
+    for layer, refused in ((10, False), (5, True)):
+        name = f"model.layers.{layer}.mlp.extra_bias"
+        task = _with_tensor(standins["task"], tmp_path / f"task-{layer}", name)
+        pre = check_compatible(models(task=task, language=standins["language"]))
+        lmap = layer_map(swap, pre.num_layers, pre.stack)
+        if refused:
+            with pytest.raises(IncompatibleModelsError, match=f"language expert lacks 1 tensor.*{re.escape(name)}"):
+                check_layer_map(pre, lmap)
+        else:
+            check_layer_map(pre, lmap)
+
+
 @pytest.mark.parametrize("text,lang,gold", [
     (r"Hivyo jumla ni $\boxed{18}$.", "sw", 18),
     (r"\boxed{18} and 3 more steps follow", "en", 18),  # the box wins over a later number
@@ -165,7 +177,6 @@ def test_each_models_eos_set_is_read_from_its_own_files(standins):
     assert task == {"source": "generation_config.json",
                     "ids": [special_id(t) for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")],
                     "tokens": ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]}
-    assert not (standins["language"] / "generation_config.json").exists()
     lang = eos_set(standins["language"], AutoTokenizer.from_pretrained(str(standins["language"])))
     assert lang == {"source": "tokenizer", "ids": [special_id("<|end_of_text|>")], "tokens": ["<|end_of_text|>"]}
 

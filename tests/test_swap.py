@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,6 +84,34 @@ CASES = [
     ("qwen2", dict(bottom=3, top=2, transition=0), "task", "float16"),
 ]
 
+# The 8-layer map of each swap above and its rows in the card, written out by hand (docs/DESIGN.md's
+# "Layer map"): region and language-expert weight of layers 0..7, bottom to top.
+HAND_MAPS = {
+    (2, 1, 1): ("bottom 1, bottom 1, transition-bottom 1/2, middle 0, middle 0, middle 0, transition-top 1/2, top 1", [
+        "| 0–1 | bottom | language expert | 1 | 0 |", "| 2 | transition-bottom | blend | 0.5 | 0.5 |",
+        "| 3–5 | middle | task expert | 0 | 1 |", "| 6 | transition-top | blend | 0.5 | 0.5 |",
+        "| 7 | top | language expert | 1 | 0 |"]),
+    (1, 2, 2): ("bottom 1, transition-bottom 2/3, transition-bottom 1/3, middle 0, transition-top 1/3, "
+                "transition-top 2/3, top 1, top 1", [
+        "| 0 | bottom | language expert | 1 | 0 |", "| 1 | transition-bottom | blend | 0.667 | 0.333 |",
+        "| 2 | transition-bottom | blend | 0.333 | 0.667 |", "| 3 | middle | task expert | 0 | 1 |",
+        "| 4 | transition-top | blend | 0.333 | 0.667 |", "| 5 | transition-top | blend | 0.667 | 0.333 |",
+        "| 6–7 | top | language expert | 1 | 0 |"]),
+    (3, 2, 0): ("bottom 1, bottom 1, bottom 1, middle 0, middle 0, middle 0, top 1, top 1", [
+        "| 0–2 | bottom | language expert | 1 | 0 |", "| 3–5 | middle | task expert | 0 | 1 |",
+        "| 6–7 | top | language expert | 1 | 0 |"]),
+}
+
+
+def hand_layers(spec: str) -> list[dict]:
+    out = []
+    for i, item in enumerate(spec.split(", ")):
+        region, w = item.split()
+        w = Fraction(w)
+        out.append({"index": i, "region": region, "source": {1: "language", 0: "task"}.get(w, "blend"),
+                    "language_weight": round(float(w), 6), "task_weight": round(float(1 - w), 6)})
+    return out
+
 
 @pytest.mark.parametrize("arch,swap,non_layer,dtype", CASES)
 def test_every_tensor_follows_the_layer_map(request, tmp_path, where, arch, swap, non_layer, dtype):
@@ -106,7 +135,9 @@ def test_every_tensor_follows_the_layer_map(request, tmp_path, where, arch, swap
     cfg = json.loads((out_dir / "config.json").read_text())
     assert cfg["dtype"] == dtype
     lock = json.loads((out_dir / "hubswap" / "lock.json").read_text())
-    assert lock["layer_map"] == layer_map(rswap, 8).to_json() | {
+    layers, card_rows = HAND_MAPS[(swap["bottom"], swap["top"], swap["transition"])]
+    assert lock["layer_map"] == {
+        "num_layers": 8, "non_layer": non_layer, "layers": hand_layers(layers),
         "stack": "model.layers",
         "modules": {"non_layer": (["lm_head"] if arch == "llama" else []) + ["model.embed_tokens", "model.norm"],
                     "vision": []},
@@ -125,6 +156,9 @@ def test_every_tensor_follows_the_layer_map(request, tmp_path, where, arch, swap
         {k: v for k, v in tomllib.loads(original).items() if k != "models"}
     assert {role: m["path"] for role, m in tomllib.loads(published)["models"].items()} == \
         {role: Path(m["path"]).name for role, m in tomllib.loads(original)["models"].items()}
+    card = (out_dir / "README.md").read_text().splitlines()
+    regions = ("bottom", "transition-bottom", "middle", "transition-top", "top")
+    assert [line for line in card if line.startswith("| ") and line.split(" | ")[1] in regions] == card_rows
 
 
 def test_tensors_computed_in_several_slices_are_bit_exact(tiny_llama, tmp_path, monkeypatch):

@@ -80,6 +80,18 @@ def test_rank_ties_go_to_the_smaller_swap():
     assert rows[0].config == Config(2, 1, 0)
 
 
+def test_a_tie_goes_to_the_smaller_swap_even_when_it_comes_later_in_config_order():
+    """Config order (bottom, top, transition) and swap size disagree here: b1-u6-t0 sorts first but
+    swaps 7 layers; b2-u1-t0 swaps 3, b1-u2-t0 swaps 3 too with the lower bottom; b1-u1-t1 swaps
+    4 (two transition layers). All four tie; a better one is ranked above them all."""
+    configs = [Config(1, 6, 0), Config(1, 1, 1), Config(2, 1, 0), Config(1, 2, 0), Config(4, 4, 0)]
+    tie = [True, False, True, False, False, False]
+    verdicts = {c.name: list(tie) for c in configs} | {"task": [False] * 6, "language": [False] * 6}
+    verdicts["b4-u4-t0"] = [True, True, True, False, False, False]
+    rows, _ = rank(verdicts, configs, list(range(6)), list(range(6)))
+    assert [r.config.name for r in rows] == ["b4-u4-t0", "b1-u2-t0", "b2-u1-t0", "b1-u1-t1", "b1-u6-t0"]
+
+
 def test_write_recipe_changes_only_swap(tmp_path):
     src = tmp_path / "r.toml"
     shutil.copyfile(REPO / "recipes" / "llama-swahili-math.toml", src)

@@ -17,8 +17,8 @@ parts of the Hub API that downloads and uploads use (see docs ENVIRONMENT.md):
 
 Errors carry ``X-Error-Code`` (RepoNotFound, GatedRepo, RevisionNotFound, EntryNotFound) like the
 Hub. Tokens are ``Authorization: Bearer`` strings registered with :meth:`HubServer.add_user`.
-:meth:`HubServer.fault` injects failures: an HTTP status, a connection dropped mid-body, or bytes
-that do not match the file's sha256; :meth:`HubServer.before` runs another client's action (say,
+:meth:`HubServer.fault` injects failures: an HTTP status, a connection dropped mid-body, bytes
+that do not match the file's sha256, or a commit that keeps other bytes than it was sent; :meth:`HubServer.before` runs another client's action (say,
 a commit) just before a request is answered, and a commit whose ``parentCommit`` is no longer the
 branch head is answered 412, as on the Hub. Every request is recorded in :attr:`HubServer.requests`.
 """
@@ -94,10 +94,11 @@ class Repo:
 class Fault:
     method: str
     pattern: str  # fnmatch on the URL path
-    kind: str  # "status" | "drop" | "corrupt" | "norange" | "before"
+    kind: str  # "status" | "drop" | "corrupt" | "norange" | "before" | "alter"
     times: int | None  # None: forever
     status: int = 500
     action: Callable[[], object] | None = None  # "before": run first, then answer as usual
+    path: str | None = None  # "alter": the file kept altered (None: the first added, in sorted order)
 
 
 class HubServer:
@@ -183,12 +184,14 @@ class HubServer:
         return self._bytes(self.head(repo_id, rev).files[path])
 
     def fault(self, method: str, pattern: str, kind: str = "status", *, times: int | None = 1,
-              status: int = 500) -> Fault:
+              status: int = 500, path: str | None = None) -> Fault:
         """Make matching requests fail: ``status`` (answer ``status``), ``drop`` (close the
         connection halfway through the body), ``corrupt`` (serve bytes that differ from the file's
-        sha256) or ``norange`` (ignore the Range header, like some proxies), ``times`` times
+        sha256), ``norange`` (ignore the Range header, like some proxies) or, on a commit, ``alter``
+        (accept it but keep the added file ``path``, by default the first in sorted order, with its
+        last byte flipped: a Hub that stores other bytes than it was sent), ``times`` times
         (``None``: until :meth:`clear_faults`)."""
-        f = Fault(method.upper(), pattern, kind, times, status)
+        f = Fault(method.upper(), pattern, kind, times, status, path=path)
         with self._lock:
             self.faults.append(f)
         return f
@@ -586,6 +589,12 @@ class _Handler(BaseHTTPRequestHandler):
                     adds[v["path"]] = self.hub._entry(v["path"], data, lfs=True)
                 elif key in ("deletedFile", "deletedFolder"):
                     deletes.append(v["path"])
+            if self.fault is not None and self.fault.kind == "alter" and adds:
+                path = self.fault.path or min(adds)
+                e = adds[path]
+                data = bytearray(self.hub._bytes(e))
+                data[-1] ^= 0x01
+                adds[path] = self.hub._entry(path, bytes(data), lfs=e.lfs_sha256 is not None)
             sha = self.hub._commit(r, rev, adds, deletes, header.get("summary", ""), header.get("description", ""))
         self._send_json({"success": True, "commitOid": sha, "commitUrl": f"{self.hub.url}/{repo}/commit/{sha}",
                          "pullRequestUrl": None})
