@@ -56,7 +56,7 @@ T_PRE = ["tests/test_preflight.py", "tests/test_real_traits.py"]
 MUTANTS = [
     # -- the nine of issue 28 -----------------------------------------------------------------
     Mutant("atomic-write-leaves-temp", "hubswap/files.py",
-           [("        tmp.unlink(missing_ok=True)\n", "        pass\n")], [T_DISK],
+           [("            tmp.unlink()\n", "            pass\n")], [T_DISK],
            "a failed atomic write leaves its temporary file behind"),
     Mutant("card-readme-in-place", "hubswap/card.py",
            [("    atomic_write(readme, render_card(model_dir))\n", "    readme.write_text(render_card(model_dir))\n")],
@@ -152,7 +152,7 @@ MUTANTS = [
              "            checks.append(msg)\n            continue\n")],
            [T_GATE], "a must_beat model that was not evaluated does not fail the gate"),
     Mutant("gate-no-min-accuracy", "hubswap/evaluate/gate.py",
-           [("    if not ok:\n        reasons.append(msg)\n    return GateVerdict", "    return GateVerdict")],
+           [("    checks.append(msg)\n    if not ok:\n        reasons.append(msg)\n    share = ", "    checks.append(msg)\n    share = ")],
            [T_GATE], "min_accuracy is reported but never fails the gate"),
     # -- scoring ----------------------------------------------------------------------------
     Mutant("score-any-3-digit-tail-is-thousands", "hubswap/evaluate/scoring.py",
