@@ -1,4 +1,4 @@
-"""Recipes: a closed, typed TOML schema (schema_version 1; README.md, "Recipes", lists every key).
+"""Recipes: a closed, typed TOML schema (schema_version 1; docs/recipes.md lists every key).
 
 ``load_recipe(path)`` parses and validates a recipe and raises one ``RecipeError`` listing every
 problem as ``file:line: dotted.key: message``. Nothing is downloaded or written here.
