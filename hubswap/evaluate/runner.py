@@ -207,7 +207,7 @@ def _generate(models, cached, prompts, cfg, settings, progress, on_event, sessio
     import threading
 
     from hubswap.evaluate.parallel import device_groups, plan_jobs, run_jobs
-    from hubswap.evaluate.worker import WorkerSession, _context
+    from hubswap.evaluate.server import server_context
 
     flat = {name: [p for lang in prompts if lang not in cached[name] for p in prompts[lang]] for name in models}
     if not any(flat.values()):
@@ -245,7 +245,7 @@ def _generate(models, cached, prompts, cfg, settings, progress, on_event, sessio
             for job in jobs:
                 work(job, one)
     else:
-        _context(cfg.backend)  # the forkserver, started once before the threads share it
+        server_context(cfg.backend)  # the forkserver, started once before the threads share it
         run_jobs(jobs, groups, work, lambda devices: WorkerSession(devices=devices))
     return None if len(groups) == 1 else {"count": len(groups), "devices": groups, "tensor_parallel_size": tp}
 
