@@ -302,6 +302,16 @@ def run_demo(output: Path, *, limit: int = 0, evaluate: bool = True) -> int:
     from hubswap.demo_world import write_world
     from hubswap.pipeline import BuildOptions, build
 
+    try:
+        import tokenizers  # noqa: F401  (the world's word-level tokenizer; the core install lacks it)
+    except ImportError as e:
+        from hubswap.errors import HubswapError
+
+        raise HubswapError(
+            f"the demo writes its world's tokenizer with the tokenizers library, which is not installed ({e})",
+            hint='pip install "hubswap[demo]" (evaluating it needs "hubswap[eval]" and an engine too: '
+            "see scripts/install.sh)",
+        ) from None
     output = output.resolve()
     t = time.perf_counter()
     world = write_world(output / "experts", mgsm=output / "mgsm")

@@ -65,11 +65,11 @@ def env(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def family(core, env, tmp_path_factory) -> dict[str, Path]:
     """base/task/language written by the core venv's numpy and safetensors (the tokenizer files
-    come from ``hubswap.demo.make_tokenizer``: tokenizers, no torch)."""
-    from hubswap.demo import make_tokenizer
+    come from ``tests.support.numpy_family.write_tokenizer``: tokenizers alone, no transformers)."""
+    from tests.support.numpy_family import write_tokenizer
 
     root = tmp_path_factory.mktemp("numpy_family")
-    make_tokenizer(root / "tokenizer")
+    write_tokenizer(root / "tokenizer")
     subprocess.run([str(core), str(REPO / "tests" / "support" / "numpy_family.py"), str(root / "experts"),
                     "--tokenizer", str(root / "tokenizer")], env=env, check=True, capture_output=True)
     return {role: root / "experts" / role for role in ("base", "task", "language")}

@@ -69,5 +69,5 @@ def test_a_swap_that_breaks_the_circuit_fails_the_gate(world, tmp_path):
     ev = json.loads((tmp_path / "b" / "model" / "hubswap" / "eval_results.json").read_text())
     assert not ev["gate"]["passed"]
     assert ev["models"]["merged"]["languages"]["sw"]["accuracy"] == 0.0
-    assert ev["gate"]["reasons"] == [f"merged 0.000 < {m} 0.000 + margin 0.500 (n=20)" for m in ("task", "language", "soup")]
-    assert "merged 0.000 < task 0.000 + margin 0.500" in str(e.value)
+    assert ev["gate"]["reasons"] == [f"merged 0.0% < {m} 0.0% +50.0 points (n=20)" for m in ("task", "language", "soup")]
+    assert "merged 0.0% < task 0.0% +50.0 points" in str(e.value)
