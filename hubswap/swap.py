@@ -514,7 +514,7 @@ def merge(plan: MergePlan, out_dir: Path, *, progress: bool = True, durable: boo
     shard_of = {t.name: name for name, tensors in zip(names, plan.shards, strict=True) for t in tensors}
     index = {"metadata": {"total_size": plan.total_size}, "weight_map": {n: shard_of[n] for n in order}}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    log.info("merged %s: %s", out_dir, made.summary())
+    log.debug("merged %s: %s", out_dir, made.summary())  # callers say it where it belongs (the build summary)
     return made
 
 
