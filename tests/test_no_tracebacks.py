@@ -57,7 +57,9 @@ def world(tmp_path_factory) -> dict[str, Path]:
 def cases(w: dict) -> dict[tuple[str, str], list[tuple[list, dict]]]:
     """(command, situation) -> runs (argv, environment)."""
     missing, ro, dead = w["root"] / "nope", w["ro"], {"HF_ENDPOINT": w["dead"]}
-    offline, token = {"HF_HUB_OFFLINE": "1"}, {"HF_TOKEN": "hf_not_a_real_token"}
+    # offline with an empty Hub cache of its own: the session's cache may hold these repos already
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(w["root"] / "hf-empty")}
+    token = {"HF_TOKEN": "hf_not_a_real_token"}
     return {
         ("validate", "missing"): [(["validate", missing / "r.toml"], {})],
         ("validate", "unreadable"): [(["validate", w["notes"]], {}), (["validate", w["garbage"]], {})],

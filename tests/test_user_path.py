@@ -124,10 +124,11 @@ def test_an_unreachable_hub_is_one_line_within_seconds(command, where, tmp_path)
 def test_plan_offline_names_layers_as_the_way_without_the_hub(tmp_path):
     from tests.support.recipes import hub_models
 
-    r = run_hubswap("plan", write_recipe(tmp_path / "r.toml", hub_models()), env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache: nothing to plan from
+    r = run_hubswap("plan", write_recipe(tmp_path / "r.toml", hub_models()), env=offline, cwd=tmp_path)
     assert one_line(r, 4).startswith("error: offline mode is on (HF_HUB_OFFLINE=1): cannot fetch config.json of org/task@main")
     assert r.stderr.splitlines()[-1].endswith("; or pass --layers L to plan without the Hub")
-    ok = run_hubswap("plan", tmp_path / "r.toml", "--layers", "6", env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    ok = run_hubswap("plan", tmp_path / "r.toml", "--layers", "6", env=offline, cwd=tmp_path)
     assert ok.returncode == 0 and "LL~T~L" in ok.stdout, ok.stderr
 
 
