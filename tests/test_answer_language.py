@@ -20,8 +20,9 @@ def test_each_languages_own_answer_line_is_read_as_that_language():
 
 def test_longer_answers_the_wrong_language_and_no_words():
     texts = [
-        "Bata wa Janet hutaga mayai 16 kila siku. Anakula matatu kila asubuhi. Jibu ni 18.",
-        "Janet's ducks lay 16 eggs per day. She eats three for breakfast. The answer is 18.",
+        # written here, not taken from MGSM (the data is read from ../shared/mgsm, never copied)
+        "Juma ana machungwa kumi na mbili, kisha ananunua matano zaidi sokoni. Jibu ni 17.",
+        "Tom has twelve oranges and buys five more at the market. The answer is 17.",
         " Die Antwort ist 18,00 €.",
         "18", "$18", "",
     ]
