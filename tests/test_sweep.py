@@ -11,13 +11,13 @@ import pytest
 
 from hubswap.errors import HubswapError
 from hubswap.recipe import load_recipe
+from hubswap.sweep_figure import sweep_heatmap
 from hubswap.sweeps import (
     Config,
     grid,
     parse_range,
     rank,
     split_halves,
-    sweep_heatmap,
     write_recipe,
 )
 from tests.support.cli import run_hubswap
