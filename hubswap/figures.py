@@ -3,7 +3,7 @@
 Written by hand: each figure is a few dozen rectangles and labels, not worth a plotting library
 (matplotlib would add ~40 MB and a slow import for one figure); the output is byte-for-byte
 reproducible, and the Hub shows it in a card as an image. Each figure lives beside its reader and
-takes plain data: the layer map in ``card.py``, the change per layer in ``analysis.py``, the sweep's
+takes plain data: the layer map in ``card_figure.py``, the change per layer in ``analysis.py``, the sweep's
 heat map in ``sweep_figure.py``.
 """
 
