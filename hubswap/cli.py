@@ -442,5 +442,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The ``hubswap`` command (console script and ``python -m hubswap.cli``): ``main``, then exit.
+
+    Once ``main`` has returned, the work is over (or already stopped by Ctrl-C and said so): a
+    SIGINT during the interpreter's shutdown (the worker server being stopped, threads joined)
+    must not turn the exit status into a death by signal with no line said. Not in ``main``
+    itself, which tests call in their own process: an ignored SIGINT is inherited by children."""
+    import signal
+
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

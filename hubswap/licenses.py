@@ -142,9 +142,11 @@ def parent_license(model) -> ParentLicense:
 
     names = set(model.files())
     files = sorted(n for n in names if is_license_file(n))
-    if CARD not in names:
+    card = _local(model, CARD) if CARD in names else None
+    # A card without a metadata block says nothing here (ModelCard would say so on the console).
+    if card is None or not Path(card).read_text(encoding="utf-8", errors="replace").lstrip().startswith("---"):
         return ParentLicense(license=None, license_name=None, license_link=None, datasets=[], files=files)
-    data = ModelCard.load(_local(model, CARD), ignore_metadata_errors=True).data
+    data = ModelCard.load(card, ignore_metadata_errors=True).data
     datasets = data.datasets or []
     return ParentLicense(
         license=_text(data.license), license_name=_text(data.license_name), license_link=_text(data.license_link),
