@@ -23,6 +23,7 @@ from hubswap.card_license import experts, license_section, parent_datasets
 from hubswap.errors import ModelFilesError
 from hubswap.evaluate.data import TEST_QUESTIONS
 from hubswap.evaluate.languages import language_name
+from hubswap.evaluate.stats import p_value, pct, points
 from hubswap.files import atomic_write, human_size
 from hubswap.recipe import LoadedRecipe, parse_recipe
 from hubswap.records import (
@@ -410,17 +411,7 @@ def _versions(rec: BuildRecords) -> list[dict]:
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def _pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
-
-
 def _p(p: float) -> str:
-    from hubswap.evaluate.stats import p_value
-
     return ", p < 0.001" if p < 0.001 else f", p = {p_value(p)}"
 
 
@@ -433,11 +424,11 @@ def _evaluation(ev: EvalResults) -> dict:
 
     def cell(model: str, lang: str) -> str:
         res = ev.scores(model, lang)
-        return f"{_pct(res.accuracy)} [{_pct(res.ci95[0])}, {_pct(res.ci95[1])}]" if res else "–"
+        return f"{pct(res.accuracy)} [{pct(res.ci95[0])}, {pct(res.ci95[1])}]" if res else "–"
 
     def diff(other: str, lang: str) -> str:
         c = ev.comparisons[other].get(lang)
-        return f"{_pts(c.diff)} [{_pts(c.ci95[0])}, {_pts(c.ci95[1])}]{_p(c.mcnemar_p)}" if c else "–"
+        return f"{points(c.diff)} [{points(c.ci95[0])}, {points(c.ci95[1])}]{_p(c.mcnemar_p)}" if c else "–"
 
     def n(lang: str) -> str:
         res = ev.scores(ref, lang)
@@ -450,9 +441,9 @@ def _evaluation(ev: EvalResults) -> dict:
                   n(lang), cell(ref, lang), *(cell(o, lang) for o in others), *(diff(o, lang) for o in compared)]
                  for lang in st.languages],
     }
-    detail = [[ROLE_NAMES.get(model, model), lang, _pct(res.strict_match), _pct(res.flexible_extract),
-               _pct(res.truncation_rate), _pct(res.no_answer_rate),
-               "–" if res.target_language_share is None else _pct(res.target_language_share)]
+    detail = [[ROLE_NAMES.get(model, model), lang, pct(res.strict_match), pct(res.flexible_extract),
+               pct(res.truncation_rate), pct(res.no_answer_rate),
+               "–" if res.target_language_share is None else pct(res.target_language_share)]
               for model in [ref, *others] for lang in st.languages if (res := ev.scores(model, lang))]
     # The merged model is this folder; where it sat on the build machine is noise.
     sources = [f"{ROLE_NAMES.get(m, m)}: `{ev.models[m].source}`"
@@ -464,13 +455,13 @@ def _evaluation(ev: EvalResults) -> dict:
         must_beat = [ROLE_NAMES.get(x, x) for x in gate.must_beat]
         rule = []
         if must_beat and gate.margin:
-            rule.append(f"beat the {' and the '.join(must_beat)} by at least {_pts(gate.margin).lstrip('+')} points")
+            rule.append(f"beat the {' and the '.join(must_beat)} by at least {points(gate.margin).lstrip('+')} points")
         elif must_beat:  # a tie passes
             rule.append(f"score at least as high as the {' and the '.join(must_beat)}")
         if gate.min_accuracy or not must_beat:
-            rule.append(f"reach an accuracy of at least {_pct(gate.min_accuracy)}%")
+            rule.append(f"reach an accuracy of at least {pct(gate.min_accuracy)}%")
         if gate.min_target_language_share is not None:
-            rule.append(f"write at least {_pct(gate.min_target_language_share)}% of its answers in that language")
+            rule.append(f"write at least {pct(gate.min_target_language_share)}% of its answers in that language")
         # A failed gate lists what failed; a passed one what it checked.
         lines = (gate.checks or gate.reasons) if gate.passed else gate.reasons
         verdict = {"passed": gate.passed, "rule": " and ".join(rule), "lines": list(lines)}
