@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hubswap import __version__
+from hubswap import __version__, interrupts
 from hubswap.durable import build_lock, check_free_space, disk_full_is_an_error, nearest_folder
 from hubswap.errors import HubswapError
 from hubswap.files import atomic_write, check_writable, cores, fsync_path, fsync_tree, parse_size, write_json
@@ -162,18 +162,22 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
         # threads as cores. Outputs are not hashed here: at 1.5 GB/s sha256 would cost more than
         # the whole merge, and publishing hashes them anyway.
         # On any failure (Ctrl-C included) the hashes not started are dropped: the pool's exit
-        # would otherwise hash every input file before the build could stop.
-        with ThreadPoolExecutor(max_workers=cores(), thread_name_prefix="hubswap-sha256") as pool:
+        # would otherwise hash every input file before the build could stop. Ctrl-C is taken
+        # between steps while the threads run (hubswap/interrupts.py: else it can hang the exit).
+        with interrupts.deferred(), ThreadPoolExecutor(max_workers=cores(), thread_name_prefix="hubswap-sha256") as pool:
             try:
                 pool.submit(_preload_card_libraries)  # ~0.3 s of imports, hidden behind the kernel's copies
                 pending = inputs.file_records(pool, fetched=list(dirs))
                 made = merge(plan, stage, progress=opts.progress)
+                interrupts.check()
                 side = copy_side_files(dirs[recipe.swap.files_from], stage, recipe.swap.dtype)
                 license = write_license_files(license, inputs.models, stage)
                 atomic_write(stage / RECIPE_COPY, published_recipe(loaded))
                 if template is not None:
                     shutil.copyfile(template, stage / CARD_TEMPLATE)
-                hashes = {role: {f: e.result() for f, e in entries.items()} for role, entries in pending.items()}
+                interrupts.check()
+                hashes = {role: {f: interrupts.result(e) for f, e in entries.items()}
+                          for role, entries in pending.items()}
             except BaseException:  # Ctrl-C or a failure: the hashes not yet started are dropped, not waited for
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise

@@ -3,7 +3,7 @@
 A layer swap mostly moves bytes. Tensors taken whole in their own dtype are copied as raw byte
 ranges with ``os.copy_file_range`` (in the kernel, no tensor is built). Blends and dtype changes
 are computed on flat slices of ``SLICE_ELEMENTS`` values, in chunks of ``TASK_ELEMENTS`` that one
-thread per core takes in turn while the main thread has the kernel copy (so one large tensor is
+thread per core takes in turn while one of them has the kernel copy (so one large tensor is
 spread over all the cores). Peak memory is bounded by a few slices per thread, not by the largest
 tensor or the model. Output headers are computed up front from the sources' headers, so every
 output tensor is written exactly once at its final offset.
@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubswap import interrupts
 from hubswap.clone import clone_block, clone_groups, clone_pieces, header_residue, try_clone
 from hubswap.durable import SYNC_BYTES, WriteBack
 from hubswap.files import cores
@@ -438,9 +439,13 @@ def _run(queue: _Queue, files: _Files, fds: list[int], prefer_copy: bool, progre
 
 def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=None, *,
                   durable: bool = True) -> MergeBytes:
-    """Write every shard: headers first, then the tensors by the main thread and one worker per
-    other core, each at its final offset (no two threads ever write the same bytes); with
-    ``durable``, the shards' data is on the disk when it returns. Returns how each byte was made."""
+    """Write every shard: headers first, then the tensors by one thread per core, each at its final
+    offset (no two threads ever write the same bytes); with ``durable``, the shards' data is on the
+    disk when it returns. Returns how each byte was made.
+
+    The main thread only waits for the workers: it takes no lock they share (the queue's, the
+    progress bar's, the write-back's, the import lock) that a Ctrl-C could leave taken
+    (hubswap/interrupts.py)."""
     copies, chunks = _work_items(plan, files)
     tally = dict.fromkeys(("cloned", "copied", "blended", "cast"), 0)
     fds: list[int] = []
@@ -455,26 +460,25 @@ def _write_shards(paths: list[Path], plan: MergePlan, files: _Files, progress=No
         syncer = WriteBack(fds) if durable else None
         queue = _Queue(copies, chunks, syncer.written if syncer else None)
         lock = threading.Lock()
-        n = min(_workers() - 1, len(chunks) + len(copies))
-        workers = [threading.Thread(target=_run, args=(queue, files, fds, False, progress, lock, tally),
+        n = max(1, min(_workers(), len(chunks) + len(copies)))
+        # The first prefers copies (the kernel's work), the others computed chunks (numpy's).
+        workers = [threading.Thread(target=_run, args=(queue, files, fds, i == 0, progress, lock, tally),
                                     name=f"hubswap-merge-{i}", daemon=True) for i in range(n)]
         for w in workers:
             w.start()
-        _run(queue, files, fds, True, progress, lock, tally)
-        for w in workers:
-            w.join()
+        interrupts.join(workers)
         if queue.error is not None:
             raise queue.error
         if syncer is not None:
             syncer.join()
             syncer = None
         return MergeBytes(**tally)
-    except BaseException as e:  # Ctrl-C while the workers start: they stop after their current item
+    except BaseException as e:  # Ctrl-C: the workers stop after their current item
         if queue is not None:
             queue.fail(e)
         raise
     finally:
-        for w in workers:  # on KeyboardInterrupt: the workers stop after their current item
+        for w in workers:
             if w.ident is not None:  # started (Ctrl-C can come between two starts)
                 w.join()
         if syncer is not None:  # after a failure: let the sync in progress end before closing its fd

@@ -26,7 +26,7 @@ rm -rf "$VENV"
 "$UV" venv -q --python "$PY" "$VENV"
 UV_NO_CONFIG=1 "$UV" pip install -q -p "$VENV/bin/python" --compile-bytecode --resolution lowest-direct \
     "${source_args[@]}" --excludes "$work/excludes" --overrides "$work/overrides" \
-    -e ".[demo]" "pytest>=8" "hypothesis>=6.100"
+    -e ".[demo]" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100"
 "$UV" pip list -p "$VENV/bin/python" 2>/dev/null |
     grep -Ei '^(huggingface.hub|safetensors|pydantic|numpy|tqdm|jinja2|torch|transformers|tokenizers) '
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_swap.py tests/test_preflight.py \

@@ -129,8 +129,11 @@ def _merge_from_first_bytes(recipe: Path, out: Path, tmp_path: Path, *, interrup
         start, first = time.monotonic(), _written(proc.pid)
         if interrupt:
             proc.send_signal(signal.SIGINT)
-        last = first
+        last, deadline = first, start + 120
         while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the build did not end within 120 s (interrupted: {interrupt})")
             with contextlib.suppress(OSError, AssertionError):  # gone between poll() and the read
                 last = _written(proc.pid)
             time.sleep(0.005)
@@ -169,6 +172,36 @@ def test_ctrl_c_stops_the_merge_within_a_bound(medium, tmp_path, memory_dir):
     # while bytes written after the signal do not (with the bug above: the rest of the model).
     assert stopped < 30, f"{stopped:.2f} s to stop, the whole merge took {whole:.2f} s"
     assert not list((memory_dir / "stopped").glob(".model*")) and not (memory_dir / "stopped" / "model").exists()
+
+
+def test_ctrl_c_at_any_moment_of_the_merge_ends_the_build(medium, tmp_path, memory_dir):
+    """A Ctrl-C once landed while the main thread held the import lock (a hashing thread importing
+    jinja2, a merge thread ml_dtypes): the build hung for ever, about one Ctrl-C in fifteen sent
+    mid-merge. Here Ctrl-C comes at moments spread over a whole build, from its start-up to its
+    end: each build ends, 130 with one line and nothing left, or 0 when it finished first."""
+    recipe = write_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
+    cache = str(tmp_path / "cache")
+    start = time.monotonic()
+    whole = run_hubswap("build", recipe, "-o", memory_dir / "whole", "--no-eval", env=_env(HUBSWAP_CACHE=cache))
+    assert whole.returncode == 0, whole.stderr
+    took = time.monotonic() - start
+    outcomes = []
+    for i in range(24):
+        out = memory_dir / f"b{i}"
+        proc = _build(recipe, out, "--no-eval", env=_env(HUBSWAP_CACHE=cache))
+        time.sleep(took * (0.25 + 0.75 * i / 24))
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"the build did not end within 60 s of a Ctrl-C at {took * (0.25 + 0.75 * i / 24):.2f} s")
+        assert proc.returncode in (0, 130), err
+        if proc.returncode == 130:
+            assert _errors(err) == ["interrupted"], err
+            assert not out.exists() or not list(out.glob(".model*")), list(out.iterdir())
+        outcomes.append(proc.returncode)
+    assert outcomes.count(130) >= 12, outcomes  # most Ctrl-Cs came while it ran
 
 
 def test_a_second_build_into_the_same_folder_refuses_while_the_first_runs(medium, tmp_path):
