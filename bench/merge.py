@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     log(f"disk free {shutil.disk_usage(CACHE).free / 1e9:.0f} GB; load {os.getloadavg()}; {dt.datetime.now():%H:%M:%S}")
     mk_exe = ensure_mergekit() if "mergekit" in which else None
-    versions = venv_versions(VENV_BIN / "python", ["numpy", "ml_dtypes", "safetensors"])
+    versions = venv_versions(VENV_BIN / "python", ["numpy", "safetensors"])
     if "naive" in which:
         versions.update(venv_versions(VENV_BIN / "python", ["torch", "transformers"]))
     if mk_exe:

@@ -224,8 +224,8 @@ threads, blends and casts and the inputs' sha256, show only as the main thread's
 ## Machine
 
 {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB RAM, {m['fs']}, Linux {m['kernel']},
-Python {m['python']}; hubswap at {m['hubswap_commit']}; numpy {v.get('numpy', '-')}, ml_dtypes
-{v.get('ml_dtypes', '-')}; torch {v.get('torch', '-')}, transformers {v.get('transformers', '-')},
+Python {m['python']}; hubswap at {m['hubswap_commit']}; numpy {v.get('numpy', '-')};
+torch {v.get('torch', '-')}, transformers {v.get('transformers', '-')},
 safetensors {v.get('safetensors', '-')} (naive); mergekit {v.get('mergekit', '-')} with torch
 {v.get('mergekit_torch', '-')}, transformers {v.get('mergekit_transformers', '-')} in its own venv.
 

@@ -260,7 +260,7 @@ def _read(fd: int, buf: memoryview, offset: int, path: Path, name: str) -> None:
 def _compute(c: _Chunk, files: _Files, dst_fd: int, bufs: _Buffers) -> None:
     """Blend and/or cast values of one tensor, slice by slice: float32 math, one cast at the end.
 
-    Done in numpy (and ml_dtypes for bfloat16) rather than torch, because importing torch costs
+    Done in numpy rather than torch, because importing torch costs
     ~3 s, more than swapping a 1B model takes; tests check the result against torch bit for bit.
     Slices of ``SLICE_ELEMENTS`` keep the float32 buffers in the CPU cache through the passes
     numpy makes over them.
@@ -288,9 +288,10 @@ def _compute(c: _Chunk, files: _Files, dst_fd: int, bufs: _Buffers) -> None:
                     np.add(acc, x, out=acc)
         if t.dtype == "F32":
             out = acc.data.cast("B")
-        else:  # (a bfloat16 array exports no buffer: write the bytes it was made on)
+        else:
             out = bufs.get("out", count, out_size)
-            from_float32(acc, t.dtype, out=np.frombuffer(out, numpy_dtype(t.dtype)))
+            from_float32(acc, t.dtype, out=np.frombuffer(out, numpy_dtype(t.dtype)),
+                         scratch=np.frombuffer(bufs.get("bits", count, 4), np.uint32))
         _pwrite(dst_fd, out, c.dst_off + start * out_size)
 
 

@@ -17,7 +17,7 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .whl \
 #       pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-#       datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 evaluate==0.4.6 ml_dtypes==0.6.0
+#       datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 evaluate==0.4.6
 #
 # (4 MB) and an MGSM copy in the juletxara/mgsm layout, e.g. `cp -r ../shared/mgsm .mgsm` (2.5 MB;
 # .mgsm/ is ignored by git and found by default). The env step names any module still missing.

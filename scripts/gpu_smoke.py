@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LINES: list[str] = []
 # What hubswap's merge, eval and load steps import (the modules, not the distributions).
-NEEDED = ["torch", "transformers", "safetensors", "huggingface_hub", "pydantic", "numpy", "ml_dtypes",
+NEEDED = ["torch", "transformers", "safetensors", "huggingface_hub", "pydantic", "numpy",
           "jinja2", "tqdm", "datasets", "evaluate", "tokenizers"]
 
 
