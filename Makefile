@@ -24,8 +24,9 @@ workflows: install  ## the GitHub Actions workflows, offline: security audit and
 	$(BIN)/zizmor --offline --no-progress .github/workflows
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
-bench: install  ## two cases (bf16, float32 language expert) vs cp, floor, naive, mergekit; two timings; then cloning on an XFS image (root); writes docs/PERFORMANCE.md (~30 min, ~25 GB)
+bench: install  ## two cases (bf16, float32 language expert) vs cp, floor, naive, mergekit; two timings; the bf16 conversions; then cloning on an XFS image (root); writes docs/PERFORMANCE.md (~30 min, ~25 GB)
 	$(BIN)/python bench/merge.py
+	$(BIN)/python bench/bf16.py
 	if [ "$$(id -u)" = 0 ]; then $(BIN)/python bench/clone.py; else echo "bench/clone.py skipped: it mounts an XFS image (run as root)"; fi
 
 mutants: install  ## the mutation check: ~40 hand-written bugs in the core modules, each against the tests that claim it, in a copy of the tree (~9 min)

@@ -173,8 +173,8 @@ def numpy_dtype(dtype: str):
 
 # bfloat16 is float32's upper half, so both conversions are integer arithmetic on the bits, written
 # here in numpy rather than taken from ml_dtypes: ml_dtypes 0.7 takes 0.6 s of CPU to import (0.6
-# took 8 ms), more than a cloned merge's own work, and these passes are as fast on a blend (decode
-# 2.8x faster, encode 1.5x slower; docs/PERFORMANCE.md). Both are bit for bit torch's
+# took 0.01 s), more than a cloned merge's own work, and converts 2-3x slower than these passes,
+# which match 0.6's speed (bench/bf16.py, docs/PERFORMANCE.md). Both are bit for bit torch's
 # (tests/test_swap.py::test_bfloat16_conversion_matches_torch_bit_for_bit).
 
 
