@@ -182,6 +182,8 @@ def _eval_results(rec: BuildRecords) -> list:
         return []
     st = ev.settings
     hub_dataset = _is_hub_id(st.dataset)
+    if not hub_dataset and st.hub_dataset is None:  # other questions than MGSM's: not indexed as MGSM
+        return []
     how = ", ".join(x for x in (f"{st.num_fewshot}-shot", st.prompt) if x)
     subset = f", first {st.limit} questions" if st.limit else ""
     out = []

@@ -116,6 +116,19 @@ def test_failed_gate_local_experts_and_local_dataset(tmp_path):
     assert "95% intervals (Wilson score interval)" in text and "(Newcombe paired score interval; McNemar exact test)" in text
 
 
+def test_a_local_dataset_of_other_questions_is_not_indexed_as_mgsm(tmp_path):
+    """The demo world's questions are in MGSM's layout but are not MGSM: the card says so and its
+    model-index claims no MGSM score (the Hub would list them on MGSM's leaderboards)."""
+    from huggingface_hub import ModelCard
+
+    text = render_card(make_build(tmp_path / "build", local_dataset=True, mgsm=False))
+    assert "a local dataset at `/data/mgsm` in MGSM's layout but not MGSM's questions" in text
+    assert "a local copy of [juletxara/mgsm]" not in text
+    assert "(files `sw` sha256:f1a2ae4b146f0316, `en` sha256:5e9abcb4d309f958)" in text
+    assert ModelCard(text).data.eval_results is None
+    assert "- merged 36.4% >= task 29.6% (n=250)" in text  # the scores stay in the card's own text
+
+
 def test_card_never_contains_a_token(tmp_path):
     token = "hf_" + "A1b2C3d4" * 5
     recipe = RECIPE.replace("# hubswap build", f"# made with HF_TOKEN={token}: hubswap build")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hubswap.demo_world import ROLES, write_world
-from hubswap.evaluate.data import load_language
+from hubswap.evaluate.data import holds_mgsm, load_language
 from hubswap.evaluate.prompts import build_prompts
 from hubswap.evaluate.scoring import score_response
 from tests.support.recipes import write_recipe
@@ -51,6 +51,7 @@ def test_the_worlds_mgsm_reads_like_mgsm(tmp_path):
         assert build_prompts(data, "native-cot", num_fewshot=8, limit=1)[0].text.count(cue) == 9
     en, sw = (load_language(str(world["mgsm"]), lang) for lang in ("en", "sw"))
     assert [q.answer_number for q in en.test] == [q.answer_number for q in sw.test]  # parallel, as MGSM
+    assert not holds_mgsm(en) and not holds_mgsm(sw)  # in MGSM's layout, but not MGSM: never indexed as it
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from hubswap.errors import EvaluationError
-from hubswap.evaluate.data import PARQUET_REVISION, load_language, write_local
+from hubswap.evaluate.data import PARQUET_REVISION, holds_mgsm, load_language, write_local
+from hubswap.evaluate.languages import LANGUAGES
 from tests.support.hub_server import HubServer
 from tests.support.mgsm import parquet as _parquet
 from tests.support.mgsm import rows as _rows
@@ -97,6 +98,45 @@ def test_exemplars_without_their_cues_are_refused(mgsm_dir, tmp_path):
         load_language(copy, "sw")
     out = _mgsm_script("check", str(copy), "--languages", "sw", tmp_path=tmp_path)
     assert out.returncode == 1 and "exemplar 3 answer" in out.stderr
+
+
+def test_mgsm_is_told_by_its_questions_whatever_the_files(mgsm_hub, mgsm_dir, tmp_path):
+    """Every language of the shared copy, the same rows from the Hub's parquet, and a copy written
+    anew hold MGSM; one changed question or answer, or a language's rows under another, do not."""
+    assert all(holds_mgsm(load_language(mgsm_dir, lang)) for lang in LANGUAGES)
+    out = _mgsm_script("fetch", str(tmp_path / "fetched"), "--languages", "sw", hub=mgsm_hub, tmp_path=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert holds_mgsm(load_language(tmp_path / "fetched", "sw"))
+    copy = _copy(mgsm_dir, tmp_path / "mgsm")
+    assert holds_mgsm(load_language(copy, "sw"))
+    rows = {s: _rows(copy, "sw", s) for s in ("train", "test")}
+    for field, value in (("answer_number", rows["test"][7]["answer_number"] + 1),
+                         ("question", rows["test"][7]["question"] + " ")):
+        edited = [dict(r) for r in rows["test"]]
+        edited[7][field] = value
+        write_local(tmp_path / field, {"sw": {"train": rows["train"], "test": edited}}, title="edited")
+        assert not holds_mgsm(load_language(tmp_path / field, "sw")), field
+    english = {s: _rows(mgsm_dir, "en", s) for s in ("train", "test")}
+    english["train"] = _rows(mgsm_dir, "sw", "train")  # (the exemplars must carry Swahili's cues)
+    write_local(tmp_path / "mislabelled", {"sw": english}, title="English under sw")
+    assert not holds_mgsm(load_language(tmp_path / "mislabelled", "sw"))
+
+
+def test_a_copy_edited_in_place_is_read_as_edited_at_once(mgsm_dir, tmp_path, capfd):
+    """The same size, the same second: datasets' own cache once gave the old rows back. Each load
+    rebuilds the rows, quietly (no "Generating test split" bars on the console)."""
+    import datasets
+
+    copy = _copy(mgsm_dir, tmp_path / "mgsm")
+    before = load_language(copy, "sw")
+    assert "Generating" not in capfd.readouterr().err
+    assert not datasets.utils.are_progress_bars_disabled()  # given back as it was
+    rows = _rows(copy, "sw", "test")
+    rows[7]["answer_number"] += 1
+    (copy / "sw" / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    after = load_language(copy, "sw")
+    assert after.test[7].answer_number == before.test[7].answer_number + 1
+    assert after.revision != before.revision
 
 
 def test_check_counts_questions_and_exemplars(mgsm_dir, tmp_path):

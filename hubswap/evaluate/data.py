@@ -32,6 +32,16 @@ log = logging.getLogger(__name__)
 HUB_DATASET = "juletxara/mgsm"
 PARQUET_REVISION = "refs/convert/parquet"
 TEST_QUESTIONS = 250  # per language
+# MGSM's own test questions, per language: the first 16 hex digits of the sha256 of their
+# (question, answer_number) rows in order (``questions_fingerprint``; computed from ../shared/mgsm,
+# a copy of juletxara/mgsm). A local folder whose questions match holds MGSM, and the model card
+# indexes its scores as MGSM's; one whose questions differ (the demo world's, a translation of
+# one's own) is only in MGSM's layout, and its scores are not claimed as MGSM's.
+MGSM_QUESTIONS = {
+    "bn": "68af6df7095f7a4b", "de": "6974b0d0202c4915", "en": "2cb3bfcc40c3a4eb", "es": "0c0425e8a9b76995",
+    "fr": "6be6161886b60b64", "ja": "056904f7640d8dd1", "ru": "fdebd767b942c951", "sw": "e84d26449d2aab38",
+    "te": "7467abff8a0d13c8", "th": "0afb9edfb13f56d5", "zh": "756bf9778b4a7c9c",
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,18 @@ class LanguageData:
 def is_local(dataset: str | Path) -> bool:
     p = Path(dataset).expanduser()
     return p.is_absolute() or str(dataset).startswith((".", "~")) or p.is_dir()
+
+
+def questions_fingerprint(test: tuple[Question, ...]) -> str:
+    """What :data:`MGSM_QUESTIONS` holds for a language: its test questions and answers, in order
+    (by content: the same rows read from JSON lines, parquet or a script give the same value)."""
+    rows = [[q.question, float(q.answer_number)] for q in test]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def holds_mgsm(data: LanguageData) -> bool:
+    """Whether ``data``'s test split is MGSM's own, question for question."""
+    return MGSM_QUESTIONS.get(data.lang) == questions_fingerprint(data.test)
 
 
 def local_revision(root: Path, lang: str) -> str:
@@ -127,7 +149,10 @@ def load_splits(dataset: str | Path, lang: str, *, revision: str = "main"):
                 f"MGSM folder {root} has no {lang}/ split",
                 hint="expected the layout of juletxara/mgsm: <lang>/test.jsonl and <lang>/train.jsonl",
             )
-        source, kwargs, rev = str(root), {}, local_revision(root, lang)
+        # Rebuilt from the files at every load (250 rows: milliseconds): datasets' cache of a local
+        # folder missed an edit made within the same second, keeping the old rows under the new
+        # revision this records.
+        source, kwargs, rev = str(root), {"download_mode": "force_redownload"}, local_revision(root, lang)
     else:
         source = str(dataset)
         check_hub_reachable()
@@ -139,10 +164,16 @@ def load_splits(dataset: str | Path, lang: str, *, revision: str = "main"):
                      source, revision, PARQUET_REVISION, rev[:12])
             kwargs = {"data_dir": lang, "revision": rev}
     datasets = _datasets()
+    quiet = not datasets.utils.are_progress_bars_disabled()  # ("Generating test split": 250 rows, no wait)
+    if quiet:
+        datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(source, None if "data_dir" in kwargs else lang, **kwargs)
     except Exception as e:  # datasets raises many types (FileNotFound, ConnectionError, ValueError)
         raise _load_error(lang, source, e) from None
+    finally:
+        if quiet:  # as the caller had it (hubswap used as a library)
+            datasets.enable_progress_bars()
     for split in ("test", "train"):
         if split not in ds:
             raise EvaluationError(f"MGSM {lang!r} from {source} has no {split!r} split")

@@ -44,7 +44,7 @@ class Settings(Record):
     dataset: str
     dataset_revision: str | None
     dataset_revisions: dict[str, str]
-    hub_dataset: str
+    hub_dataset: str | None  # MGSM's Hub id; None for a local folder of other questions in its layout
     languages: list[str]
     target_language: str
     prompt: str

@@ -30,7 +30,7 @@ from typing import Any
 from hubswap.errors import EvaluationError
 from hubswap.evaluate.answer_language import answer_languages, target_share
 from hubswap.evaluate.backends import CPU_KV_CACHE_BYTES, Generation, check_prompts_fit
-from hubswap.evaluate.data import HUB_DATASET, is_local, load_language
+from hubswap.evaluate.data import HUB_DATASET, holds_mgsm, is_local, load_language
 from hubswap.evaluate.prompts import FEWSHOT_SEED, Prompt, build_prompts
 from hubswap.evaluate.results import EvalResults
 from hubswap.evaluate.stats import paired_comparison, wilson_interval
@@ -378,7 +378,8 @@ def _settings(cfg, dataset, data, limit: int, subset: list[int] | None = None) -
         "dataset": str(Path(dataset).expanduser().resolve()) if local else str(dataset),
         "dataset_revision": None if local else cfg.dataset_revision,
         "dataset_revisions": {lang: d.revision for lang, d in data.items()},
-        "hub_dataset": HUB_DATASET,
+        # a local folder of other questions than MGSM's (the demo world's) is no copy of it
+        "hub_dataset": HUB_DATASET if not local or all(holds_mgsm(d) for d in data.values()) else None,
         "languages": list(cfg.languages),
         "target_language": cfg.languages[0],
         "prompt": cfg.prompt,

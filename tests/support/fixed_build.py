@@ -138,15 +138,16 @@ def _scores(verdicts: list[bool]) -> LanguageScores:
                           mean_generated_tokens=180.5, target_language_share=0.98)
 
 
-def eval_results(passed: bool = True, local_dataset: bool = False) -> EvalResults:
+def eval_results(passed: bool = True, local_dataset: bool = False, mgsm: bool = True) -> EvalResults:
     """The evaluation of a fixed build as typed records; the comparisons are stats.paired_comparison's
-    and the gate's verdict is apply_gate's, as `hubswap build` writes them."""
+    and the gate's verdict is apply_gate's, as `hubswap build` writes them. ``mgsm=False``: the local
+    dataset holds other questions than MGSM's (as the demo world's)."""
     dataset = dict(dataset="/data/mgsm", dataset_revision=None,
                    dataset_revisions={"sw": "sha256:f1a2ae4b146f0316", "en": "sha256:5e9abcb4d309f958"}) \
         if local_dataset else dict(dataset="juletxara/mgsm", dataset_revision="b" * 40,
                                    dataset_revisions={"sw": "b" * 40, "en": "b" * 40})
     settings = Settings(
-        **dataset, hub_dataset="juletxara/mgsm", languages=["sw", "en"], target_language="sw", prompt="native-cot",
+        **dataset, hub_dataset="juletxara/mgsm" if mgsm else None, languages=["sw", "en"], target_language="sw", prompt="native-cot",
         num_fewshot=8, fewshot_seed=1234, max_new_tokens=512, backend="vllm", dtype="bfloat16", batch_size=None,
         limit=0, questions={"sw": N, "en": N}, seed=0, greedy=True, vllm={"tensor_parallel_size": 1},
         vllm_cpu_defaults=None,
