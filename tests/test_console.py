@@ -132,6 +132,7 @@ def test_a_worker_that_fails_names_the_log_of_its_engine(tiny_llama_vllm, mgsm_d
     assert r.returncode == 7, r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     hint = next(line for line in r.stderr.splitlines() if line.startswith("hint: "))
+    assert "memory" not in hint, hint  # weights that disagree with the config: no out-of-memory guess
     m = re.search(r"are in (\S+\.log)", hint)
     assert m, hint
     log = Path(m.group(1))

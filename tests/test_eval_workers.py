@@ -56,6 +56,33 @@ def test_parent_memory_does_not_grow_with_the_number_of_models(tiny_llama_vllm, 
     assert after_four - after_one < 32 << 20, mib
 
 
+def test_a_worker_that_crashes_is_not_said_to_be_out_of_memory(tiny_llama_vllm, mgsm_dir, tmp_path):
+    """Only SIGKILL is the out-of-memory killer's: a crash in native code (SIGSEGV) is named as
+    what it is, with the log that says why."""
+    cfg = EvalConfig(**CFG)
+
+    def crash(e):
+        if e.stage == "starting the engine":
+            os.kill(e.pid, signal.SIGSEGV)
+
+    with pytest.raises(EvaluationError) as err:
+        run_evaluation({"task": tiny_llama_vllm["task"]}, cfg, tmp_path / "eval", dataset=mgsm_dir,
+                       cache_keys={"task": "1" * 40}, cache_dir=tmp_path / "cache", progress=False, on_event=crash)
+    assert str(err.value).endswith("starting the engine (killed by SIGSEGV)"), err.value
+    assert "memory" not in err.value.hint and "rerun" in err.value.hint, err.value.hint
+
+
+def test_an_error_in_the_worker_gets_the_memory_hint_only_when_it_is_about_memory():
+    from hubswap.evaluate.worker import _rebuild
+
+    def hint(type_: str, message: str) -> str:
+        return _rebuild({"type": type_, "message": message, "hint": None, "stage": "generating"}, "merged").hint
+
+    assert "out of GPU memory" in hint("OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert "out of GPU memory" in hint("RuntimeError", "CUDA error: out of memory")
+    assert "memory" not in hint("ValueError", "size mismatch for model.layers.0.mlp.up_proj.weight")
+
+
 def test_a_worker_killed_mid_evaluation_is_an_error_and_a_rerun_keeps_what_was_done(
         tiny_llama_vllm, mgsm_dir, tmp_path):
     models = {"task": tiny_llama_vllm["task"], "language": tiny_llama_vllm["language"]}

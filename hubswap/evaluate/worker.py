@@ -227,13 +227,15 @@ class WorkerSession:
         self.close()  # the worker has exited, or exits after its error
         if error is not None:
             raise _rebuild(error, name)
+        kept = "Models evaluated before it are kept: a rerun takes cached experts from the cache"
         if stage == "starting its process":
             hint = (f"{engine_log_hint()}; a script that evaluates at import time needs "
                     "`if __name__ == \"__main__\":` (workers import the main module)")
-        else:
+        elif proc.exitcode == -signal.SIGKILL:  # what the kernel's out-of-memory killer sends
             hint = (f"{engine_log_hint()}; a worker killed by SIGKILL was most often stopped by the kernel's out-of-memory killer "
-                    "(see `dmesg`): lower [eval] batch_size, or [eval.vllm] max_model_len / gpu_memory_utilization. "
-                    "Models evaluated before it are kept: a rerun takes cached experts from the cache")
+                    f"(see `dmesg`): lower [eval] batch_size, or [eval.vllm] max_model_len / gpu_memory_utilization. {kept}")
+        else:  # a crash in native code (SIGSEGV, SIGABRT) or an exit of its own: the log says which
+            hint = f"{engine_log_hint()}. {kept}"
         raise EvaluationError(
             f"evaluating {name} ({path}): its worker process died while {_doing(stage, done, total)} "
             f"({_how(proc.exitcode)})", hint=hint,
@@ -297,10 +299,11 @@ def _rebuild(error: dict, name: str) -> HubswapError:
         e = cls.__new__(cls)
         HubswapError.__init__(e, error["message"], hint=error["hint"])
         return e
+    out_of_memory = "OutOfMemory" in error["type"] or "out of memory" in error["message"].lower()
     return EvaluationError(
         f"evaluating {name} failed while {error['stage']}: {error['type']}: {error['message']}",
-        hint=f"{engine_log_hint()}; a CUDA out-of-memory error needs a smaller "
-        "[eval] batch_size or [eval.vllm] gpu_memory_utilization / max_model_len",
+        hint=f"{engine_log_hint()}; out of GPU memory: lower [eval] batch_size or [eval.vllm] "
+        "gpu_memory_utilization / max_model_len" if out_of_memory else engine_log_hint(),
     )
 
 
