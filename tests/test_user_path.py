@@ -284,6 +284,17 @@ def test_a_recipe_without_eval_languages_says_it_evaluates_english_and_an_unreac
     assert not (tmp_path / "out").exists()  # refused before the merge
 
 
+@pytest.mark.parametrize(("flag", "name"), [("--compare", "../../outside"), ("--compare", ".hidden"),
+                                          ("--name", "a/b"), ("--name", "")])
+def test_a_model_name_that_is_not_a_file_name_is_refused_before_anything_is_written(family, tmp_path, flag, name):
+    """Names name the result files (NAME.LANG.jsonl): none may reach out of the output folder."""
+    more = [flag, f"{name}={family['language']}"] if flag == "--compare" else [flag, name]
+    r = run_hubswap("eval", family["task"], *more, "-o", tmp_path / "e" / "out", cwd=tmp_path)
+    assert one_line(r, 7) == (f"error: {flag} {name!r}: a model's name names its result files, so it must be "
+                              "letters, digits and . _ - (not first or last)")
+    assert not (tmp_path / "e").exists()
+
+
 def test_a_failed_eval_leaves_no_empty_folder(family, tmp_path):
     (tmp_path / "mgsm").mkdir()
     r = run_hubswap("eval", family["task"], "--dataset", tmp_path / "mgsm", "-o", tmp_path / "e")

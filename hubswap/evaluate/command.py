@@ -31,6 +31,18 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+# A model's name names its files in the output folder (NAME.LANG.jsonl): letters, digits, and . _ -
+# inside, so that no name can reach out of the folder or hide as a dot file.
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+def check_model_name(name: str, flag: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise EvaluationError(f"{flag} {name!r}: a model's name names its result files, so it must be letters, "
+                              "digits and . _ - (not first or last)",
+                              hint="for example --name merged, --compare task=PATH")
+
+
 def check_limit(limit: int | None) -> None:
     """``--limit`` of eval, build and sweep: a count of questions, 0 (or absent) for all of them."""
     if limit is not None and limit < 0:
@@ -115,10 +127,13 @@ def _eval_command(args: argparse.Namespace) -> int:
     from hubswap.files import check_writable
 
     out = Path(args.output)
+    compare = _pairs(args.compare, "--compare")
+    for name, flag in ((args.name, "--name"), *((n, "--compare") for n in compare)):
+        check_model_name(name, flag)
     check_writable(out)
     require_libraries(cfg.backend)  # before resolving (downloading) anything
     models = {args.name: resolve_model(args.model, args.revision)}
-    for name, spec in _pairs(args.compare, "--compare").items():
+    for name, spec in compare.items():
         if name in models:
             raise EvaluationError(f"--compare name {name!r} is used twice")
         models[name] = resolve_model(spec)
