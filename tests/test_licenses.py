@@ -210,3 +210,26 @@ def test_local_folders_cards_are_read_too(licensed_hub, tmp_path):
     lic = json.loads((tmp_path / "local" / "model" / "hubswap" / "lock.json").read_text())["license"]
     assert (lic["license"], lic["decision"]) == ("llama3.1", "inherited")
     assert (tmp_path / "local" / "model" / "LICENSE").is_file()
+
+
+def test_a_republish_removes_the_licence_files_of_the_build_it_replaces(licensed_hub, tmp_path):
+    """The first build (two licences, acknowledged) copied each parent's LICENSE under licenses/;
+    the build pushed over it (--force: another recipe) has one licence and no such copies. The
+    Apache copy must not stay in the repo beside the new model, while a file its owner added
+    by hand stays."""
+    hub, _ = licensed_hub
+    repo = "org/Llama-republished"
+    models = {**hub_models(), "language": "org/language-apache"}
+    first = build(hub, tmp_path, "mixed", models, {"repo": repo, "license": "llama3.1", "license_acknowledged": True},
+                  "--push")
+    assert first.returncode == 0, first.stderr
+    assert {"licenses/language/LICENSE", "licenses/task/LICENSE"} <= set(hub.head(repo).files)
+    hub.commit_files(repo, {"LICENSE-owner-notes.md": b"Added by the repo's owner.\n"}, message="by hand")
+    second = build(hub, tmp_path, "inherit", hub_models(), {"repo": repo}, "--push", "--force")
+    assert second.returncode == 0, second.stderr
+    published = set(hub.head(repo).files)
+    assert not {n for n in published if n.startswith("licenses/")}, sorted(published)
+    assert {"LICENSE", "USE_POLICY.md", "NOTICE", "LICENSE-owner-notes.md"} <= published
+    record = json.loads((tmp_path / "inherit" / "model" / "hubswap" / "lock.json").read_text())
+    assert published - {".gitattributes", "LICENSE-owner-notes.md"} == set(record["output"]["files"]) | {
+        "README.md", *(n for n in published if n.startswith("hubswap/"))}

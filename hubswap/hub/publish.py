@@ -114,7 +114,7 @@ def publish(model_dir: str | Path, *, repo: str | None = None, private: bool | N
         hub_call(lambda: api.create_repo(repo, private=private, exist_ok=True), "creating the repo",
                   repo=repo, write=True, endpoint=endpoint)
     replace_all = force and not remote.by_hubswap  # --force over a repo hubswap did not make
-    stale = sorted(n for n in remote.content - set(build.files) if replace_all or _artifact(n))
+    stale = sorted(n for n in remote.content - set(build.files) if replace_all or _artifact(n) or n in remote.outputs)
     ops: list = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(f.path)) for n, f in build.files.items()]
     ops += [CommitOperationDelete(path_in_repo=n) for n in stale]
     log.info("publishing %d files (%s) to %s in one commit", len(build.files),
@@ -167,8 +167,9 @@ class _Build:
 class _Remote:
     """What a repo holds at its head: files with their hashes, and the identity of its hubswap build."""
 
-    def __init__(self, info, identity: dict | None):
+    def __init__(self, info, identity: dict | None, outputs: frozenset[str] = frozenset()):
         self.info = info
+        self.outputs = outputs  # the files its hubswap build wrote (its record's), licence files included
         self.head = info.sha if info is not None else None
         self.files = {s.rfilename: s for s in info.siblings or []} if info is not None else {}
         self.content = {n for n in self.files if n != ".gitattributes"}
@@ -199,10 +200,10 @@ class _Remote:
         names = {s.rfilename for s in info.siblings or []}
         recipe = text(RECIPE_COPY) if RECIPE_COPY in names else ""
         try:
-            models = BuildRecord.model_validate_json(text(BUILD_RECORD)).models
+            record = BuildRecord.model_validate_json(text(BUILD_RECORD))
         except ValueError:  # a build record of another hubswap version: not the same build
             return cls(info, {"recipe": None, "inputs": None, "name": None})
-        return cls(info, build_identity(models, recipe))
+        return cls(info, build_identity(record.models, recipe), frozenset(record.output.files))
 
 
 def _write_api(repo: str, endpoint: str | None, token: str | None):
@@ -251,8 +252,9 @@ def _may_replace(build: _Build, remote: _Remote, repo: str, force: bool) -> str:
 
 
 def _artifact(name: str) -> bool:
-    """A file that a hubswap build writes (an older build's leftovers of these are removed);
-    anything else that the owner added to a hubswap repo by hand is kept."""
+    """A file that a hubswap build writes (an older build's leftovers of these are removed, and so
+    is every file its build record lists: the parents' licence files it copied); anything else that
+    the owner added to a hubswap repo by hand is kept."""
     return name.endswith(".safetensors") or name == "model.safetensors.index.json" or name.startswith("hubswap/")
 
 
