@@ -196,12 +196,15 @@ def test_ctrl_c_at_any_moment_of_the_merge_ends_the_build(medium, tmp_path, memo
         except subprocess.TimeoutExpired:
             proc.kill()
             pytest.fail(f"the build did not end within 60 s of a Ctrl-C at {took * (0.25 + 0.75 * i / 24):.2f} s")
-        assert proc.returncode in (0, 130), err
-        if proc.returncode == 130:
+        # -SIGINT after "interrupted" (seen once in CI, one build in 24, not reproduced in 320 here):
+        # the process said it stopped and then ended by the signal itself, which a shell reads as
+        # 130 too (128 + 2); the hang this test is for is the timeout above.
+        assert proc.returncode in (0, 130, -signal.SIGINT), err
+        if proc.returncode != 0:
             assert _errors(err) == ["interrupted"], err
             assert not out.exists() or not list(out.glob(".model*")), list(out.iterdir())
         outcomes.append(proc.returncode)
-    assert outcomes.count(130) >= 12, outcomes  # most Ctrl-Cs came while it ran
+    assert len(outcomes) - outcomes.count(0) >= 12, outcomes  # most Ctrl-Cs came while it ran
 
 
 def test_a_second_build_into_the_same_folder_refuses_while_the_first_runs(medium, tmp_path):
