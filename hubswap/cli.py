@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubswap import __version__
+from hubswap import __version__, interrupts
 from hubswap.errors import EXIT_CODES, HubswapError
 
 log = logging.getLogger("hubswap")
@@ -408,6 +408,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit code (errors.EXIT_CODES). A Ctrl-C at any point, from building
+    the parser on, ends in one line and 130, whatever exception it became on its way up
+    (hubswap/interrupts.py)."""
+    try:
+        with interrupts.command():
+            return _run_command(argv)
+    except KeyboardInterrupt:
+        pass
+    except Exception:
+        if not interrupts.requested():
+            raise
+    print("interrupted", file=sys.stderr)
+    return 130
+
+
+def _run_command(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -421,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except HubswapError as e:
-        if os.environ.get("HUBSWAP_DEBUG"):
+        if os.environ.get("HUBSWAP_DEBUG") or interrupts.requested():  # after a Ctrl-C: "interrupted"
             raise
         print(f"error: {e}", file=sys.stderr)
         if e.hint:
@@ -432,14 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         # folder first): still one line naming the folder, never a traceback.
         from hubswap.files import NOT_WRITABLE, not_writable
 
-        if e.errno not in NOT_WRITABLE or os.environ.get("HUBSWAP_DEBUG"):
+        if e.errno not in NOT_WRITABLE or os.environ.get("HUBSWAP_DEBUG") or interrupts.requested():
             raise
         err = not_writable(e)
         print(f"error: {err}\nhint: {err.hint}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 def run() -> None:
@@ -448,11 +461,19 @@ def run() -> None:
     Once ``main`` has returned, the work is over (or already stopped by Ctrl-C and said so): a
     SIGINT during the interpreter's shutdown (the worker server being stopped, threads joined)
     must not turn the exit status into a death by signal with no line said. Not in ``main``
-    itself, which tests call in their own process: an ignored SIGINT is inherited by children."""
+    itself, which tests call in their own process: an ignored SIGINT is inherited by children.
+
+    CPython also kills itself with SIGINT at exit under ``python -m`` once a KeyboardInterrupt
+    has left any code run from a string (``exec``/``eval`` of source: dataclasses, namedtuple and
+    pydantic build classes so while a lazy import runs), even one ``main`` then caught: Modules/
+    main.c checks a flag that ``run_eval_code_obj`` sets then (bpo-41602's check) and clears at the
+    start of every string eval. Seen: "interrupted", then -SIGINT, about one Ctrl-C in ten during
+    a loaded machine's build. One empty string eval clears it; 130 stays 130."""
     import signal
 
     code = main()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    eval("None")  # clears CPython's "KeyboardInterrupt unhandled" flag (above)
     sys.exit(code)
 
 

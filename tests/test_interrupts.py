@@ -177,8 +177,10 @@ def test_ctrl_c_stops_the_merge_within_a_bound(medium, tmp_path, memory_dir):
 def test_ctrl_c_at_any_moment_of_the_merge_ends_the_build(medium, tmp_path, memory_dir):
     """A Ctrl-C once landed while the main thread held the import lock (a hashing thread importing
     jinja2, a merge thread ml_dtypes): the build hung for ever, about one Ctrl-C in fifteen sent
-    mid-merge. Here Ctrl-C comes at moments spread over a whole build, from its start-up to its
-    end: each build ends, 130 with one line and nothing left, or 0 when it finished first."""
+    mid-merge; another lost its Ctrl-C to an import that swallowed it, and a hashing thread then
+    waited on the import lock it left. Here Ctrl-C comes at moments spread over a whole build, from
+    a quarter of it (past the interpreter's start-up, where Python's own traceback is the answer)
+    to its end: each build ends, 130 with one line and nothing left, or 0 when it finished first."""
     recipe = write_recipe(tmp_path / "r.toml", medium, dtype="bfloat16")
     cache = str(tmp_path / "cache")
     start = time.monotonic()
@@ -196,10 +198,9 @@ def test_ctrl_c_at_any_moment_of_the_merge_ends_the_build(medium, tmp_path, memo
         except subprocess.TimeoutExpired:
             proc.kill()
             pytest.fail(f"the build did not end within 60 s of a Ctrl-C at {took * (0.25 + 0.75 * i / 24):.2f} s")
-        # -SIGINT after "interrupted" (seen once in CI, one build in 24, not reproduced in 320 here):
-        # the process said it stopped and then ended by the signal itself, which a shell reads as
-        # 130 too (128 + 2); the hang this test is for is the timeout above.
-        assert proc.returncode in (0, 130, -signal.SIGINT), err
+        # Neither -SIGINT after "interrupted" (CPython's exit check under `python -m`, cli.run) nor
+        # another status for a Ctrl-C that code turned into another exception (interrupts.command).
+        assert proc.returncode in (0, 130), err
         if proc.returncode != 0:
             assert _errors(err) == ["interrupted"], err
             assert not out.exists() or not list(out.glob(".model*")), list(out.iterdir())

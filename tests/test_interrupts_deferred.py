@@ -1,16 +1,21 @@
-"""hubswap/interrupts.py: inside ``deferred()`` a Ctrl-C waits for a check, the first one only."""
+"""hubswap/interrupts.py: inside ``deferred()`` a Ctrl-C waits for a check, the first one only;
+inside ``command()`` (the CLI's) a Ctrl-C is remembered, so one that code swallowed or turned into
+another exception still ends the command with "interrupted" and 130."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import Future
 
 import pytest
 
-from hubswap import interrupts
+from hubswap import cli, interrupts
+from tests.support.cli import hubswap_env
 
 
 def _ctrl_c() -> None:
@@ -83,3 +88,58 @@ def test_off_the_main_thread_or_under_another_handler_it_changes_nothing():
         assert seen == [True, "mine"]
     finally:
         signal.signal(signal.SIGINT, mine)
+
+
+def test_a_ctrl_c_swallowed_inside_a_command_still_stops_it():
+    """As when a KeyboardInterrupt unwinds an optional import caught by ``except Exception`` (on
+    3.11 a class body's __set_name__ turns it into RuntimeError): the import lock it left taken
+    hung a build's hashing thread. The next check, and any deferred block, stop the command."""
+    steps = []
+    with interrupts.command():
+        try:
+            _ctrl_c()
+            steps.append("not raised")
+        except KeyboardInterrupt:
+            steps.append("swallowed")
+        assert interrupts.requested()
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+        with pytest.raises(KeyboardInterrupt), interrupts.deferred():
+            steps.append("threads started")
+    assert steps == ["swallowed"]
+    with interrupts.command():  # the next command starts clean
+        assert not interrupts.requested()
+        interrupts.check()
+
+
+def test_the_cli_says_interrupted_for_a_ctrl_c_turned_into_another_exception(monkeypatch, capsys):
+    def command(argv):
+        try:
+            _ctrl_c()
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance") from e
+
+    monkeypatch.setattr(cli, "_run_command", command)
+    assert cli.main([]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+    def failing(argv):
+        raise RuntimeError("a bug, no Ctrl-C")
+
+    monkeypatch.setattr(cli, "_run_command", failing)
+    with pytest.raises(RuntimeError, match="a bug"):  # without a Ctrl-C a bug stays a traceback
+        cli.main([])
+
+
+def test_python_m_exits_130_after_a_ctrl_c_caught_in_code_run_from_a_string(tmp_path):
+    """CPython's ``python -m`` killed itself with SIGINT at exit after a KeyboardInterrupt had
+    left code run from a string (dataclasses make their methods so), though main caught it."""
+    (tmp_path / "string_code_interrupted.py").write_text(
+        "from hubswap import cli\n"
+        "cli._run_command = lambda argv: exec('raise KeyboardInterrupt')\n"
+        "cli.run()\n")
+    env = hubswap_env()
+    env["PYTHONPATH"] = os.pathsep.join((str(tmp_path), env["PYTHONPATH"]))
+    done = subprocess.run([sys.executable, "-m", "string_code_interrupted"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")
