@@ -121,6 +121,12 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _questions(text: str) -> int:
+    from hubswap.evaluate.command import question_count
+
+    return question_count(text)
+
+
 def _gpus(s: argparse.ArgumentParser) -> None:
     from hubswap.evaluate.command import gpus_argument
 
@@ -137,7 +143,7 @@ def _build_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--push", action="store_true", help="publish to [publish].repo if the gate passes")
     s.add_argument("--no-push", action="store_true", help="never publish (the default)")
     s.add_argument("--force", action="store_true", help="publish over a repo built from other inputs")
-    s.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N questions per language")
+    s.add_argument("--limit", type=_questions, metavar="N", help="evaluate only the first N questions per language")
     s.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                    help="largest output shard, e.g. 5GB (default) or 500MB")
     s.add_argument("--no-clone", action="store_true",
@@ -150,10 +156,8 @@ def _build_arguments(s: argparse.ArgumentParser) -> None:
          "model/ holds exactly what is published, eval/ the per-question generations.",
          arguments=_build_arguments)
 def _build(args: argparse.Namespace) -> int:
-    from hubswap.evaluate.command import check_limit
     from hubswap.pipeline import BuildOptions, build
 
-    check_limit(args.limit)
     opts = BuildOptions(
         output=Path(args.output) if args.output else None,
         evaluate=not args.no_eval,
@@ -280,7 +284,8 @@ def _sweep_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--bottom", required=True, metavar="A..B", help="bottom sizes, e.g. 3..8 or 2,4,6")
     s.add_argument("--top", required=True, metavar="A..B", help="top sizes, e.g. 1..4")
     s.add_argument("--transition", default="0", metavar="A..B", help="transition sizes, e.g. 0..2 (default 0)")
-    s.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N questions (default: [eval].limit)")
+    s.add_argument("--limit", type=_questions, metavar="N",
+                   help="evaluate only the first N questions (default: [eval].limit)")
     s.add_argument("--keep", action="store_true", help="keep each merged model (default: removed after evaluation)")
     s.add_argument("-o", "--output", metavar="DIR", help="sweep folder (default: sweeps/<recipe name>)")
     s.add_argument("--recipe-out", metavar="FILE",
@@ -302,10 +307,8 @@ def _sweep_arguments(s: argparse.ArgumentParser) -> None:
          "sweep.json and sweep.svg, and the winning configuration as a new recipe beside RECIPE.",
          arguments=_sweep_arguments)
 def _sweep(args: argparse.Namespace) -> int:
-    from hubswap.evaluate.command import check_limit
     from hubswap.sweeps import parse_range, sweep
 
-    check_limit(args.limit)
     result = sweep(
         args.recipe,
         bottoms=parse_range(args.bottom, "--bottom"),
@@ -323,7 +326,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _demo_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-o", "--output", default="demo", metavar="DIR", help="where to write (default: demo/)")
-    s.add_argument("--limit", type=int, default=0, metavar="N",
+    s.add_argument("--limit", type=_questions, default=0, metavar="N",
                    help="questions per language (default: all 100 of the demo world's MGSM)")
     s.add_argument("--no-eval", action="store_true", help="skip the evaluation")
 
@@ -332,10 +335,8 @@ def _demo_arguments(s: argparse.ArgumentParser) -> None:
          arguments=_demo_arguments)
 def _demo(args: argparse.Namespace) -> int:
     from hubswap.demo import run_demo
-    from hubswap.evaluate.command import check_limit
     from hubswap.files import check_writable
 
-    check_limit(args.limit)
     check_writable(args.output)  # before the experts are made
     return run_demo(Path(args.output), limit=args.limit, evaluate=not args.no_eval)
 

@@ -216,19 +216,6 @@ min_accuracy = 0.9
 """
 
 
-def find_mgsm() -> Path | None:
-    """The offline MGSM copy: $HUBSWAP_MGSM, else a ``shared/mgsm`` beside the working folder or this repo."""
-    env = os.environ.get("HUBSWAP_MGSM")
-    if env:
-        return Path(env)
-    for start in (Path.cwd(), Path(__file__).resolve().parent):
-        for d in (start, *start.parents):
-            cand = d / "shared" / "mgsm"
-            if (cand / "en").is_dir():
-                return cand
-    return None
-
-
 def write_demo_recipe(path: Path, experts: Path, dataset: Path) -> Path:
     """Write the demo recipe for the world's experts in ``experts`` and its MGSM in ``dataset``,
     both named relative to the recipe (no path of this machine in the recipe, the lock or the card)."""

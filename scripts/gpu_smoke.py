@@ -404,10 +404,14 @@ def _gpus_step(a, res: dict, build: Path, logs: Path, env: dict, limit: int, mgs
 
 
 def _find_mgsm() -> Path | None:
-    sys.path.insert(0, str(ROOT))
-    from hubswap.demo import find_mgsm
-
-    return find_mgsm()
+    """$HUBSWAP_MGSM, else a ``shared/mgsm`` beside the working folder or the checkout."""
+    if env := os.environ.get("HUBSWAP_MGSM"):
+        return Path(env)
+    for start in (Path.cwd(), ROOT):
+        for d in (start, *start.parents):
+            if (d / "shared" / "mgsm" / "en").is_dir():
+                return d / "shared" / "mgsm"
+    return None
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_the_answers_language_gates_only_when_asked():
     assert apply_gate(_results({"sw": 0.5}, share=0.3), Gate(must_beat=[], min_target_language_share=0.1 + 0.2)).passed
     low = apply_gate(_results({"sw": 0.5}, share=0.29), Gate(must_beat=[], min_target_language_share=0.3))
     assert not low.passed
-    assert low.reasons == ["merged answers in sw: 0.290 < min_target_language_share 0.300"]
+    assert low.reasons == ["merged answers in sw: 29.0% < min_target_language_share 30.0%"]
     record = low.record()
     assert (record.min_target_language_share, record.target_language_share) == (0.3, 0.29)
     unasked = apply_gate(_results({"sw": 0.5}, share=0.0), Gate(must_beat=[]))

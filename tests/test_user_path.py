@@ -77,13 +77,16 @@ def test_a_small_read_only_filesystem_is_read_only_not_full(family, tmp_path):
 # -- item 3: --limit is a count -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["build", "eval", "sweep"])
+@pytest.mark.parametrize("command", ["build", "eval", "sweep", "demo"])
 def test_a_negative_limit_is_refused_by_every_command(command, family, tmp_path):
+    """A usage error, as `--limit x` is: argparse's line and exit 2, before anything runs."""
     recipe = write_recipe(tmp_path / "r.toml", family)
     args = {"build": ["build", recipe, "--no-eval"], "eval": ["eval", family["task"]],
-            "sweep": ["sweep", recipe, "--bottom", "1", "--top", "1"]}
+            "sweep": ["sweep", recipe, "--bottom", "1", "--top", "1"], "demo": ["demo"]}
     r = run_hubswap(*args[command], "--limit", "-3", "-o", tmp_path / "out", cwd=tmp_path)
-    assert one_line(r, 7) == "error: --limit -3: a number of questions must be 0 or more"
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-1] == (f"hubswap {command}: error: argument --limit: expected a number of "
+                                         "questions (0 or more; 0 means all), not '-3'")
     assert not (tmp_path / "out").exists()
 
 

@@ -43,11 +43,16 @@ def check_model_name(name: str, flag: str) -> None:
                               hint="for example --name merged, --compare task=PATH")
 
 
-def check_limit(limit: int | None) -> None:
-    """``--limit`` of eval, build and sweep: a count of questions, 0 (or absent) for all of them."""
-    if limit is not None and limit < 0:
-        raise EvaluationError(f"--limit {limit}: a number of questions must be 0 or more",
-                              hint="--limit N evaluates the first N questions per language; 0 evaluates all")
+def question_count(text: str) -> int:
+    """``--limit`` (eval, build, sweep, demo): how many questions per language, 0 for all of them.
+    An argparse type, so ``--limit -3`` is a usage error as ``--limit x`` is (exit 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of questions (0 or more; 0 means all), not {text!r}")
+    return n
 
 
 def resolve_model(spec: str, revision: str | None = None, *, endpoint: str | None = None) -> Path:
@@ -109,7 +114,6 @@ def _eval_command(args: argparse.Namespace) -> int:
     from hubswap.evaluate import format_table, run_evaluation
     from hubswap.recipe import EvalConfig
 
-    check_limit(args.limit)
     vllm_options = {k: _parse_value(v) for k, v in _pairs(args.vllm, "--vllm").items()}
     try:
         cfg = EvalConfig(
@@ -178,7 +182,8 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--num-fewshot", type=int, default=8, metavar="K")
     s.add_argument("--max-new-tokens", type=int, default=512, metavar="N")
     s.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
-    s.add_argument("--limit", type=int, default=0, metavar="N", help="first N questions per language (0: all 250)")
+    s.add_argument("--limit", type=question_count, default=0, metavar="N",
+                   help="first N questions per language (0: all 250)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"],
                    help="evaluate every model in this dtype (default: the first model's; auto: each its own)")

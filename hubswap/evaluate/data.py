@@ -192,7 +192,7 @@ def _datasets():
 
 def _load_error(lang: str, source: str, e: Exception) -> EvaluationError:
     hint = ("check the dataset id, revision and HF_HUB_OFFLINE; or point [eval].dataset to a local copy "
-            "(python scripts/mgsm.py fetch DIR makes one; $HUBSWAP_MGSM is the demo's only)")
+            "(python scripts/mgsm.py fetch DIR makes one)")
     if "scripts are no longer supported" in str(e):
         hint = "this datasets version cannot run loading scripts: use a local copy in the layout of juletxara/mgsm"
     reason = str(e) if len(str(e)) < 300 else str(e)[:300] + " ..."  # datasets lists every extension it knows

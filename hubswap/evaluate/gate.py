@@ -94,8 +94,8 @@ def apply_gate(results: EvalResults, gate) -> GateVerdict:
             ok = False
         else:
             ok = _at_least(share, bound)
-            msg = (f"merged answers in {lang}: {share:.3f} {'>=' if ok else '<'} "
-                   f"min_target_language_share {bound:.3f}")
+            msg = (f"merged answers in {lang}: {pct(share)}% {'>=' if ok else '<'} "
+                   f"min_target_language_share {pct(bound)}%")
         checks.append(msg)
         if not ok:
             reasons.append(msg)
