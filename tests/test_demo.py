@@ -1,6 +1,7 @@
 """`hubswap demo`, the README's first command, end to end on all 100 questions per language of the
 demo world: the process exits 0, writes every path the README's quick start names, prints the
-comparison table with the numbers of the build's eval_results.json, the merged model beats both
+comparison table with the numbers of the build's eval_results.json (and the README's rows of it
+as they are printed), the merged model beats both
 experts in Swahili with a paired interval above zero and McNemar p < 0.01, the gate passes, and
 neither the recipe nor the card names a path of this machine. A separate process, as a user runs
 it, on the real vLLM CPU engine."""
@@ -30,6 +31,12 @@ def readme_demo_paths() -> list[str]:
     return paths
 
 
+def readme_demo_table() -> str:
+    """The comparison table the README's quick start shows (its first text block)."""
+    quick = (REPO / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return quick.split("```text\n", 1)[1].split("```", 1)[0]
+
+
 def test_demo_runs_offline_and_writes_what_the_readme_says(tmp_path):
     # vLLM's engine in the demo's own process and one OpenMP thread: 3x faster on small machines.
     env = {"HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"}
@@ -54,6 +61,10 @@ def test_demo_runs_offline_and_writes_what_the_readme_says(tmp_path):
                                     f"{100 * r['ci95'][1]:.1f}")
     assert {m for m, _ in expected} >= {"merged", "task", "language", "soup"}
     assert printed == expected, run.stdout
+    # The README's table is the demo's own output, row for row (its header and the rows it shows).
+    printed_lines = {line.rstrip() for line in run.stdout.splitlines()}
+    shown = [line.rstrip() for line in readme_demo_table().splitlines()]
+    assert shown and set(shown) <= printed_lines, set(shown) - printed_lines
     verdict = "passed" if results["gate"]["passed"] else "FAILED"
     assert f"\ngate: {verdict}\n" in run.stdout
     assert run.stdout.rstrip().endswith(f"model card: {(model / 'README.md').resolve()}")
