@@ -1,6 +1,7 @@
 """hubswap sweep --ray: the configurations as tasks on a real local Ray cluster (``ray start
 --head``), with the real vLLM engine on the CPU. The cluster's result is the single machine's,
-a task whose worker is killed mid-way is retried, and a driver without Ray names the extra."""
+a task whose worker is killed mid-way is retried, a rerun resumes from the node's cache, and a
+driver without Ray names the extra."""
 
 from __future__ import annotations
 
@@ -58,6 +59,11 @@ def _kill_first_task(killed: list[int], stop: threading.Event) -> None:
         time.sleep(0.2)
 
 
+def _files(folder: Path) -> dict[str, int]:
+    """Each file's name and modification time (ns)."""
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} if folder.is_dir() else {}
+
+
 def _stop_cluster(head: subprocess.Popen) -> None:
     """The head node and every process it started (GCS, raylet, Ray workers), by their ids."""
     import psutil
@@ -105,6 +111,13 @@ def test_a_sweep_on_a_ray_cluster_equals_the_single_machine_sweep(tiny_llama_vll
                          "--ray", f"127.0.0.1:{port}"),
             env=env, capture_output=True, text=True, timeout=900)
         times["Ray cluster"] = time.perf_counter() - t
+        # A rerun on the same cluster resumes from the node's cache: every configuration's
+        # generations are found there, none generated (and cached) again.
+        cached = _files(tmp_path / "cache-ray" / "eval")
+        again = subprocess.run(
+            hubswap_argv("sweep", recipe, *GRID, "-o", tmp_path / "again", "--recipe-out", tmp_path / "again.toml",
+                         "--ray", f"127.0.0.1:{port}"),
+            env=env, capture_output=True, text=True, timeout=900)
     finally:
         stop.set()
         _stop_cluster(head)
@@ -121,6 +134,16 @@ def test_a_sweep_on_a_ray_cluster_equals_the_single_machine_sweep(tiny_llama_vll
         for c in d["configs"]:
             c.pop("cost")
     assert a == b
+
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((tmp_path / "again" / "sweep.json").read_text())
+    first = json.loads((tmp_path / "ray" / "sweep.json").read_text())
+    assert len(cached) == 5 and _files(tmp_path / "cache-ray" / "eval") == cached  # not one written again
+    for d in (first, rerun):
+        d.pop("heldout_cost")
+        for c in d["configs"]:
+            c.pop("cost")
+    assert rerun == first
     assert (tmp_path / "one.toml").read_text() == (tmp_path / "ray.toml").read_text()
     files = sorted(p.name for p in (tmp_path / "one" / "eval").glob("*.jsonl"))
     assert files == sorted(p.name for p in (tmp_path / "ray" / "eval").glob("*.jsonl"))
