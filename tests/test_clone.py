@@ -267,3 +267,20 @@ def _swap_of(name: str) -> dict:
     """``b1-u1-t0`` -> the [swap] keys of that configuration."""
     b, u, t = (int(part[1:]) for part in name.split("-"))
     return {"bottom": b, "top": u, "transition": t, "dtype": "float32"}
+
+
+def test_a_cloned_merge_loads_in_vllm_and_answers_as_the_copied_one(tiny_llama_vllm, mgsm_dir, filesystems, tmp_path):
+    """The cloned output (headers padded, shards cut where the sources' are) through vLLM's own
+    loader on the CPU: the same greedy answers, question by question, as today's copied merge."""
+    where = filesystems("xfs")
+    cloned = _build(onto(where, tiny_llama_vllm), where, "cloned")
+    assert merge_bytes(cloned)["cloned"] > 0, merge_bytes(cloned)
+    copied = _build(tiny_llama_vllm, tmp_path, "copied", clone=False)
+    assert merge_bytes(copied)["cloned"] == 0
+    r = run_hubswap("eval", cloned, "--name", "cloned", "--compare", f"copied={copied}", "--dataset", mgsm_dir,
+                    "--languages", "sw", "--prompt", "direct", "--num-fewshot", "0", "--max-new-tokens", "8",
+                    "--limit", "4", "--vllm", "max_model_len=512", "-o", tmp_path / "eval", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    answers = {name: [json.loads(line)["generation"] for line in (tmp_path / "eval" / f"{name}.sw.jsonl").open()]
+               for name in ("cloned", "copied")}
+    assert len(answers["cloned"]) == 4 and answers["cloned"] == answers["copied"], answers
