@@ -17,7 +17,7 @@ otherwise. In the task, on whichever node runs it:
 A task whose worker dies (a node lost, the out-of-memory killer) is retried once by Ray
 (``max_retries=1``); a configuration that fails twice, or raises, is reported by name once the
 others are done, and nothing is written. Run again: every configuration whose generations are in
-the cache of the node that takes it costs only its merge.
+the cache of the node that takes it is not generated again (its merge is made again).
 
 The Hub token of the driver (``HF_TOKEN`` or the one ``hf auth login`` stored) and
 ``HF_ENDPOINT`` travel to the tasks in the job's runtime environment; caches stay per node
