@@ -32,6 +32,7 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -101,6 +102,14 @@ class Fault:
     path: str | None = None  # "alter": the file kept altered (None: the first added, in sorted order)
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up before the whole body was sent (a download given up, a Ctrl-C)
+        is the test's business, not a traceback on the console; anything else is printed."""
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class HubServer:
     """Start with ``HubServer().start()``; ``url`` is the value for HF_ENDPOINT / ``endpoint=``."""
 
@@ -120,7 +129,7 @@ class HubServer:
 
     def start(self) -> HubServer:
         handler = type("Handler", (_Handler,), {"hub": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _Server(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
