@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hubswap.errors import BuildBusyError, DiskSpaceError
-from hubswap.files import DISK_FULL, NOT_WRITABLE, check_writable, human_size, not_writable
+from hubswap.files import DISK_FULL, NOT_WRITABLE, check_writable, disk_full, human_size, not_writable
 
 LOCK_FILE = ".hubswap.lock"
 
@@ -64,18 +64,21 @@ def disk_full_is_an_error(folder: str | Path, what: str) -> Iterator[None]:
     """Turn a full disk (or quota, or file-size limit), or a write the filesystem refuses (read-only,
     permissions), while writing ``what`` into ``folder`` into one line naming the folder. Cleanup
     inside the block (staging folders, temporary files) has run by the time the error leaves it."""
+    where = Path(os.path.abspath(folder))
     try:
         yield
+    except DiskSpaceError as e:  # a file helper's own line (files.atomic_write): said of the folder
+        if e.file is None or e.errno is None or where not in Path(e.file).parents:
+            raise
+        raise disk_full(OSError(e.errno, os.strerror(e.errno)), folder, what, file=e.file) from None
     except OSError as e:
         if e.errno in NOT_WRITABLE:
             raise not_writable(e, folder if not e.filename else None) from None
         if e.errno not in DISK_FULL:
             raise
-        where = Path(folder)
-        if e.filename and where not in Path(os.path.abspath(e.filename)).parents:
-            where = Path(os.path.abspath(e.filename)).parent  # a cache or temporary folder elsewhere
-        raise DiskSpaceError(f"{os.strerror(e.errno).lower()} in {where} while writing {what}",
-                             hint="nothing was left half-written; free some space, or write elsewhere") from None
+        inside = not e.filename or where in Path(os.path.abspath(e.filename)).parents
+        # else a cache or temporary folder elsewhere: named as it is
+        raise disk_full(e, folder if inside else os.path.dirname(os.path.abspath(e.filename)), what) from None
 
 
 @contextlib.contextmanager

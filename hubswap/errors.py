@@ -110,9 +110,18 @@ class EvaluationError(HubswapError):
 
 
 class DiskSpaceError(HubswapError):
-    """Not enough free disk space for what is about to be written, or the disk filled up meanwhile."""
+    """Not enough free disk space for what is about to be written, or the disk filled up meanwhile.
+
+    ``file`` and ``errno`` are the file whose write found the disk full and the error it got (None
+    for a refusal before writing), so that an enclosing ``durable.disk_full_is_an_error`` can say it
+    of the folder the user named rather than of a staging folder inside it.
+    """
 
     exit_code = 8
+
+    def __init__(self, message: str, *, hint: str | None = None, file: str | None = None, errno: int | None = None):
+        super().__init__(message, hint=hint)
+        self.file, self.errno = file, errno
 
 
 class BuildBusyError(HubswapError):

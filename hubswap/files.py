@@ -36,6 +36,13 @@ def not_writable(e: OSError, folder: str | Path | None = None, *, hint: str | No
         hint=hint or ("write elsewhere" if ro else "write elsewhere, or give this user write permission on that folder"))
 
 
+def disk_full(e: OSError, folder: str | Path, what: str, *, file: str | Path | None = None) -> DiskSpaceError:
+    """The one line for a disk (or quota) that filled up while writing ``what`` into ``folder``."""
+    return DiskSpaceError(f"{os.strerror(e.errno).lower()} in {folder} while writing {what}",
+                          hint="nothing was left half-written; free some space, or write elsewhere",
+                          file=os.path.abspath(file if file is not None else e.filename or folder), errno=e.errno)
+
+
 def check_writable(folder: str | Path, *, hint: str = "write elsewhere: pass --output DIR") -> None:
     """Refuse at once, naming it, a folder that cannot be written (or created): its filesystem is
     mounted read-only, or this user lacks permission. Nothing is created."""
@@ -66,8 +73,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
             raise not_writable(e, path.parent) from None
         if e.errno not in DISK_FULL:
             raise
-        raise DiskSpaceError(f"{os.strerror(e.errno).lower()} in {path.parent} while writing {path.name}",
-                             hint="nothing was left half-written; free some space, or write elsewhere") from None
+        raise disk_full(e, path.parent, path.name, file=path) from None
     finally:
         with contextlib.suppress(OSError):  # absent, or on a read-only filesystem (already said)
             tmp.unlink()

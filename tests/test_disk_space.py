@@ -114,6 +114,31 @@ def test_the_disk_filling_up_during_the_merge_is_one_line_and_leaves_nothing(med
     assert (out / "model" / "model.safetensors.index.json").is_file()
 
 
+def test_a_full_disk_on_a_record_written_in_the_staging_folder_is_said_of_the_build_folder(small_fs):
+    """CI saw the merge finish before the filler took the disk, and the build record's write fail:
+    "no space left on device in <build>/.model.partial-<pid>/hubswap while writing lock.json", a
+    staging folder the user never named (and gone by the time it is read). A file written inside
+    the build is said of the build, as the merge's shards are."""
+    from hubswap.durable import disk_full_is_an_error
+    from hubswap.errors import DiskSpaceError
+    from hubswap.files import atomic_write
+
+    disk = small_fs("1m")
+    build, elsewhere = disk / "build", disk / "cache"
+    (build / ".model.partial-1" / "hubswap").mkdir(parents=True)
+    elsewhere.mkdir()
+    filler = _fill(disk)
+    with pytest.raises(DiskSpaceError) as inside, disk_full_is_an_error(build, "the build"):
+        atomic_write(build / ".model.partial-1" / "hubswap" / "lock.json", "{}" * 4096)
+    assert str(inside.value) == f"no space left on device in {build} while writing the build"
+    assert inside.value.exit_code == 8 and inside.value.hint.startswith("nothing was left half-written")
+    assert os.listdir(build / ".model.partial-1" / "hubswap") == []  # its temporary file is gone
+    with pytest.raises(DiskSpaceError) as outside, disk_full_is_an_error(build, "the build"):
+        atomic_write(elsewhere / "x.json", "{}" * 4096)  # a folder elsewhere keeps its own words
+    assert str(outside.value) == f"no space left on device in {elsewhere} while writing x.json"
+    filler.unlink()
+
+
 def test_a_full_disk_while_writing_the_card_keeps_the_old_card(tiny_llama, small_fs, tmp_path):
     """`hubswap card` writes the layer-map picture, then README.md: the disk is filled so that the
     picture fits exactly and README.md is the write that fails. The old README stays whole (never
