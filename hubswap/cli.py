@@ -414,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     (hubswap/interrupts.py)."""
     try:
         with interrupts.command():
-            return _run_command(argv)
+            code = _run_command(argv)
+            interrupts.check()  # a Ctrl-C that some code swallowed and nothing checked since
+            return code
     except KeyboardInterrupt:
         pass
     except Exception:

@@ -131,6 +131,21 @@ def test_the_cli_says_interrupted_for_a_ctrl_c_turned_into_another_exception(mon
         cli.main([])
 
 
+def test_the_cli_says_interrupted_for_a_ctrl_c_swallowed_in_a_command_that_then_finished(monkeypatch, capsys):
+    """A Ctrl-C that library code swallowed (CI: a weakref callback's "Exception ignored") and that
+    no check took before the command ended: the command asked to stop still ends in 130."""
+    def command(argv):
+        try:
+            _ctrl_c()
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+    monkeypatch.setattr(cli, "_run_command", command)
+    assert cli.main([]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
 def test_python_m_exits_130_after_a_ctrl_c_caught_in_code_run_from_a_string(tmp_path):
     """CPython's ``python -m`` killed itself with SIGINT at exit after a KeyboardInterrupt had
     left code run from a string (dataclasses make their methods so), though main caught it."""

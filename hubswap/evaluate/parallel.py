@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hubswap import interrupts
 from hubswap.errors import EvaluationError
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,7 @@ def run_jobs(jobs: list[Job], groups: list[str | None], work: Callable[[Job, obj
     for t in threads:
         t.start()
     try:
-        for t in threads:
-            t.join()
+        interrupts.join(threads)
     except BaseException:
         for s in sessions:
             s.kill()

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hubswap import interrupts
 from hubswap.errors import EvaluationError, HubswapError
 from hubswap.evaluate.server import engine_log_hint, server_context
 
@@ -186,7 +187,10 @@ class WorkerSession:
         bar = tqdm(total=total, desc=f"evaluating {name}", unit="prompt", disable=not progress)
         try:
             while result is None and error is None:
-                ready = multiprocessing.connection.wait([conn, proc.sentinel])
+                ready = multiprocessing.connection.wait([conn, proc.sentinel], timeout=interrupts.POLL)
+                if not ready:  # a Ctrl-C that library code swallowed (a weakref callback's) stops it here
+                    interrupts.check()
+                    continue
                 if conn in ready or conn.poll():  # (after an exit: what it sent before it did)
                     try:
                         msg = conn.recv()
