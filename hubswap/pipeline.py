@@ -89,9 +89,7 @@ class BuildResult:
         else:
             from hubswap.evaluate import format_table
 
-            lines.append(format_table(self.eval_results))
-            gate = self.eval_results.gate
-            lines.append(f"gate: {'passed' if gate is not None and gate.passed else 'FAILED'}")
+            lines.append(format_table(self.eval_results))  # its last line is the gate's verdict
         if self.published:
             lines.append(f"published {self.published}")
         return "\n".join(lines)

@@ -66,7 +66,8 @@ def test_demo_runs_offline_and_writes_what_the_readme_says(tmp_path):
     shown = [line.rstrip() for line in readme_demo_table().splitlines()]
     assert shown and set(shown) <= printed_lines, set(shown) - printed_lines
     verdict = "passed" if results["gate"]["passed"] else "FAILED"
-    assert f"\ngate: {verdict}\n" in run.stdout
+    assert [line for line in run.stdout.splitlines() if line.startswith("gate")] == [  # said once
+        f"gate {verdict}: " + "; ".join(results["gate"]["reasons"] or results["gate"]["checks"])]
     assert run.stdout.rstrip().endswith(f"model card: {(model / 'README.md').resolve()}")
 
     card = (model / "README.md").read_text()
