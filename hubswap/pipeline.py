@@ -193,6 +193,8 @@ def _build(recipe_path: str | Path, opts: BuildOptions, held: contextlib.ExitSta
         log.warning("replaced an evaluated build by an unevaluated one (--no-eval): %s now holds the new "
                     "model and no evaluation; the previous model's went with it (%s)", build_dir, replaced)
 
+    drop_stale_baselines(build_dir / "baselines", recipe.eval.baselines)
+
     # 5-6. Evaluate against the experts, then apply the gate.
     results = None
     if opts.evaluate:
@@ -260,6 +262,19 @@ def build_baselines(inputs: Inputs, dirs: dict[str, Path], folder: Path, max_sha
         log.info("baseline %s written to %s", name, dest)
         out[name] = dest
     return out
+
+
+def drop_stale_baselines(folder: Path, wanted: list[str]) -> None:
+    """Remove the baselines an earlier build made that the recipe no longer asks for (each as large
+    as the model); the folder goes with the last."""
+    if not folder.is_dir():
+        return
+    for old in sorted(folder.iterdir()):
+        if old.name not in wanted:
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            log.info("removed the baseline %s, which the recipe's [eval] baselines no longer names", old)
+    if not wanted:
+        folder.rmdir()
 
 
 BASELINE_SOURCES = {"soup": "the uniform average of the task and language experts (every tensor, 1/2 each)"}

@@ -62,6 +62,12 @@ def test_the_swap_beats_both_experts_and_the_soup(world, tmp_path):
     card = (result.model_dir / "README.md").read_text()
     assert "soup (experts averaged)" in card
 
+    # A rebuild whose recipe no longer names the soup removes it: a baseline is as large as the model.
+    plain = write_recipe(tmp_path / "plain.toml", {r: world[r] for r in ROLES}, bottom=2, top=2, transition=0,
+                         dtype="bfloat16")
+    build(plain, BuildOptions(output=tmp_path / "b", evaluate=False, progress=False))
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".hubswap.lock", "model"]
+
 
 def test_a_swap_that_breaks_the_circuit_fails_the_gate(world, tmp_path):
     with pytest.raises(GateFailedError) as e:
