@@ -61,7 +61,7 @@ def _fill(folder: Path) -> Path:
     """Write zeros into ``folder`` until its filesystem is full."""
     filler = folder / "filler"
     # Unbuffered: a buffered file keeps what the full disk refused and raises ENOSPC again when it
-    # closes (seen: about one run in ten on a loaded machine).
+    # closes (the likely cause of a bare OSError seen once in about 18 runs on a loaded machine).
     with open(filler, "wb", buffering=0) as f:
         try:
             while True:
