@@ -270,9 +270,13 @@ def drop_stale_baselines(folder: Path, wanted: list[str]) -> None:
     if not folder.is_dir():
         return
     for old in sorted(folder.iterdir()):
-        if old.name not in wanted:
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-            log.info("removed the baseline %s, which the recipe's [eval] baselines no longer names", old)
+        if old.name in wanted:
+            continue
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+        log.info("removed the baseline %s, which the recipe's [eval] baselines no longer names", old)
     if not wanted:
         folder.rmdir()
 
