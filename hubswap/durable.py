@@ -70,15 +70,15 @@ def disk_full_is_an_error(folder: str | Path, what: str) -> Iterator[None]:
     except DiskSpaceError as e:  # a file helper's own line (files.atomic_write): said of the folder
         if e.file is None or e.errno is None or where not in Path(e.file).parents:
             raise
-        raise disk_full(OSError(e.errno, os.strerror(e.errno)), folder, what, file=e.file) from None
+        raise disk_full(e.errno, folder, what, file=e.file) from None
     except OSError as e:
         if e.errno in NOT_WRITABLE:
             raise not_writable(e, folder if not e.filename else None) from None
         if e.errno not in DISK_FULL:
             raise
-        inside = not e.filename or where in Path(os.path.abspath(e.filename)).parents
-        # else a cache or temporary folder elsewhere: named as it is
-        raise disk_full(e, folder if inside else os.path.dirname(os.path.abspath(e.filename)), what) from None
+        file = Path(os.path.abspath(e.filename)) if e.filename else where
+        inside = file == where or where in file.parents  # else a cache or temporary folder elsewhere
+        raise disk_full(e.errno, folder if inside else file.parent, what, file=file) from None
 
 
 @contextlib.contextmanager

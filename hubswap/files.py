@@ -36,11 +36,12 @@ def not_writable(e: OSError, folder: str | Path | None = None, *, hint: str | No
         hint=hint or ("write elsewhere" if ro else "write elsewhere, or give this user write permission on that folder"))
 
 
-def disk_full(e: OSError, folder: str | Path, what: str, *, file: str | Path | None = None) -> DiskSpaceError:
-    """The one line for a disk (or quota) that filled up while writing ``what`` into ``folder``."""
-    return DiskSpaceError(f"{os.strerror(e.errno).lower()} in {folder} while writing {what}",
+def disk_full(code: int, folder: str | Path, what: str, *, file: str | Path) -> DiskSpaceError:
+    """The one line for a disk (or quota) that filled up (``code``: one of :data:`DISK_FULL`) while
+    writing ``file``, said as writing ``what`` into ``folder``."""
+    return DiskSpaceError(f"{os.strerror(code).lower()} in {folder} while writing {what}",
                           hint="nothing was left half-written; free some space, or write elsewhere",
-                          file=os.path.abspath(file if file is not None else e.filename or folder), errno=e.errno)
+                          file=os.path.abspath(file), errno=code)
 
 
 def check_writable(folder: str | Path, *, hint: str = "write elsewhere: pass --output DIR") -> None:
@@ -73,7 +74,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
             raise not_writable(e, path.parent) from None
         if e.errno not in DISK_FULL:
             raise
-        raise disk_full(e, path.parent, path.name, file=path) from None
+        raise disk_full(e.errno, path.parent, path.name, file=path) from None
     finally:
         with contextlib.suppress(OSError):  # absent, or on a read-only filesystem (already said)
             tmp.unlink()

@@ -193,7 +193,6 @@ def test_a_ctrl_c_swallowed_during_a_command_stops_the_wait_for_a_worker(tiny_ll
     the next poll, and the worker goes with it."""
     import gc
     import signal
-    import time
     import weakref
 
     from hubswap import interrupts
@@ -214,9 +213,7 @@ def test_a_ctrl_c_swallowed_during_a_command_stops_the_wait_for_a_worker(tiny_ll
         gc.collect()
         assert ref() is None and interrupts.requested()  # swallowed: nothing was raised here
         session = WorkerSession()
-        start = time.monotonic()
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):  # the old code generated every answer and returned them
             session.generate("task", tiny_llama_vllm["task"], prompts, backend="transformers", options={}, seed=0,
                              batch_size=4, max_new_tokens=4, progress=False)
-        assert time.monotonic() - start < 5  # not the whole evaluation
         assert session._proc is None  # stopped, not left running
